@@ -1,0 +1,21 @@
+"""`hsemo-jax bench TARGET ...`: dispatch to `hsemo_jax.bench.<target>`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+TARGETS = {
+    "backbones": "Flax vs PyTorch eager images/s per backbone, batch 1 and 32",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="target", metavar="TARGET")
+    sub.required = True
+    for name, help_text in TARGETS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(f"hsemo_jax.bench.{name}").add_arguments(sp)
+
+
+def run(args: argparse.Namespace) -> int:
+    return importlib.import_module(f"hsemo_jax.bench.{args.target}").run(args)

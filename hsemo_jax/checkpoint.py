@@ -1,0 +1,125 @@
+"""Converted-model directories: an orbax checkpoint of the NNX state plus `hsemo_model.json`.
+
+    DIR/
+      hsemo_model.json   arch, outputs, class order, input size, normalization, source sha256
+      state/             orbax StandardCheckpointer (params + batch statistics)
+
+Directories are written atomically: everything goes to a temporary sibling that is renamed into
+place only when complete, so a failed save leaves nothing at DIR.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from hsemo_jax.errors import CheckpointError
+from hsemo_jax.models import registry
+
+META_FILE = "hsemo_model.json"
+FORMAT = "hsemo-jax-model/1"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model needs besides its weights: how to feed it and how to read its outputs."""
+
+    arch: str
+    num_classes: int | None
+    outputs: tuple[str, ...]
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    embedding_dim: int
+    class_order: str = "hse"
+    num_heads: int = 2
+    source: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @classmethod
+    def for_arch(cls, arch: str, num_classes: int | None, class_order: str = "hse",
+                 num_heads: int = 2, source: dict | None = None) -> "ModelInfo":
+        a = registry.get_arch(arch)
+        return cls(arch, num_classes, registry.output_names(num_classes, class_order), a.input_size,
+                   a.mean, a.std, a.embedding_dim, class_order, num_heads, source or {})
+
+
+@contextlib.contextmanager
+def atomic_directory(out: str | os.PathLike, overwrite: bool = False):
+    """Yield a temporary directory beside `out`; on success rename it to `out`, else delete it."""
+    out = Path(out).absolute()
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"{out} already exists and is not empty (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / "old")
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_model(model: nnx.Module, info: ModelInfo, out: str | os.PathLike, *,
+               overwrite: bool = False) -> Path:
+    import orbax.checkpoint as ocp
+
+    with atomic_directory(out, overwrite) as tmp:
+        state = nnx.to_pure_dict(nnx.state(model))
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / "state", state)
+            ckptr.wait_until_finished()
+        meta = {"format": FORMAT, **asdict(info)}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return Path(out)
+
+
+def read_info(path: str | os.PathLike) -> ModelInfo:
+    meta_path = Path(path) / META_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path} is not an hsemo-jax model directory (no {META_FILE}); "
+                              "create one with `hsemo-jax convert`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_path}: invalid JSON ({e})") from None
+    if meta.pop("format", None) != FORMAT:
+        raise CheckpointError(f"{meta_path}: expected format {FORMAT!r}")
+    for key in ("outputs", "mean", "std"):
+        meta[key] = tuple(meta[key])
+    try:
+        return ModelInfo(**meta)
+    except TypeError as e:
+        raise CheckpointError(f"{meta_path}: {e}") from None
+
+
+def load_model(path: str | os.PathLike) -> nnx.Module:
+    """Model in eval mode, with its `ModelInfo` as `model.info`."""
+    import orbax.checkpoint as ocp
+
+    info = read_info(path)
+    model = registry.build(info.arch, info.num_classes, num_heads=info.num_heads)
+    state = nnx.state(model)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            restored = ckptr.restore(Path(path).absolute() / "state", target)
+        except (ValueError, FileNotFoundError, KeyError) as e:
+            raise CheckpointError(f"{path}: cannot restore the model state: {e}") from None
+    nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, restored))
+    nnx.update(model, state)
+    model.info = info
+    return model

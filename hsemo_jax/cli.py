@@ -1,0 +1,56 @@
+"""Command-line entry point: `hsemo-jax SUBCOMMAND ...`.
+
+Thin by design: each subcommand lives in the module that does the work and exposes
+`add_arguments(parser)` and `run(args) -> int`. Modules are imported only when their
+subcommand runs, so `hsemo-jax --help` stays fast and never imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from hsemo_jax.errors import InputError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("hsemo_jax.convert.command", "convert a PyTorch checkpoint to an hsemo-jax model directory"),
+    "bench": ("hsemo_jax.bench.command", "run a benchmark (backbones, postprocess, ...)"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with `only`, just that subcommand's module is imported."""
+    parser = argparse.ArgumentParser(
+        prog="hsemo-jax",
+        description="Facial expression, valence/arousal and action-unit recognition with JAX/Flax ports "
+        "of the HSEmotion models.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        if only in (None, name):
+            importlib.import_module(module_name).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except (InputError, FileNotFoundError) as e:
+        print(f"hsemo-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hsemo-jax {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

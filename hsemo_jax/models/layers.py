@@ -1,0 +1,193 @@
+"""Building blocks shared by the backbones (NHWC, PyTorch-equivalent semantics).
+
+Parameter leaves use Flax names (`kernel`, `scale`, `mean`, `var`, `alpha`); the torch names they
+come from are mapped in `hsemo_jax.convert.keymaps`. Module trees mirror the PyTorch attribute
+trees (`nnx.List` where torch has `nn.Sequential`/`nn.ModuleList`) so that a torch key such as
+`layers.2.layers.1.layers.0.weight` names the same parameter here.
+
+Train/eval follows NNX: `model.eval()` (the default after construction) uses running statistics,
+`model.train()` uses batch statistics and updates the running ones with PyTorch's momentum rule.
+"""
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from flax import nnx
+
+Padding = str | int | tuple[int, int] | Sequence[tuple[int, int]]
+ConvImpl = Literal["auto", "lax", "shift"]
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _explicit_padding(padding: Padding, in_hw, kernel_hw, strides) -> list[tuple[int, int]]:
+    """Padding as [(top, bottom), (left, right)]. "SAME" is TF/XLA same (extra pad bottom/right)."""
+    if isinstance(padding, str):
+        return list(lax.padtype_to_pads(in_hw, kernel_hw, strides, padding.upper()))
+    if isinstance(padding, int):
+        return [(padding, padding), (padding, padding)]
+    if isinstance(padding[0], int):
+        return [(padding[0], padding[0]), (padding[1], padding[1])]
+    return [tuple(p) for p in padding]
+
+
+def conv2d_lax(x_nhwc, kernel_hwio, strides, padding: Padding, groups: int):
+    """Convolution with `lax.conv_general_dilated` (the GPU/TPU form)."""
+    pads = _explicit_padding(padding, x_nhwc.shape[1:3], kernel_hwio.shape[:2], strides)
+    return lax.conv_general_dilated(
+        x_nhwc, kernel_hwio, window_strides=strides, padding=pads,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+    )
+
+
+def conv2d_shift(x_nhwc, kernel_hwio, strides, padding: Padding, groups: int):
+    """Grouped convolution as a sum of shifted, strided multiply-adds (the fast form on XLA:CPU).
+
+    For each kernel tap (dy, dx) and each input channel `l` of a group, the padded input is sliced
+    with the conv's stride and multiplied by that tap's per-output-channel weights. With one input
+    channel per group (depthwise) this is kh*kw multiply-adds that XLA fuses into one loop.
+    """
+    n, h, w, cin = x_nhwc.shape
+    kh, kw, cin_g, cout = kernel_hwio.shape
+    sh, sw = strides
+    pads = _explicit_padding(padding, (h, w), (kh, kw), strides)
+    xp = jnp.pad(x_nhwc, [(0, 0), pads[0], pads[1], (0, 0)])
+    oh = (xp.shape[1] - kh) // sh + 1
+    ow = (xp.shape[2] - kw) // sw + 1
+    cout_g = cout // groups
+    out = None
+    for l in range(cin_g):
+        # Input channel feeding output channel o at local position l of its group.
+        src = (jnp.arange(cout) // cout_g) * cin_g + l
+        xl = xp if (cin_g == 1 and cout == cin) else jnp.take(xp, src, axis=3)
+        for dy in range(kh):
+            for dx in range(kw):
+                patch = lax.slice(
+                    xl, (0, dy, dx, 0), (n, dy + (oh - 1) * sh + 1, dx + (ow - 1) * sw + 1, cout),
+                    (1, sh, sw, 1),
+                )
+                term = patch * kernel_hwio[dy, dx, l]
+                out = term if out is None else out + term
+    return out
+
+
+def conv2d(x_nhwc, kernel_hwio, strides=(1, 1), padding: Padding = 0, groups: int = 1,
+           impl: ConvImpl = "auto"):
+    """2-D convolution, NHWC x HWIO -> NHWC.
+
+    Grouped/depthwise convolutions pick their form per backend at lowering time
+    (`lax.platform_dependent`): shifted multiply-adds on CPU, where XLA's grouped convolution is
+    ~10x slower, and `lax.conv` elsewhere. Dense convolutions always use `lax.conv`.
+    `impl` forces one form ("lax" or "shift"), e.g. for tests.
+    """
+    strides = _pair(strides)
+    if groups == 1 or impl == "lax":
+        return conv2d_lax(x_nhwc, kernel_hwio, strides, padding, groups)
+    if impl == "shift":
+        return conv2d_shift(x_nhwc, kernel_hwio, strides, padding, groups)
+    return lax.platform_dependent(
+        x_nhwc, kernel_hwio,
+        cpu=lambda x, k: conv2d_shift(x, k, strides, padding, groups),
+        default=lambda x, k: conv2d_lax(x, k, strides, padding, groups),
+    )
+
+
+def _uniform(rng: np.random.Generator, shape, fan_in: int):
+    """PyTorch's default init range U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    Drawn with numpy: eager `jax.random` would compile once per parameter shape (~40 s for DDAMFN).
+    """
+    bound = 1.0 / max(fan_in, 1) ** 0.5
+    return jax.device_put(rng.uniform(-bound, bound, shape).astype(np.float32))
+
+
+def _const(n: int, value: float):
+    return jax.device_put(np.full((n,), value, np.float32))
+
+
+class Conv2d(nnx.Module):
+    """torch.nn.Conv2d in NHWC. kernel: (kh, kw, in/groups, out).
+
+    padding: "SAME" (TF same, as timm's Conv2dSame), an int or (ph, pw) symmetric, or explicit pairs.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size, *, stride=1, padding: Padding = 0,
+                 groups: int = 1, bias: bool = False, rng: np.random.Generator):
+        kh, kw = _pair(kernel_size)
+        fan_in = (in_ch // groups) * kh * kw
+        self.kernel = nnx.Param(_uniform(rng, (kh, kw, in_ch // groups, out_ch), fan_in))
+        self.bias = nnx.Param(_uniform(rng, (out_ch,), fan_in)) if bias else None
+        self.strides = _pair(stride)
+        self.padding = padding
+        self.groups = groups
+
+    def __call__(self, x_nhwc):
+        y = conv2d(x_nhwc, self.kernel[...], self.strides, self.padding, self.groups)
+        return y if self.bias is None else y + self.bias[...]
+
+
+class Linear(nnx.Module):
+    """torch.nn.Linear. kernel: (in, out)."""
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True, rng: np.random.Generator):
+        self.kernel = nnx.Param(_uniform(rng, (in_features, out_features), in_features))
+        self.bias = nnx.Param(_uniform(rng, (out_features,), in_features)) if bias else None
+
+    def __call__(self, x):
+        y = x @ self.kernel[...]
+        return y if self.bias is None else y + self.bias[...]
+
+
+class BatchNorm(nnx.Module):
+    """torch BatchNorm1d/2d over the last axis, with PyTorch's semantics.
+
+    Eval: running statistics. Train: normalizes with the biased batch variance and updates
+    `running = (1 - momentum) * running + momentum * batch`, the running variance with the
+    unbiased batch variance (as torch does). Under `jit` with a batch sharded over devices the
+    batch statistics are global (XLA all-reduces the means).
+    """
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1):
+        self.scale = nnx.Param(_const(num_features, 1.0))
+        self.bias = nnx.Param(_const(num_features, 0.0))
+        self.mean = nnx.BatchStat(_const(num_features, 0.0))
+        self.var = nnx.BatchStat(_const(num_features, 1.0))
+        self.eps = eps
+        self.momentum = momentum
+        self.use_running_average = True
+
+    def __call__(self, x):
+        if self.use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            axes = tuple(range(x.ndim - 1))
+            xf = x.astype(jnp.float32)
+            mean = jnp.mean(xf, axes)
+            var = jnp.mean(jnp.square(xf - mean), axes)
+            n = x.size // x.shape[-1]
+            m = self.momentum
+            self.mean[...] = (1 - m) * self.mean[...] + m * mean
+            self.var[...] = (1 - m) * self.var[...] + m * var * (n / max(n - 1, 1))
+        inv = lax.rsqrt(var + self.eps) * self.scale[...]
+        return (x - mean) * inv.astype(x.dtype) + self.bias[...]
+
+
+class PReLU(nnx.Module):
+    """Per-channel PReLU (torch.nn.PReLU(num_parameters=C)); alpha: (C,)."""
+
+    def __init__(self, num_features: int):
+        self.alpha = nnx.Param(_const(num_features, 0.25))
+
+    def __call__(self, x):
+        return jnp.where(x >= 0, x, self.alpha[...] * x)
+
+
+def h_swish(x):
+    """x * ReLU6(x + 3) / 6, as in the DDAMFN code."""
+    return x * jnp.clip(x + 3.0, 0.0, 6.0) / 6.0

@@ -1,0 +1,122 @@
+"""`hsemo-jax convert`: architecture inference, key/shape checking, atomic output, refusals."""
+import json
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from hsemo_jax.checkpoint import META_FILE
+from hsemo_jax.cli import main as cli_main
+from hsemo_jax.convert import convert_state_dict, export_torch_state, infer_arch
+from hsemo_jax.errors import CheckpointError
+from hsemo_jax.models import registry
+
+
+@pytest.fixture(scope="module")
+def mbf_state():
+    """A MobileFaceNet state dict in torch layout (keys, shapes and order of the original)."""
+    model = registry.build("mobilefacenet", 10, seed=1)
+    return {k: torch.from_numpy(v.copy()) for k, v in export_torch_state(model, "mobilefacenet").items()}
+
+
+def _convert(src, out, *extra):
+    return cli_main(["convert", str(src), "--out", str(out), *extra])
+
+
+def test_round_trip_through_cli(tmp_path, mbf_state, capsys):
+    src = tmp_path / "mbf.pt"
+    torch.save(mbf_state, src)
+    assert _convert(src, tmp_path / "m") == 0
+    meta = json.loads((tmp_path / "m" / META_FILE).read_text())
+    assert meta["arch"] == "mobilefacenet" and meta["input_size"] == 112
+    assert meta["outputs"][-2:] == ["valence", "arousal"] and meta["mean"] == [0.5, 0.5, 0.5]
+    assert len(meta["source"]["sha256"]) == 64
+    assert "mobilefacenet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["missing", "unexpected", "shape"])
+def test_key_errors_name_the_keys_and_leave_nothing(tmp_path, mbf_state, capsys, damage):
+    sd = dict(mbf_state)
+    if damage == "missing":
+        del sd["conv_sep.layers.2.weight"]
+    elif damage == "unexpected":
+        sd["conv_sep.extra.weight"] = torch.zeros(3)
+    else:
+        sd["fc.weight"] = torch.zeros(10, 256)
+    src = tmp_path / "bad.pt"
+    torch.save(sd, src)
+    out = tmp_path / "m"
+    assert _convert(src, out) == 2
+    err = capsys.readouterr().err
+    key = {"missing": "conv_sep.layers.2.alpha", "unexpected": "conv_sep.extra.weight", "shape": "fc.weight"}
+    assert key[damage] in err and str(src) in err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".m.")]
+
+
+def test_existing_output_is_kept_unless_overwrite(tmp_path, mbf_state, capsys):
+    src = tmp_path / "mbf.pt"
+    torch.save(mbf_state, src)
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    assert _convert(src, out) == 2
+    assert "already exists" in capsys.readouterr().err and (out / "keep.txt").exists()
+    assert _convert(src, out, "--overwrite") == 0
+    assert (out / META_FILE).exists() and not (out / "keep.txt").exists()
+
+
+def test_unsafe_pickle_is_refused_and_never_runs(tmp_path, capsys):
+    marker = tmp_path / "MARKER"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    src = tmp_path / "evil.pt"
+    with zipfile.ZipFile(src, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps({"model_state_dict": Payload()}, protocol=2))
+        zf.writestr("archive/version", "3\n")
+    assert _convert(src, tmp_path / "m") == 2
+    err = capsys.readouterr().err
+    assert "system" in err and str(src) in err
+    assert not marker.exists() and not (tmp_path / "m").exists()
+
+
+def test_legacy_format_asks_to_resave(tmp_path, mbf_state, capsys):
+    src = tmp_path / "old.pt"
+    torch.save(mbf_state, src, _use_new_zipfile_serialization=False)
+    assert _convert(src, tmp_path / "m") == 2
+    assert "torch>=1.6" in capsys.readouterr().err
+
+
+def test_arch_inference_and_mismatch(mbf_state):
+    sd = {k: v.numpy() for k, v in mbf_state.items()}
+    assert infer_arch(sd) == ("mobilefacenet", 10, 2)
+    with pytest.raises(CheckpointError, match="cannot tell the architecture"):
+        infer_arch({"foo.weight": np.zeros(3)})
+    enet = export_torch_state(registry.build("tf_efficientnet_b0", 8), "efficientnet")
+    enet8 = {k.replace("classifier.", "classifier.0."): v for k, v in enet.items()}
+    assert infer_arch(enet8) == ("tf_efficientnet_b0", 8, 2)
+    convert_state_dict(enet8, "tf_efficientnet_b0", 8)  # Sequential classifier keys load
+    ddam = export_torch_state(registry.build("ddamfn", 7), "ddamfn")
+    assert infer_arch(ddam) == ("ddamfn", 7, 2)
+
+
+def test_arch_flag_must_match_keys(tmp_path, mbf_state, capsys):
+    src = tmp_path / "mbf.pt"
+    torch.save(mbf_state, src)
+    assert _convert(src, tmp_path / "m", "--arch", "ddamfn") == 2
+    assert "--arch ddamfn" in capsys.readouterr().err
+
+
+def test_every_subcommand_has_help(capsys):
+    from hsemo_jax.cli import COMMANDS
+
+    for name in ["--help", *[f"{c} --help" for c in COMMANDS]]:
+        with pytest.raises(SystemExit) as e:
+            cli_main(name.split())
+        assert e.value.code == 0
+    assert "convert" in capsys.readouterr().out

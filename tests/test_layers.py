@@ -1,0 +1,67 @@
+"""Depthwise/grouped convolution forms agree with lax.conv; BatchNorm follows torch semantics."""
+import numpy as np
+import pytest
+import torch
+
+import jax
+import jax.numpy as jnp
+
+from hsemo_jax.models.layers import BatchNorm, conv2d, conv2d_lax, conv2d_shift
+
+
+@pytest.mark.parametrize(
+    "shape,k,stride,padding,groups,cout",
+    [
+        ((2, 13, 11, 8), (3, 3), (1, 1), 1, 8, 8),  # depthwise, symmetric pad
+        ((2, 14, 14, 6), (5, 5), (2, 2), "SAME", 6, 6),  # depthwise, TF same, stride 2 (even)
+        ((1, 15, 15, 4), (3, 3), (2, 2), "SAME", 4, 4),  # TF same on odd size
+        ((2, 7, 7, 5), (7, 7), (1, 1), 0, 5, 5),  # GDC: 7x7 valid -> 1x1
+        ((2, 7, 7, 6), (1, 7), (1, 1), 0, 6, 6),  # DDAM head directional pooling
+        ((2, 9, 9, 8), (3, 3), (1, 1), 1, 4, 8),  # grouped: 2 channels per group (MobileFaceNet layers.1)
+        ((1, 10, 10, 4), (3, 3), (2, 2), 1, 2, 6),  # grouped, 2 in -> 3 out per group
+    ],
+)
+def test_shift_form_equals_lax_conv(shape, k, stride, padding, groups, cout):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(shape).astype(np.float32))
+    w = jnp.asarray(rng.standard_normal((*k, shape[-1] // groups, cout)).astype(np.float32))
+    with jax.default_matmul_precision("float32"):
+        ref = conv2d_lax(x, w, stride, padding, groups)
+        out = conv2d_shift(x, w, stride, padding, groups)
+        auto = jax.jit(lambda a, b: conv2d(a, b, stride, padding, groups))(x, w)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(auto, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_tf_same_padding_is_asymmetric_like_conv2d_same():
+    """timm Conv2dSame pads the extra row/column bottom/right."""
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    w = np.random.default_rng(2).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    xt = torch.nn.functional.pad(torch.from_numpy(x), (0, 1, 0, 1))  # (left, right, top, bottom)
+    ref = torch.nn.functional.conv2d(xt, torch.from_numpy(w), stride=2).numpy().transpose(0, 2, 3, 1)
+    with jax.default_matmul_precision("float32"):
+        out = conv2d(jnp.asarray(x.transpose(0, 2, 3, 1)), jnp.asarray(w.transpose(2, 3, 1, 0)), 2, "SAME")
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_batchnorm_train_mode_matches_torch():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 5, 6, 7)).astype(np.float32) * 3 + 1
+    bn_t = torch.nn.BatchNorm2d(7, eps=1e-3, momentum=0.1).train()
+    with torch.no_grad():
+        bn_t.weight.uniform_(0.5, 1.5)
+        bn_t.bias.normal_()
+    bn = BatchNorm(7, eps=1e-3)
+    bn.scale[...] = bn_t.weight.detach().numpy()
+    bn.bias[...] = bn_t.bias.detach().numpy()
+    bn.use_running_average = False
+    for _ in range(2):
+        out_t = bn_t(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
+        out = bn(jnp.asarray(x))
+        np.testing.assert_allclose(out, out_t, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(bn.mean[...], bn_t.running_mean.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(bn.var[...], bn_t.running_var.numpy(), rtol=1e-6, atol=1e-6)
+    bn_t.eval()
+    bn.use_running_average = True
+    out_t = bn_t(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(bn(jnp.asarray(x)), out_t, rtol=1e-5, atol=1e-5)
