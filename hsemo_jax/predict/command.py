@@ -1,0 +1,66 @@
+"""`hsemo-jax predict INPUT [--model NAME|DIR|FILE.pt ...] [--out FILE.csv] [--plot FILE.png] ...`"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="a video file, an image, a folder of images, or a quoted glob ('frames/*.jpg')")
+    p.add_argument("--model", action="append", dest="models", metavar="NAME|DIR|FILE.pt",
+                   help="published model name (e.g. enet_b0_8_va_mtl, mbf_va_mtl; fetched and converted on "
+                        "first use), a converted directory, or a PyTorch file. Repeat to blend. "
+                        "Default: enet_b0_8_va_mtl")
+    p.add_argument("--blend", type=float, nargs="+", metavar="W",
+                   help="blend weights, one per --model, summing to 1 (default: equal)")
+    p.add_argument("--detector", choices=("haar", "yunet", "none"), default="haar",
+                   help="face detector: OpenCV Haar cascade (default, bundled), YuNet (needs --detector-model), "
+                        "or none for pre-cropped faces (e.g. ABAW cropped_aligned)")
+    p.add_argument("--detector-model", help="YuNet .onnx file for --detector yunet")
+    p.add_argument("--smooth", choices=("gaussian", "box", "none"), default="none",
+                   help="temporal smoothing of probabilities and valence/arousal along each face track")
+    p.add_argument("--sigma", type=float, default=2.0, help="gaussian sigma in frames (default 2)")
+    p.add_argument("--k", type=int, default=5, help="smoothing half-window in frames (default 5)")
+    p.add_argument("--batch-size", type=int, default=16, help="faces per inference batch (fixed shape)")
+    p.add_argument("--out", help="CSV to write (default: <input name>.emotions.csv in the current folder)")
+    p.add_argument("--plot", help="PNG timeline of expressions and valence/arousal per face track")
+
+
+def run(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from hsemo_jax.predict import predict
+    from hsemo_jax.predict.writer import CsvOutput, plot
+
+    out = Path(args.out or f"{Path(args.input.rstrip('/')).stem or 'predictions'}.emotions.csv")
+    csv_out = CsvOutput(out)
+    try:
+        table = predict(args.input, tuple(args.models or ("enet_b0_8_va_mtl",)), weights=args.blend,
+                        detector=args.detector, detector_model=args.detector_model, smooth=args.smooth,
+                        sigma=args.sigma, k=args.k, batch_size=args.batch_size, on_rows=csv_out.write_rows,
+                        progress=sys.stderr.isatty())
+    except KeyboardInterrupt:
+        partial = csv_out.abort()
+        print(f"interrupted: rows computed so far are in {partial}; {out} was not written", file=sys.stderr)
+        return 130
+    except BaseException:
+        csv_out.abort().unlink(missing_ok=True)
+        raise
+    csv_out.finalize(table)
+    face = table.has_face
+    frames = len(set(zip(table["source"], table["frame"])))
+    no_face = frames - len(set(zip(table["source"][face], table["frame"][face])))
+    print(f"{frames} frame(s), {int(face.sum())} face(s) in {len(set(table['track_id'][face]))} track(s), "
+          f"{no_face} frame(s) without a face, {len(table.skipped)} unreadable file(s) skipped")
+    if face.any():
+        top = Counter(table["expression"][face]).most_common(3)
+        print("most frequent expressions: " + ", ".join(f"{e} ({n})" for e, n in top))
+        if "valence" in table.columns:
+            print(f"mean valence {table['valence'][face].mean():+.3f}, mean arousal {table['arousal'][face].mean():+.3f}")
+    else:
+        print("no faces were detected; try --detector none for pre-cropped faces")
+    print(f"wrote {out}")
+    if args.plot:
+        print(f"wrote {plot(table, args.plot)}")
+    return 0

@@ -1,0 +1,249 @@
+"""decode -> detect -> crop/preprocess -> backbone(s) -> blend -> smooth -> write.
+
+`predict(...)` runs the whole job and returns a `Predictions` table (one row per frame and face;
+frames without a face get one row with empty face fields). Inference is batched with a fixed batch
+shape (the last batch is padded), so each model compiles once.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from hsemo_jax.errors import InputError
+from hsemo_jax.predict.detect import crop, make_detector
+from hsemo_jax.predict.track import IoUTracker
+from hsemo_jax.predict.video import Frame, FrameSource, Skipped
+
+
+@dataclass
+class Predictions:
+    """A column table: `columns[name]` is an array with one entry per row (NaN / -1 / "" where a
+    frame has no face). `expression_names` order the `p_*` columns."""
+
+    columns: dict[str, np.ndarray]
+    expression_names: tuple[str, ...]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.columns["frame"])
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.columns)
+
+    @property
+    def has_face(self) -> np.ndarray:
+        return self.columns["track_id"] >= 0
+
+
+@dataclass
+class _Model:
+    name: str
+    forward: Callable  # x_nhwc (B, S, S, 3) -> scores (B, C)
+    arch: str
+    outputs: tuple[str, ...]
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def load_models(specs: Sequence[str]) -> list[_Model]:
+    """Models by published name, .pt file or converted directory (see `hsemo_jax.hub`)."""
+    from hsemo_jax.checkpoint import load_model
+    from hsemo_jax.hub import resolve_model
+    from hsemo_jax.models.inference import make_forward
+
+    models = []
+    for spec in specs:
+        m = load_model(resolve_model(spec))
+        models.append(_Model(spec, make_forward(m), m.info.arch, m.info.outputs))
+    return models
+
+
+def _expression_layout(models: list[_Model]) -> tuple[tuple[str, ...], bool]:
+    """(expression class names, whether every model has valence/arousal). All models must agree."""
+    layouts = []
+    for m in models:
+        va = m.outputs[-2:] == ("valence", "arousal")
+        classes = m.outputs[:-2] if va else m.outputs
+        if not classes:
+            raise InputError(f"model {m.name}: has no classifier (embedding only); it cannot predict emotions")
+        layouts.append((classes, va))
+    classes = layouts[0][0]
+    for m, (c, _) in zip(models, layouts):
+        if c != classes:
+            raise InputError(f"models {models[0].name} and {m.name} predict different classes "
+                             f"({', '.join(classes)} vs {', '.join(c)}); they cannot be blended")
+    return classes, all(va for _, va in layouts)
+
+
+def _run_batch(models, weights, crops, batch_size, with_va):
+    """Blended (probs (n, K), va (n, 2) or None) for up to batch_size crops, padded to batch_size."""
+    from hsemo_jax.models import preprocess
+
+    n = len(crops)
+    probs, va = 0.0, 0.0
+    for m, w in zip(models, weights):
+        x = preprocess(m.arch, crops)
+        if n < batch_size:
+            x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)])
+        scores = np.asarray(m.forward(x))[:n].astype(np.float64)
+        k = scores.shape[1] - 2 if with_va else scores.shape[1]
+        probs = probs + w * _softmax(scores[:, :k])
+        if with_va:
+            va = va + w * scores[:, k:k + 2]
+    return probs, (va if with_va else None)
+
+
+def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weights=None,
+            detector: str = "haar", detector_model: str | None = None, smooth: str = "none",
+            sigma: float = 2.0, k: int = 5, batch_size: int = 16, on_rows: Callable | None = None,
+            progress: bool = False) -> Predictions:
+    """Per-frame, per-face expression probabilities (+ valence/arousal) for a video, image, folder
+    or glob. Two or more models are blended with `weights` (default equal). `smooth`: "gaussian" or
+    "box" per face track (sigma, k in frames; `hsemo_jax.postprocess.smooth`) or "none".
+    `on_rows(rows, classes, with_va)` receives the raw rows, in order, as they are computed.
+    """
+    loaded = load_models(models)
+    weights = np.full(len(loaded), 1.0 / len(loaded)) if weights is None else np.asarray(weights, float)
+    if len(weights) != len(loaded) or not np.isclose(weights.sum(), 1.0) or (weights < 0).any():
+        raise InputError(f"blend weights must be {len(loaded)} non-negative numbers summing to 1, got {list(weights)}")
+    classes, with_va = _expression_layout(loaded)
+    source = FrameSource(input_spec)
+    detect = make_detector(detector, detector_model)
+    tracker = IoUTracker()
+
+    rows: list[dict] = []  # face-less frames and faces, in frame order
+    pending: list[tuple[dict, np.ndarray]] = []  # faces waiting for a full batch
+    skipped: list[Skipped] = []
+    t0, frames_seen, streamed = time.perf_counter(), 0, 0
+
+    def emit():  # hand every finished row, in order, to on_rows
+        nonlocal streamed
+        if on_rows is not None and not pending and streamed < len(rows):
+            on_rows(rows[streamed:], classes, with_va)
+        streamed = len(rows) if not pending else streamed
+
+    def flush():
+        if pending:
+            probs, va = _run_batch(loaded, weights, [c for _, c in pending], batch_size, with_va)
+            for i, (row, _) in enumerate(pending):
+                row["probs"] = probs[i]
+                row["va"] = va[i] if va is not None else None
+            pending.clear()
+        emit()
+
+    for item in source:
+        if isinstance(item, Skipped):
+            skipped.append(item)
+            print(f"skipped {item.source}: {item.reason}", file=sys.stderr)
+            continue
+        frames_seen += 1
+        boxes = detect(item.rgb)
+        ids = tracker.update(boxes, item.index)
+        faces = [(b, t, crop(item.rgb, b)) for b, t in zip(boxes, ids)]
+        faces = [f for f in faces if f[2] is not None]
+        if not faces:
+            rows.append(_row(item, None, -1))
+            emit()
+            continue
+        for box, tid, face in faces:
+            row = _row(item, box, int(tid))
+            rows.append(row)
+            pending.append((row, face))
+            if len(pending) == batch_size:
+                flush()
+        if progress and frames_seen % 25 == 0:
+            rate = frames_seen / (time.perf_counter() - t0)
+            print(f"\r{frames_seen} frames, {rate:.1f} frames/s", end="", file=sys.stderr, flush=True)
+    flush()
+    if progress:
+        print(file=sys.stderr)
+    if frames_seen == 0:
+        raise InputError(f"{input_spec}: no readable frames ({len(skipped)} unreadable file(s))")
+    table = _table(rows, classes, with_va, skipped)
+    if smooth != "none":
+        _smooth_tracks(table, smooth, sigma, k)
+    _labels(table)
+    return table
+
+
+def _row(frame: Frame, box, track_id: int) -> dict:
+    return {"source": frame.source, "frame": frame.index, "time": frame.time, "track_id": track_id,
+            "box": box, "probs": None, "va": None}
+
+
+def _table(rows: list[dict], classes, with_va: bool, skipped) -> Predictions:
+    n, k = len(rows), len(classes)
+    cols: dict[str, np.ndarray] = {
+        "source": np.array([r["source"] for r in rows], dtype=object),
+        "frame": np.array([r["frame"] for r in rows], np.int64),
+        "time": np.array([np.nan if r["time"] is None else r["time"] for r in rows]),
+        "track_id": np.array([r["track_id"] for r in rows], np.int64),
+    }
+    boxes = np.full((n, 4), np.nan)
+    probs = np.full((n, k), np.nan)
+    va = np.full((n, 2), np.nan)
+    for i, r in enumerate(rows):
+        if r["box"] is not None:
+            boxes[i], probs[i] = r["box"], r["probs"]
+            if r["va"] is not None:
+                va[i] = r["va"]
+    for j, name in enumerate(("x1", "y1", "x2", "y2")):
+        cols[name] = boxes[:, j]
+    for j, name in enumerate(classes):
+        cols[f"p_{name}"] = probs[:, j]
+    if with_va:
+        cols["valence"], cols["arousal"] = va[:, 0], va[:, 1]
+    return Predictions(cols, tuple(classes), list(skipped))
+
+
+def _smooth_tracks(table: Predictions, method: str, sigma: float, k: int) -> None:
+    """Smooth probabilities and valence/arousal along each face track (frame-number distances)."""
+    from hsemo_jax.postprocess import smooth
+
+    face = np.flatnonzero(table.has_face)
+    if len(face) == 0:
+        return
+    keys = [f"p_{c}" for c in table.expression_names] + [c for c in ("valence", "arousal") if c in table.columns]
+    values = np.stack([table[c][face] for c in keys], axis=1)
+    # one "video" per (source, track); frames must be sorted within each
+    track = np.array([f"{s}#{t}" for s, t in zip(table["source"][face], table["track_id"][face])])
+    order = np.lexsort((table["frame"][face], track))
+    smoothed = np.empty_like(values)
+    smoothed[order] = smooth(values[order], track[order], table["frame"][face][order], method=method,
+                             sigma=sigma if method == "gaussian" else None, k=k)
+    for j, c in enumerate(keys):
+        table.columns[c][face] = smoothed[:, j]
+
+
+def _labels(table: Predictions) -> None:
+    """Expression label (argmax) and, for 8 HSE classes, compound expression scores and label."""
+    from hsemo_jax.models.registry import HSE_CLASSES_8
+
+    face = table.has_face
+    probs = np.stack([table[f"p_{c}"] for c in table.expression_names], axis=1)
+    label = np.full(len(table), "", dtype=object)
+    label[face] = np.array(table.expression_names, dtype=object)[np.argmax(probs[face], axis=1)]
+    table.columns["expression"] = label
+    if table.expression_names != HSE_CLASSES_8:
+        return
+    from hsemo_jax.postprocess.compound import CEXPR_CLASSES, compound_scores
+
+    comp = np.full((len(table), len(CEXPR_CLASSES)), np.nan)
+    if face.any():
+        comp[face] = compound_scores(probs[face].astype(np.float32))
+    for j, name in enumerate(CEXPR_CLASSES):
+        table.columns[f"c_{name}"] = comp[:, j]
+    clabel = np.full(len(table), "", dtype=object)
+    clabel[face] = np.array(CEXPR_CLASSES, dtype=object)[np.argmax(comp[face], axis=1)]
+    table.columns["compound"] = clabel

@@ -1,0 +1,131 @@
+"""Frame sources: a video file, an image, a folder of images, or a glob, as one stream of RGB frames.
+
+Videos are decoded by OpenCV in a background thread into a bounded queue, so decoding overlaps
+inference and memory stays constant on long videos.
+"""
+from __future__ import annotations
+
+import glob as globlib
+import os
+import queue
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from hsemo_jax.errors import InputError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+
+
+@dataclass
+class Frame:
+    index: int  # frame number: 0-based in a video; from the file name in ABAW-style folders
+    time: float | None  # seconds from the start (videos only)
+    rgb: np.ndarray  # (H, W, 3) uint8
+    source: str  # the file it came from
+
+
+@dataclass
+class Skipped:
+    source: str
+    reason: str
+
+
+class FrameSource:
+    """Iterate `Frame`s (and `Skipped` entries for unreadable images in a folder or glob)."""
+
+    def __init__(self, spec: str, queue_size: int = 32):
+        self.spec = spec
+        self.queue_size = queue_size
+        path = Path(spec)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+            if not files:
+                raise InputError(f"{spec}: folder contains no images ({', '.join(sorted(IMAGE_EXTS))})")
+            self.kind, self.files = "images", files
+        elif path.is_file():
+            if path.suffix.lower() in IMAGE_EXTS:
+                self.kind, self.files = "images", [path]
+            else:
+                self.kind, self.files = "video", [path]
+        elif any(c in spec for c in "*?["):
+            files = sorted(Path(p) for p in globlib.glob(spec) if Path(p).suffix.lower() in IMAGE_EXTS)
+            if not files:
+                raise InputError(f"{spec}: the pattern matches no images")
+            self.kind, self.files = "images", files
+        else:
+            raise InputError(f"{spec}: no such file, folder or glob pattern")
+
+    def __iter__(self) -> Iterator[Frame | Skipped]:
+        if self.kind == "video":
+            yield from self._video(self.files[0])
+        else:
+            yield from self._images(self.files)
+
+    @staticmethod
+    def _images(files) -> Iterator[Frame | Skipped]:
+        # ABAW `cropped_aligned/<video>/00001.jpg`: the number in the name is the frame number.
+        numbered = all(re.fullmatch(r"\d+", f.stem) for f in files)
+        for i, f in enumerate(files):
+            bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
+            if bgr is None:
+                yield Skipped(str(f), "unreadable or corrupt image")
+                continue
+            yield Frame(int(f.stem) if numbered else i, None, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), str(f))
+
+    def _video(self, path: Path) -> Iterator[Frame]:
+        cap = cv2.VideoCapture(str(path))
+        if not cap.isOpened():
+            raise InputError(f"{path}: cannot open as a video (unsupported format or corrupt file)")
+        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        q: queue.Queue = queue.Queue(maxsize=self.queue_size)
+        stop = threading.Event()
+
+        def decode():
+            try:
+                i = 0
+                while not stop.is_set():
+                    ok, bgr = cap.read()
+                    if not ok:
+                        break
+                    t = i / fps if fps > 0 else None
+                    frame = Frame(i, t, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), str(path))
+                    while not stop.is_set():
+                        try:
+                            q.put(frame, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    i += 1
+            finally:
+                cap.release()
+                q.put(None)
+
+        thread = threading.Thread(target=decode, name="hsemo-decode", daemon=True)
+        thread.start()
+        n = 0
+        try:
+            while (frame := q.get()) is not None:
+                n += 1
+                yield frame
+        finally:
+            stop.set()
+            while thread.is_alive():  # drain so the decoder can see `stop` and exit
+                try:
+                    q.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+        if n == 0:
+            raise InputError(f"{path}: no frames could be decoded (empty or corrupt video)")
+
+
+def describe(source: FrameSource) -> str:
+    if source.kind == "video":
+        return os.fspath(source.files[0])
+    return f"{len(source.files)} image(s) from {source.spec}"

@@ -1,0 +1,123 @@
+"""`hsemo-jax predict` end to end on real faces (the bundled astronaut clip, LFW crops)."""
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from hsemo_jax.checkpoint import ModelInfo, save_model
+from hsemo_jax.cli import main as cli_main
+from hsemo_jax.errors import InputError
+from hsemo_jax.models import registry
+from hsemo_jax.predict import predict
+
+CLIP = Path(__file__).resolve().parents[1] / "examples" / "astronaut.mp4"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A converted MobileFaceNet with random weights (10 outputs: 8 expressions + V + A)."""
+    out = tmp_path_factory.mktemp("models") / "mbf"
+    save_model(registry.build("mobilefacenet", 10, seed=7), ModelInfo.for_arch("mobilefacenet", 10), out)
+    return str(out)
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_video_to_csv_and_plot(model_dir, tmp_path, capsys):
+    out, png = tmp_path / "a.csv", tmp_path / "a.png"
+    assert cli_main(["predict", str(CLIP), "--model", model_dir, "--smooth", "gaussian", "--batch-size", "8",
+                     "--out", str(out), "--plot", str(png)]) == 0
+    rows = _read_csv(out)
+    frames = {int(r["frame"]) for r in rows}
+    assert frames == set(range(48))  # every frame has a row, with or without a face
+    faces = [r for r in rows if r["track_id"] != ""]
+    assert len({int(r["frame"]) for r in faces}) >= 40  # the astronaut is found in most frames
+    p = np.array([[float(r[f"p_{c}"]) for c in registry.HSE_CLASSES_8] for r in faces])
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    assert all(r["expression"] in registry.HSE_CLASSES_8 and r["compound"] for r in faces)
+    assert all(-10 < float(r["valence"]) < 10 for r in faces)
+    assert not (tmp_path / "a.csv.partial").exists()
+    assert png.stat().st_size > 10_000
+    summary = capsys.readouterr().out
+    assert "48 frame(s)" in summary and "without a face" in summary
+
+
+def test_folder_of_crops_reports_corrupt_files(model_dir, tmp_path):
+    from skimage import data
+
+    folder = tmp_path / "cropped_aligned"
+    folder.mkdir()
+    for i, face in enumerate(data.lfw_subset()[:5], start=1):
+        rgb = np.repeat((face * 255).astype(np.uint8)[..., None], 3, axis=-1)
+        cv2.imwrite(str(folder / f"{i:05d}.jpg"), cv2.resize(rgb, (112, 112)))
+    (folder / "00009.jpg").write_bytes(b"not a jpeg")
+    table = predict(str(folder), [model_dir], detector="none", batch_size=4)
+    assert list(table["frame"]) == [1, 2, 3, 4, 5]  # ABAW frame numbers from the file names
+    assert table.has_face.all() and [s.source for s in table.skipped] == [str(folder / "00009.jpg")]
+    # blending a model with itself changes nothing
+    twice = predict(str(folder), [model_dir, model_dir], weights=[0.3, 0.7], detector="none", batch_size=4)
+    np.testing.assert_allclose(twice["p_Anger"], table["p_Anger"], rtol=1e-5)
+
+
+def test_bad_inputs_name_the_file(model_dir, tmp_path, capsys):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 1000)
+    out = tmp_path / "o.csv"
+    assert cli_main(["predict", str(bad), "--model", model_dir, "--out", str(out)]) == 2
+    assert str(bad) in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "o.csv.partial").exists()
+    with pytest.raises(InputError, match="no such file"):
+        predict(str(tmp_path / "missing.mp4"), [model_dir])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no images"):
+        predict(str(tmp_path / "empty"), [model_dir])
+    with pytest.raises(InputError, match="weights"):
+        predict(str(CLIP), [model_dir, model_dir], weights=[0.5, 0.6])
+
+
+def test_interrupted_run_keeps_previous_output(model_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "o.csv"
+    out.write_text("previous results\n")
+    from hsemo_jax.predict import pipeline
+
+    calls = {"n": 0}
+    real = pipeline.IoUTracker.update
+
+    def interrupt_after_10_frames(self, boxes, frame):
+        calls["n"] += 1
+        if calls["n"] > 10:
+            raise KeyboardInterrupt
+        return real(self, boxes, frame)
+
+    monkeypatch.setattr(pipeline.IoUTracker, "update", interrupt_after_10_frames)
+    assert cli_main(["predict", str(CLIP), "--model", model_dir, "--batch-size", "4", "--out", str(out)]) == 130
+    assert out.read_text() == "previous results\n"
+    assert "interrupted" in capsys.readouterr().err
+    partial = _read_csv(tmp_path / "o.csv.partial")
+    assert 0 < len(partial) and {int(r["frame"]) for r in partial} <= set(range(10))
+
+
+def test_tracker_keeps_ids_across_motion_and_gaps():
+    from hsemo_jax.predict.track import IoUTracker
+
+    tr = IoUTracker(min_iou=0.3, max_gap=2)
+    a = np.array([[10, 10, 50, 50], [100, 100, 150, 150]], np.float32)
+    assert list(tr.update(a, 0)) == [0, 1]
+    assert list(tr.update(a[::-1] + 3, 1)) == [1, 0]  # order of detections does not matter
+    assert list(tr.update(np.zeros((0, 4), np.float32), 2)) == []
+    assert list(tr.update(a[:1] + 6, 3)) == [0]  # one-frame gap: same track
+    assert list(tr.update(a[:1] + 6, 9)) == [2]  # gap longer than max_gap: new track
+
+
+def test_crop_truncates_and_clamps_like_the_original():
+    from hsemo_jax.predict.detect import crop
+
+    img = np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3)
+    np.testing.assert_array_equal(crop(img, [2.9, 3.7, 10.2, 12.9]), img[3:12, 2:10])
+    assert crop(img, [-5, -5, 8, 8]).shape == (8, 8, 3)
+    assert crop(img, [40, 40, 50, 50]) is None
