@@ -14,6 +14,7 @@ from hsemo_jax.errors import InputError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "predict": ("hsemo_jax.predict.command", "per-frame emotions, valence/arousal of faces in a video, image or folder"),
     "convert": ("hsemo_jax.convert.command", "convert a PyTorch checkpoint to an hsemo-jax model directory"),
     "bench": ("hsemo_jax.bench.command", "run a benchmark (backbones, postprocess, ...)"),
 }
