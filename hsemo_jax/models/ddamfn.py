@@ -60,24 +60,37 @@ class MDConv(nnx.Module):
         return jnp.concatenate(outs, axis=-1)
 
 
-class CoordAtt(nnx.Module):
-    """Coordinate attention (trunk version): average-pool along W and along H, shared 1x1 conv +
-    BN + h_swish, then per-direction 1x1 conv + sigmoid; returns x * a_w * a_h."""
+class _DirectionalAttention(nnx.Module):
+    """Shared part of both coordinate attentions: pooled columns x_h (n, h, 1, c) and rows
+    x_w (n, w, 1, c) -> 1x1 conv + BN + h_swish together -> per-direction 1x1 conv + sigmoid."""
 
-    def __init__(self, ch, *, rng):
+    def _init_attention(self, ch, rng):
         mip = max(8, ch // 32)
         self.conv1 = Conv2d(ch, mip, 1, bias=True, rng=rng)
         self.bn1 = BatchNorm(mip)
         self.conv2 = Conv2d(mip, ch, 1, bias=True, rng=rng)
         self.conv3 = Conv2d(mip, ch, 1, bias=True, rng=rng)
 
+    def _attend(self, x_h, x_w):
+        """-> (a_h (n, h, 1, c), a_w (n, 1, w, c)), which broadcast to (n, h, w, c)."""
+        h = x_h.shape[1]
+        y = h_swish(self.bn1(self.conv1(jnp.concatenate([x_h, x_w], axis=1))))
+        a_h = jax.nn.sigmoid(self.conv2(y[:, :h]))
+        a_w = jax.nn.sigmoid(self.conv3(y[:, h:].transpose(0, 2, 1, 3)))
+        return a_h, a_w
+
+
+class CoordAtt(_DirectionalAttention):
+    """Coordinate attention (trunk version): average-pool along W and along H; returns
+    x * a_w * a_h."""
+
+    def __init__(self, ch, *, rng):
+        self._init_attention(ch, rng)
+
     def __call__(self, x_nhwc):
-        h = x_nhwc.shape[1]
         x_h = jnp.mean(x_nhwc, axis=2, keepdims=True)  # (n, h, 1, c)
         x_w = jnp.mean(x_nhwc, axis=1, keepdims=True).transpose(0, 2, 1, 3)  # (n, w, 1, c)
-        y = h_swish(self.bn1(self.conv1(jnp.concatenate([x_h, x_w], axis=1))))
-        a_h = jax.nn.sigmoid(self.conv2(y[:, :h]))  # (n, h, 1, c)
-        a_w = jax.nn.sigmoid(self.conv3(y[:, h:].transpose(0, 2, 1, 3)))  # (n, 1, w, c)
+        a_h, a_w = self._attend(x_h, x_w)
         return x_nhwc * a_w * a_h
 
 
@@ -107,29 +120,22 @@ class MixResidual(nnx.Module):
         return x
 
 
-class HeadCoordAtt(nnx.Module):
-    """DDAM head: learned directional pooling (depthwise (1,7) and (7,1) convs + BN), shared 1x1
-    conv + BN + h_swish, per-direction 1x1 conv + sigmoid. Returns the attention map a_w * a_h
-    (it does not multiply by x). Its `Linear` (7x7 depthwise + BN) is never called."""
+class HeadCoordAtt(_DirectionalAttention):
+    """DDAM head: learned directional pooling (depthwise (1,7) and (7,1) convs + BN) instead of
+    averages. Returns the attention map a_w * a_h (it does not multiply by x). Its `Linear`
+    (7x7 depthwise + BN) is never called."""
 
     def __init__(self, ch=512, *, rng):
-        mip = max(8, ch // 32)
         self.Linear_h = ConvBN(ch, ch, (1, 7), groups=ch, act=False, rng=rng)
         self.Linear_w = ConvBN(ch, ch, (7, 1), groups=ch, act=False, rng=rng)
-        self.conv1 = Conv2d(ch, mip, 1, bias=True, rng=rng)
-        self.bn1 = BatchNorm(mip)
-        self.conv2 = Conv2d(mip, ch, 1, bias=True, rng=rng)
-        self.conv3 = Conv2d(mip, ch, 1, bias=True, rng=rng)
+        self._init_attention(ch, rng)
         self.Linear = ConvBN(ch, ch, 7, groups=ch, act=False, rng=rng)
 
     def __call__(self, x_nhwc):
-        h = x_nhwc.shape[1]
         x_h = self.Linear_h(x_nhwc)  # (n, h, 1, c)
         x_w = self.Linear_w(x_nhwc).transpose(0, 2, 1, 3)  # (n, 1, w, c) -> (n, w, 1, c)
-        y = h_swish(self.bn1(self.conv1(jnp.concatenate([x_h, x_w], axis=1))))
-        a_h = jax.nn.sigmoid(self.conv2(y[:, :h]))  # (n, h, 1, c)
-        a_w = jax.nn.sigmoid(self.conv3(y[:, h:].transpose(0, 2, 1, 3)))  # (n, 1, w, c)
-        return a_w * a_h  # broadcasts to (n, h, w, c)
+        a_h, a_w = self._attend(x_h, x_w)
+        return a_w * a_h  # (n, h, w, c)
 
 
 class CoordAttHead(nnx.Module):
