@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("hsemo_jax.predict.command", "per-frame emotions, valence/arousal of faces in a video, image or folder"),
     "convert": ("hsemo_jax.convert.command", "convert a PyTorch checkpoint to an hsemo-jax model directory"),
     "bench": ("hsemo_jax.bench.command", "run a benchmark (backbones, postprocess, ...)"),
+    "build-dataset": ("data_pipelines.build_command", "build a TFDS ArrayRecord dataset (AffectNet, Aff-Wild2, C-EXPR) from your local copy"),
+    "extract-features": ("data_pipelines.extract_command", "per-frame embeddings + scores of a converted model over a dataset or image folder"),
+    "evaluate": ("hsemo_jax.postprocess.cli_evaluate", "ABAW metrics (P_VA, P_EXPR, P_AU, P_MTL; C-EXPR KL, kappa) of a prediction file"),
+    "sweep": ("hsemo_jax.postprocess.cli_sweep", "grid search over smoothing / blending settings; prints the best, writes CSV"),
 }
 
 

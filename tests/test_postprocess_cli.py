@@ -1,0 +1,116 @@
+"""`hsemo-jax evaluate` and `hsemo-jax sweep` glue: parse, run, print, write."""
+import argparse
+import csv
+import importlib
+import re
+
+import numpy as np
+import pytest
+from sklearn.metrics import cohen_kappa_score
+
+from hsemo_jax import metrics
+from hsemo_jax.errors import InputError
+from hsemo_jax.postprocess import abaw_io, smooth
+
+
+def run_cmd(module, argv):
+    mod = importlib.import_module(module)
+    parser = argparse.ArgumentParser()
+    mod.add_arguments(parser)
+    return mod.run(parser.parse_args(argv))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("abaw")
+    rng = np.random.default_rng(0)
+    vids = np.repeat(["vidA", "vidB_left", "vidC"], [60, 1, 90])
+    frames = np.concatenate([np.arange(1, 61), [5], np.arange(1, 91) * 2])
+    n = len(vids)
+    images = [f"{v}/{f:05d}.jpg" for v, f in zip(vids, frames)]
+    va = rng.uniform(-1, 1, (n, 2)).round(3)
+    va[::6] = -5
+    expr = rng.integers(0, 8, n)
+    expr[::3] = -1
+    aus = (rng.random((n, 12)) < 0.4).astype(int)
+    aus[::4] = -1
+    lines = ["image,Valence,Arousal,Expression,AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26"]
+    lines += [",".join([im, str(v), str(a), str(e), *map(str, au)]) for im, (v, a), e, au in zip(images, va, expr, aus)]
+    (d / "gt.txt").write_text("\n".join(lines) + "\n")
+    p_va = np.clip(va + rng.normal(size=va.shape) * 0.3, -1, 1).astype(np.float32)
+    p_ex = rng.dirichlet(np.ones(8), n).astype(np.float32)
+    p_au = np.clip(aus * 0.3 + rng.random((n, 12)) * 0.7, 0, 1).astype(np.float32)
+    abaw_io.write_mtl_scores(str(d / "pred.txt"), images, p_va, p_ex, p_au)
+    q_ex = rng.dirichlet(np.ones(8), n).astype(np.float32)
+    abaw_io.write_mtl_scores(str(d / "pred_b.txt"), images, -p_va, q_ex, 1 - p_au)
+    return d
+
+
+def numbers(out, name):
+    return float(re.search(rf"{name} (-?[0-9.]+)", out).group(1))
+
+
+def test_evaluate_prints_every_metric(files, capsys):
+    assert run_cmd("hsemo_jax.postprocess.cli_evaluate",
+                   [str(files / "pred.txt"), str(files / "gt.txt"), "--compare", str(files / "pred_b.txt")]) == 0
+    out = capsys.readouterr().out
+    pred = abaw_io.read_mtl_predictions(str(files / "pred.txt"))
+    other = abaw_io.read_mtl_predictions(str(files / "pred_b.txt"))
+    gt = abaw_io.read_mtl_labels(str(files / "gt.txt"))
+    ref = metrics.abaw_mtl(va_true=gt.va, va_pred=pred.va, expr_true=gt.expr, expr_pred=pred.expr,
+                           au_true=gt.aus, au_probs=pred.aus)
+    for key in ("P_VA", "CCC_V", "CCC_A", "P_EXPR", "P_AU", "P_MTL"):
+        assert numbers(out, key) == pytest.approx(ref[key], abs=6e-5), key
+    assert numbers(out, "Cohen's kappa") == pytest.approx(cohen_kappa_score(pred.expr_labels, other.expr_labels),
+                                                          abs=6e-5)
+    assert "best thresholds on this set" in out and "F1 per AU: AU1" in out
+
+
+def test_evaluate_with_smoothing_and_blending(files, capsys):
+    run_cmd("hsemo_jax.postprocess.cli_evaluate",
+            [str(files / "pred.txt"), str(files / "gt.txt"), "--smooth-expr", "hsemotion:1e5:3",
+             "--blend-with", str(files / "pred_b.txt"), "--blend-weights", "1,0.5,1"])
+    out = capsys.readouterr().out
+    pred = abaw_io.read_mtl_predictions(str(files / "pred.txt"))
+    other = abaw_io.read_mtl_predictions(str(files / "pred_b.txt"))
+    gt = abaw_io.read_mtl_labels(str(files / "gt.txt"))
+    ex = smooth(0.5 * pred.expr + 0.5 * other.expr, pred.videos, pred.frames, sigma=1e5, k=3, compat="hsemotion")
+    m = gt.expr > -1
+    assert numbers(out, "P_EXPR") == pytest.approx(metrics.macro_f1(gt.expr[m], ex[m]), abs=6e-5)
+
+
+def test_evaluate_errors(files, tmp_path):
+    lines = (files / "pred.txt").read_text().splitlines()
+    (tmp_path / "p.txt").write_text("\n".join(lines + ["ghost/00001.jpg" + lines[1][lines[1].index(","):]]) + "\n")
+    with pytest.raises(InputError, match=rf"p.txt:{len(lines) + 1}: video 'ghost' is not in the ground truth"):
+        run_cmd("hsemo_jax.postprocess.cli_evaluate", [str(tmp_path / "p.txt"), str(files / "gt.txt")])
+    with pytest.raises(SystemExit):  # argparse: bad smoothing spec
+        run_cmd("hsemo_jax.postprocess.cli_evaluate", [str(files / "pred.txt"), "--smooth-va", "median:1:2"])
+
+
+def test_evaluate_ce(tmp_path, capsys):
+    images = [abaw_io.ce_image_name("v", f) for f in range(1, 8)]
+    abaw_io.write_ce_submission(str(tmp_path / "a.txt"), images, np.arange(7))
+    abaw_io.write_ce_submission(str(tmp_path / "b.txt"), images, np.array([0, 1, 2, 3, 4, 6, 6]))
+    run_cmd("hsemo_jax.postprocess.cli_evaluate", [str(tmp_path / "a.txt"), "--compare", str(tmp_path / "b.txt")])
+    out = capsys.readouterr().out
+    prior = np.array([14445, 24915, 10780, 10637, 10535, 10112, 8878]) / 90302
+    assert numbers(out, r"KL\(prior \|\| histogram\)") == pytest.approx(np.sum(prior * np.log(prior * 7)), abs=6e-5)
+    assert numbers(out, "Cohen's kappa") == pytest.approx(cohen_kappa_score(np.arange(7), [0, 1, 2, 3, 4, 6, 6]),
+                                                          abs=6e-5)
+
+
+def test_sweep_command_writes_csv(files, capsys, tmp_path):
+    out_csv = tmp_path / "table.csv"
+    run_cmd("hsemo_jax.postprocess.cli_sweep",
+            [str(files / "pred.txt"), str(files / "gt.txt"), "--sigmas", "10", "--ks", "0,3",
+             "--tasks", "EXPR,VA", "--csv", str(out_csv)])
+    out = capsys.readouterr().out
+    assert "best EXPR:" in out and "best VA:" in out and f"wrote {out_csv}" in out
+    rows = list(csv.DictReader(open(out_csv)))
+    assert len(rows) == 4 and {r["task"] for r in rows} == {"EXPR", "VA"}
+    pred = abaw_io.read_mtl_predictions(str(files / "pred.txt"))
+    gt = abaw_io.read_mtl_labels(str(files / "gt.txt"))
+    m = gt.expr > -1
+    unsmoothed = [r for r in rows if r["task"] == "EXPR" and r["k"] == "0"][0]
+    assert float(unsmoothed["score"]) == pytest.approx(metrics.macro_f1(gt.expr[m], pred.expr[m]), abs=1e-9)
