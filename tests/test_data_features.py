@@ -1,0 +1,131 @@
+"""Feature datasets and the build-dataset / extract-features commands: exact values, fixed
+batches, resumption after an interruption, bad images reported by name."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+import data_fixtures as F
+from data_pipelines import extract as X
+from data_pipelines import features as FT
+from data_pipelines.images import decode_rgb
+from hsemo_jax import cli
+from hsemo_jax.errors import InputError
+from hsemo_jax.models import preprocess
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from hsemo_jax.checkpoint import ModelInfo, save_model
+    from hsemo_jax.models import build
+
+    d = tmp_path_factory.mktemp("model") / "mbf"
+    save_model(build("mobilefacenet", 10, seed=1), ModelInfo.for_arch("mobilefacenet", 10), d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mtl")
+    F.make_s_aff_wild2(root / "m", videos=(("video1", [1, 2, 3, 4, 5, 6]), ("vid2", [2, 4]), ("v3", [1])))
+    return root
+
+
+def _expected(model_dir, images_rgb):
+    """embedding, scores of the model on exactly preprocessed images, 4 at a time (as extracted)."""
+    _, forward = X.load_model_and_forward(model_dir)
+    x = preprocess("mbf_va_mtl", images_rgb)
+    pad = -len(x) % 4
+    x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], np.float32)])
+    outs = [forward(x[i:i + 4]) for i in range(0, len(x), 4)]
+    n = len(images_rgb)
+    return (np.concatenate([np.asarray(o[0]) for o in outs])[:n],
+            np.concatenate([np.asarray(o[1]) for o in outs])[:n])
+
+
+def test_build_dataset_cli_prints_written_and_skipped(built, capsys):
+    rc = cli.main(["build-dataset", "s_aff_wild2", "--manual-dir", str(built / "m"),
+                   "--data-dir", str(built / "data"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "train: 8 written, 0 skipped" in out and "validation: 1 written, 0 skipped" in out
+    rc = cli.main(["build-dataset", "s_aff_wild2", "--manual-dir", str(built / "m"),
+                   "--data-dir", str(built / "data"), "--no-progress"])
+    assert rc == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_extract_features_from_dataset_resumes_after_interruption(built, model_dir, monkeypatch, capsys):
+    pytest.importorskip("orbax.checkpoint")
+    data = built / "data" / "s_aff_wild2"
+    if not data.exists():
+        cli.main(["build-dataset", "s_aff_wild2", "--manual-dir", str(built / "m"),
+                  "--data-dir", str(built / "data"), "--no-progress"])
+    out = built / "feat"
+    real_write = FT.FeatureWriter.write_chunk
+
+    def interrupted(self, chunk, arrays, skipped):
+        if chunk == 1:
+            raise KeyboardInterrupt
+        return real_write(self, chunk, arrays, skipped)
+
+    monkeypatch.setattr(FT.FeatureWriter, "write_chunk", interrupted)
+    args = ["extract-features", str(model_dir), "--dataset", str(data), "--split", "train",
+            "--out", str(out), "--batch-size", "4", "--chunk-size", "4", "--no-progress"]
+    assert cli.main(args) == 130
+    assert (out / "chunk-00000").is_dir() and not (out / "chunk-00001").exists()
+    with pytest.raises(InputError, match="not finished"):
+        FT.FeatureDataset(out)
+    monkeypatch.setattr(FT.FeatureWriter, "write_chunk", real_write)
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "resumed at example 4" in printed and "4 examples written, 0 skipped" in printed
+
+    ds = FT.FeatureDataset(out)
+    a = ds.arrays()
+    assert len(ds) == 8 and ds.meta["complete"] and ds.meta["source"]["split"] == "train"
+    from data_pipelines.build import open_dataset
+
+    src = open_dataset(data, "train")
+    rows = [src[i] for i in range(len(src))]
+    assert a["name"].tolist() == [r["name"].decode() for r in rows]
+    assert a["index"].tolist() == list(range(8))
+    emb, scores = _expected(model_dir, [decode_rgb(r["image"]) for r in rows])
+    np.testing.assert_allclose(a["embedding"], emb, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a["scores"], scores, rtol=1e-5, atol=1e-5)
+    assert a["embedding"].shape == (8, 512) and a["scores"].shape == (8, 10)
+    for k in ("va", "va_mask", "expression", "expression_mask", "aus", "au_mask", "frame"):
+        np.testing.assert_array_equal(a[k], np.stack([np.asarray(r[k]) for r in rows]))
+    one = ds[5]
+    np.testing.assert_array_equal(one["scores"], a["scores"][5])
+    assert one["name"] == a["name"][5]
+
+    assert cli.main(args) == 0  # complete: nothing to do
+    assert "already complete" in capsys.readouterr().out
+    other = args[:-5] + ["--batch-size", "4", "--chunk-size", "8", "--no-progress"]
+    assert cli.main(other) == 2  # a different extraction into the same folder
+    assert "different extraction" in capsys.readouterr().err
+
+
+def test_extract_features_image_folder_reports_bad_images(tmp_path, model_dir):
+    imgs = tmp_path / "imgs"
+    rgb = []
+    for i, name in enumerate(["a.jpg", "b/c.png", "b/d.jpg", "e.jpg", "f.jpg"]):
+        p = imgs / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(cv2.imencode(p.suffix, F.crop(i, 60))[1].tobytes())
+        rgb.append(decode_rgb(p.read_bytes()))
+    (imgs / "b" / "d.jpg").write_bytes(b"\xff\xd8 broken")
+    with pytest.raises(InputError, match=r"b/d\.jpg: corrupt image"):
+        X.extract_features(model_dir, tmp_path / "bad", images=str(imgs), batch_size=4,
+                           on_bad_image="error", progress=False)
+    s = X.extract_features(model_dir, tmp_path / "out", images=str(imgs), batch_size=4, progress=False)
+    assert s["written"] == 4 and s["skipped"] == 1 and s["skipped_names"] == ["b/d.jpg"]
+    ds = FT.FeatureDataset(tmp_path / "out")
+    a = ds.arrays()
+    assert a["name"].tolist() == ["a.jpg", "b/c.png", "e.jpg", "f.jpg"] and ds.skipped() == ["b/d.jpg"]
+    emb, scores = _expected(model_dir, [rgb[i] for i in (0, 1, 3, 4)])
+    np.testing.assert_allclose(a["scores"], scores, rtol=1e-5, atol=1e-5)
+    meta = json.loads((tmp_path / "out" / "features.json").read_text())
+    assert meta["source"]["kind"] == "images" and meta["model"]["arch"] == "mobilefacenet"
