@@ -120,3 +120,18 @@ def test_every_subcommand_has_help(capsys):
             cli_main(name.split())
         assert e.value.code == 0
     assert "convert" in capsys.readouterr().out
+
+
+def test_parameter_counts_match_the_originals():
+    """Spec §1: backbones without classifier, and DDAMFN with its never-used parameters."""
+    from flax import nnx
+
+    def count(arch, n):
+        m = registry.build(arch, n)
+        return sum(int(np.prod(v[...].shape)) for _, v in nnx.to_flat_state(nnx.state(m, nnx.Param)))
+
+    assert count("tf_efficientnet_b0", None) == 4_007_548
+    assert count("tf_efficientnet_b2", None) == 7_700_994
+    assert count("mobilefacenet", None) == 2_059_520
+    assert count("ddamfn", 8) == 4_187_936
+    assert count("ddamfn", 7) == 4_187_421

@@ -23,7 +23,13 @@ import ddamfn as ref_ddamfn
 import mobilefacenet as ref_mbf
 from randomize import randomize_
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Inference only; restored after each test so other test modules keep autograd."""
+    with torch.no_grad():
+        yield
 
 
 def _timm(arch, classifier):
