@@ -127,11 +127,13 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
     skipped: list[Skipped] = []
     t0, frames_seen, streamed = time.perf_counter(), 0, 0
 
-    def emit():  # hand every finished row, in order, to on_rows
+    def emit():  # hand every finished row, in order, to on_rows (none is finished while faces wait)
         nonlocal streamed
-        if on_rows is not None and not pending and streamed < len(rows):
+        if pending:
+            return
+        if on_rows is not None and streamed < len(rows):
             on_rows(rows[streamed:], classes, with_va)
-        streamed = len(rows) if not pending else streamed
+        streamed = len(rows)
 
     def flush():
         if pending:
