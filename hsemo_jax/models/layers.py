@@ -175,7 +175,7 @@ class BatchNorm(nnx.Module):
             self.mean[...] = (1 - m) * self.mean[...] + m * mean
             self.var[...] = (1 - m) * self.var[...] + m * var * (n / max(n - 1, 1))
         inv = lax.rsqrt(var + self.eps) * self.scale[...]
-        return (x - mean) * inv.astype(x.dtype) + self.bias[...]
+        return ((x - mean.astype(x.dtype)) * inv.astype(x.dtype) + self.bias[...].astype(x.dtype))
 
 
 class PReLU(nnx.Module):
