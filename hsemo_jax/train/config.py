@@ -1,0 +1,258 @@
+"""Training configuration: TOML or JSON files -> validated dataclasses.
+
+A config file has the sections below (all optional; every field has a default). Unknown
+sections or keys, wrong types and out-of-range values raise `InputError` naming the field,
+e.g. `pretrain.toml: optim.lr: expected a number > 0, got "fast"`. Command-line
+`--set section.key=VALUE` overrides (VALUE parsed as TOML, else taken as a string).
+Each field's documentation is the `doc` of its dataclass field (`describe()` prints them all).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hsemo_jax.errors import InputError
+
+
+def doc(default, text: str, choices: tuple | None = None, minimum: float | None = None, positive: bool = False):
+    """A dataclass field with a documentation string and its allowed values."""
+    meta = {"doc": text, "choices": choices, "min": minimum, "positive": positive}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = doc("tf_efficientnet_b0", "backbone architecture (hsemo_jax.models.registry)",
+                    ("tf_efficientnet_b0", "efficientnet_b0", "tf_efficientnet_b2", "mobilefacenet", "ddamfn"))
+    num_outputs: int = doc(10, "outputs of the classifier: 10 = 8 expression logits + valence + arousal "
+                               "(CCC loss on), 8 = expression only", (8, 10))
+    init: str = doc("", "hsemo-jax model directory (`hsemo-jax convert`) whose matching weights initialize the "
+                        "model, e.g. VGGFace2 face-ID weights; layers of other shapes (the classifier) stay "
+                        "random; empty = random init")
+    num_heads: int = doc(2, "DDAMFN attention heads", minimum=1)
+    seed: int = doc(0, "seed of the random initialization", minimum=0)
+
+
+@dataclass
+class HeadConfig:
+    tasks: list = doc(["expr", "va", "au"], "tasks to train, any of expr, va, au")
+    mode: str = doc("separate", "separate = each task's sub-head alone on the rows with its label, with its own "
+                                "optimizer, epochs and model selection (the paper's way, spec §3.4); joint = "
+                                "one run on all rows, masked sum of the task losses", ("separate", "joint"))
+    epochs_expr: float = doc(10.0, "separate mode: epochs of the EXPR sub-head (spec: 10; 1 with TRAIN_VAL)",
+                             positive=True)
+    epochs_va: float = doc(20.0, "separate mode: epochs of the VA sub-head (spec: 20; 10 with TRAIN_VAL)",
+                           positive=True)
+    epochs_au: float = doc(10.0, "separate mode: epochs of the AU sub-head (spec: 10)", positive=True)
+    task_weights: dict = doc({}, "joint mode: loss weight per task, e.g. {expr = 1.0, va = 2.0}; default 1")
+    seed: int = doc(0, "seed of the head's glorot-uniform initialization", minimum=0)
+
+
+@dataclass
+class DataConfig:
+    train: str = doc("", "training data: pretrain = image dataset (.npz or directory of .npy: images uint8 "
+                         "(N,S,S,3), expr (N,), va (N,2)) or 'synthetic'; train-head = feature dataset "
+                         "(x (N,D+10), expr, va, au with ABAW missing codes); see hsemo_jax/train/data.py")
+    val: str = doc("", "validation data in the same format; empty = no validation (no best-by-metric saves)")
+    synthetic_rows: int = doc(512, "rows of the 'synthetic' dataset", positive=True)
+    hflip: bool = doc(True, "pretrain: random horizontal flip (p = 0.5) on the device")
+
+
+@dataclass
+class LossConfig:
+    class_weights: str = doc("inverse_frequency", "EXPR cross-entropy class weights: inverse_frequency = "
+                                                  "max_count/count over the training rows, none = 1",
+                             ("inverse_frequency", "none"))
+    ce_normalize: str = doc("weight", "pretrain CE reduction: weight = torch CrossEntropyLoss(weight) weighted "
+                                      "mean (AffectNet/DDAMFN recipes), batch = Keras class_weight mean over the "
+                                      "batch (the head always uses batch)", ("weight", "batch"))
+    label_smoothing: float = doc(0.0, "EXPR label smoothing ε (AffectNet FER-only recipe: 0.1)", minimum=0.0)
+    va_weight: float = doc(1.0, "weight of the CCC loss 1 - (CCC_V + CCC_A)/2", minimum=0.0)
+    attention_weight: float = doc(0.1, "DDAMFN attention-loss weight (ignored for other architectures)",
+                                  minimum=0.0)
+    au_weights: str = doc("balanced", "AU BCE weights: balanced = N/(2 neg), N/(2 pos) per AU, none = 1",
+                          ("balanced", "none"))
+    l2: float = doc(1 / 512, "head: L2 factor on the EXPR and VA kernels (Keras L2(1/512))", minimum=0.0)
+
+
+@dataclass
+class OptimConfig:
+    name: str = doc("adam", "adam / adamw (optax, torch semantics) or keras_adam (TF-2.13 Keras Adam)",
+                    ("adam", "adamw", "keras_adam"))
+    lr: float = doc(1e-4, "peak learning rate", positive=True)
+    b1: float = doc(0.9, "Adam beta1 (first-moment decay)", minimum=0.0)
+    b2: float = doc(0.999, "Adam beta2 (second-moment decay)", minimum=0.0)
+    eps: float = doc(1e-8, "Adam epsilon (Keras: 1e-7, torch/optax: 1e-8)", positive=True)
+    weight_decay: float = doc(0.0, "adamw decoupled weight decay", minimum=0.0)
+    clip_norm: float = doc(0.0, "clip gradients to this global norm; 0 = off", minimum=0.0)
+    schedule: str = doc("constant", "learning-rate schedule", ("constant", "exponential", "cosine", "warmup_cosine"))
+    gamma: float = doc(1.0, "exponential: lr factor per epoch (DDAMFN: 0.6)", positive=True)
+    warmup_steps: int = doc(0, "warmup_cosine: warmup optimizer updates", minimum=0)
+    final_fraction: float = doc(0.0, "cosine schedules: final lr as a fraction of lr", minimum=0.0)
+    grad_accum: int = doc(1, "micro-batches per optimizer update (optax.MultiSteps); effective batch = "
+                             "batch_size x grad_accum", positive=True)
+    trainable: str = doc("all", "all = full fine-tuning; classifier = only the last linear layer gets updates "
+                                "(AffectNet recipe phase 1; BatchNorm still in train mode)", ("all", "classifier"))
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = doc(48, "global rows per step over all devices and processes (a multiple of the device "
+                              "count); head: 512", positive=True)
+    epochs: float = doc(6.0, "epochs of pretraining or of the joint head (the separate head mode uses "
+                             "head.epochs_*); ignored when steps > 0", positive=True)
+    steps: int = doc(0, "total steps (per task in the separate head mode); 0 = from the epochs", minimum=0)
+    compute_dtype: str = doc("float32", "forward/backward dtype; bfloat16 keeps fp32 master weights",
+                             ("float32", "bfloat16"))
+    seed: int = doc(0, "data order and augmentation seed", minimum=0)
+    eval_every: int = doc(0, "evaluate every this many steps; 0 = once per epoch", minimum=0)
+    eval_batch: int = doc(0, "evaluation batch; 0 = batch_size", minimum=0)
+    log_every: int = doc(10, "fetch metrics and write CSV rows every this many steps", positive=True)
+    tensorboard: bool = doc(True, "also write a TensorBoard event file (no TensorFlow needed)")
+    progress: bool = doc(True, "progress line on stderr")
+
+
+@dataclass
+class CheckpointConfig:
+    save_every: int = doc(500, "save the train state every this many steps (and at the end); 0 = only at the end",
+                          minimum=0)
+    keep: int = doc(3, "newest checkpoints kept in RUN/checkpoints/latest", positive=True)
+    keep_best: int = doc(1, "best checkpoints kept in RUN/checkpoints/best", positive=True)
+    best_metric: str = doc("accuracy", "validation metric that ranks checkpoints (pretrain: accuracy, macro_f1, "
+                                       "CCC_V, CCC_A, loss; joint head: P_MTL, P_EXPR, P_VA, P_AU, loss, ...)")
+    best_mode: str = doc("max", "max or min of best_metric", ("max", "min"))
+    async_save: bool = doc(True, "write checkpoints in the background")
+
+
+@dataclass
+class DistributedConfig:
+    initialize: bool = doc(False, "call jax.distributed.initialize() (multi-host); on TPU VMs and SLURM the "
+                                  "other fields can stay empty")
+    coordinator_address: str = doc("", "host:port of process 0")
+    num_processes: int = doc(0, "number of processes; 0 = auto", minimum=0)
+    process_id: int = doc(-1, "this process's index; -1 = auto", minimum=-1)
+
+
+@dataclass
+class Config:
+    run_dir: str = doc("", "output directory: checkpoints/, metrics.csv, tensorboard/, model/ (CLI --out)")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)
+            if f.default_factory is not dataclasses.MISSING}
+
+
+def _check_value(where: str, f: dataclasses.Field, value: Any):
+    kind = f.type if isinstance(f.type, type) else {"str": str, "int": int, "float": float, "bool": bool,
+                                                    "list": list, "dict": dict}[f.type]
+    meta = f.metadata
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is not bool and isinstance(value, bool) or not isinstance(value, kind):
+        raise InputError(f"{where}: expected {kind.__name__}, got {value!r}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise InputError(f"{where}: expected one of {', '.join(map(str, meta['choices']))}, got {value!r}")
+    if meta.get("positive") and not value > 0:
+        raise InputError(f"{where}: expected a number > 0, got {value!r}")
+    if meta.get("min") is not None and value < meta["min"]:
+        raise InputError(f"{where}: expected a number >= {meta['min']}, got {value!r}")
+    return value
+
+
+def _build(cls, values: dict, where: str, source: str):
+    if not isinstance(values, dict):
+        raise InputError(f"{source}: {where}: expected a table of settings, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        name = f"{where}.{key}" if where else key
+        if key not in fields:
+            raise InputError(f"{source}: unknown setting {name!r} (known: {', '.join(fields)})")
+        f = fields[key]
+        if cls is Config and key in SECTIONS:
+            kwargs[key] = _build(type(SECTIONS[key]()), value, key, source)
+        else:
+            kwargs[key] = _check_value(f"{source}: {name}", f, value)
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config, source: str) -> Config:
+    bad = [t for t in cfg.head.tasks if t not in ("expr", "va", "au")]
+    if bad or not cfg.head.tasks:
+        raise InputError(f"{source}: head.tasks: expected a non-empty list of expr, va, au, got {cfg.head.tasks!r}")
+    for k, v in cfg.head.task_weights.items():
+        if k not in ("expr", "va", "au"):
+            raise InputError(f"{source}: head.task_weights: unknown task {k!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise InputError(f"{source}: head.task_weights.{k}: expected a number >= 0, got {v!r}")
+    if cfg.model.arch == "ddamfn" and cfg.model.num_outputs not in (8, 10):
+        raise InputError(f"{source}: model.num_outputs: DDAMFN needs 8 or 10")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'optim.lr=1e-3' -> (['optim', 'lr'], 0.001)."""
+    if "=" not in text:
+        raise InputError(f"--set {text!r}: expected section.key=VALUE")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Config from a .toml / .json file (or defaults when path is None) plus `section.key=VALUE`
+    overrides; raises InputError naming the file and field on any bad value."""
+    source = str(path) if path else "defaults"
+    data: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: config file not found")
+        try:
+            data = json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text())
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+            raise InputError(f"{p}: cannot parse the config: {e}") from None
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise InputError(f"--set {text!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    return _validate(_build(Config, data, "", source), source)
+
+
+def describe() -> str:
+    """Every field with its default and documentation (for `--help-config`)."""
+    lines = []
+    for name, factory in [("", None)] + list(SECTIONS.items()):
+        cls = Config if factory is None else type(factory())
+        for f in dataclasses.fields(cls):
+            if f.name in SECTIONS:
+                continue
+            key = f"{name}.{f.name}" if name else f.name
+            choices = f" [{'|'.join(map(str, f.metadata['choices']))}]" if f.metadata.get("choices") else ""
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"{key} = {default!r}{choices}\n    {f.metadata.get('doc', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,224 @@
+"""Training data for the trainer: array datasets and a checkpointable batch iterator.
+
+Datasets are dicts of row-aligned arrays (numpy, or memory-mapped .npy for images):
+
+  feature dataset (train-head), spec §3.1-3.2 (or an `hsemo-jax extract-features` output directory:
+  x = embedding ++ scores, expression -> expr, aus -> au):
+    x     float (N, D+10)   embedding ++ the backbone's 10 scores
+    expr  int   (N,)        Aff-Wild2 EXPR label, -1 = missing           -> expr_mask
+    va    float (N, 2)      valence, arousal, -5 = missing               -> va_mask
+    au    int   (N, 12)     AU1..AU26 in {0,1}, -1 = missing (row-wise)  -> au_mask
+  image dataset (pretrain, AffectNet-format after resizing to the model input):
+    images uint8 (N, S, S, 3) RGB;  expr int (N,) class index in the model's order, out of
+    [0, num_expr) = missing;  va float (N, 2), outside [-1, 1] (AffectNet's -2) = missing.
+
+A file is an `.npz` archive or a directory of `NAME.npy` files (memory-mapped). Explicit masks
+(`expr_mask`, `va_mask`, `au_mask`, bool (N,)) override the sentinel codes. Labels of missing
+rows are replaced by 0 so every array is safe to feed to the device.
+
+`BatchIterator` yields global batches in a seeded order: the permutation of epoch e is a pure
+function of (seed, e), so the iterator's whole state is {"epoch", "batch"} (JSON, saved with each
+checkpoint), and restoring it resumes at exactly the next batch. With several processes each
+one yields its contiguous slice of every global batch (rows [p·B/P, (p+1)·B/P)).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from hsemo_jax.errors import InputError
+
+NUM_EXPR = 8
+NUM_AU = 12
+
+
+def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """An .npz file or a directory of .npy files -> {name: array} (directory arrays memory-mapped)."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(p.glob("*.npy"))
+        if not files:
+            raise InputError(f"{p}: no .npy files in this directory")
+        return {f.stem: np.load(f, mmap_mode="r") for f in files}
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or directory")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError) as e:
+        raise InputError(f"{p}: not a readable .npz archive ({e})") from None
+
+
+def _require(arrays, name, path, ndim, n=None, last=None):
+    if name not in arrays:
+        raise InputError(f"{path}: missing array {name!r} (have {', '.join(sorted(arrays)) or 'none'})")
+    a = arrays[name]
+    if a.ndim != ndim or (n is not None and a.shape[0] != n) or (last is not None and a.shape[-1] != last):
+        want = f"{ndim}-d" + (f" with {n} rows" if n is not None else "") + (f", last axis {last}" if last else "")
+        raise InputError(f"{path}: array {name!r} has shape {a.shape}, expected {want}")
+    return a
+
+
+def _mask(arrays, name, path, n, default):
+    key = f"{name}_mask"
+    if key in arrays:
+        m = _require(arrays, key, path, 1, n)
+        return np.asarray(m).astype(bool)
+    return default
+
+
+def _extracted_features(path: Path) -> dict[str, np.ndarray]:
+    """The output of `hsemo-jax extract-features` (features.json + chunks) as x / expr / va / au
+    arrays with the ABAW missing codes (its per-element masks agree with those codes)."""
+    from data_pipelines.features import FeatureDataset
+
+    cols = FeatureDataset(path).arrays()
+    out = {"x": np.concatenate([cols["embedding"], cols["scores"]], axis=1).astype(np.float32)}
+    for src, dst in (("expression", "expr"), ("va", "va"), ("aus", "au")):
+        if src in cols:
+            out[dst] = cols[src]
+    return out
+
+
+def load_features(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A feature dataset (module docstring, or an `hsemo-jax extract-features` directory) ->
+    {"x", "expr", "expr_mask", "va", "va_mask", "au", "au_mask"}; a task with no label array
+    gets an all-False mask."""
+    arrays = _extracted_features(Path(path)) if (Path(path) / "features.json").is_file() else load_arrays(path)
+    x = np.asarray(_require(arrays, "x", path, 2), np.float32)
+    n = x.shape[0]
+    if x.shape[1] < 10:
+        raise InputError(f"{path}: 'x' has {x.shape[1]} columns; it must end with the backbone's 10 scores")
+    out = {"x": x}
+    if "expr" in arrays:
+        y = np.asarray(_require(arrays, "expr", path, 1, n)).astype(np.int64)
+        m = _mask(arrays, "expr", path, n, y > -1)
+        if (m & ((y < 0) | (y >= NUM_EXPR))).any():
+            i = int(np.argmax(m & ((y < 0) | (y >= NUM_EXPR))))
+            raise InputError(f"{path}: expr[{i}] = {y[i]} is not a class in [0, {NUM_EXPR}) or -1 (missing)")
+        out["expr"], out["expr_mask"] = np.where(m, y, 0).astype(np.int32), m
+    else:
+        out["expr"], out["expr_mask"] = np.zeros(n, np.int32), np.zeros(n, bool)
+    if "va" in arrays:
+        va = np.asarray(_require(arrays, "va", path, 2, n, 2), np.float32)
+        m = _mask(arrays, "va", path, n, (va[:, 0] > -5) & (va[:, 1] > -5))
+        out["va"], out["va_mask"] = np.where(m[:, None], va, 0).astype(np.float32), m
+    else:
+        out["va"], out["va_mask"] = np.zeros((n, 2), np.float32), np.zeros(n, bool)
+    if "au" in arrays:
+        au = np.asarray(_require(arrays, "au", path, 2, n, NUM_AU))
+        m = _mask(arrays, "au", path, n, au.min(axis=1) >= 0)
+        if (m[:, None] & ((au != 0) & (au != 1))).any():
+            i = int(np.argmax((m[:, None] & ((au != 0) & (au != 1))).any(1)))
+            raise InputError(f"{path}: au[{i}] = {au[i].tolist()} has a value other than 0/1 in a labelled row")
+        out["au"], out["au_mask"] = np.where(m[:, None], au, 0).astype(np.float32), m
+    else:
+        out["au"], out["au_mask"] = np.zeros((n, NUM_AU), np.float32), np.zeros(n, bool)
+    if not (out["expr_mask"] | out["va_mask"] | out["au_mask"]).any():
+        raise InputError(f"{path}: no row has an EXPR, VA or AU label")
+    return out
+
+
+def load_images(path: str | os.PathLike, num_expr: int = NUM_EXPR) -> dict[str, np.ndarray]:
+    """An image dataset (module docstring) -> {"images", "expr", "expr_mask", "va", "va_mask"}."""
+    arrays = load_arrays(path)
+    images = _require(arrays, "images", path, 4, last=3)
+    if images.dtype != np.uint8:
+        raise InputError(f"{path}: 'images' must be uint8 RGB, got {images.dtype}")
+    n = images.shape[0]
+    y = np.asarray(_require(arrays, "expr", path, 1, n)).astype(np.int64)
+    my = _mask(arrays, "expr", path, n, (y >= 0) & (y < num_expr))
+    out = {"images": images, "expr": np.where(my, y, 0).astype(np.int32), "expr_mask": my}
+    if "va" in arrays:
+        va = np.asarray(_require(arrays, "va", path, 2, n, 2), np.float32)
+        mv = _mask(arrays, "va", path, n, (np.abs(va) <= 1).all(axis=1))
+        out["va"], out["va_mask"] = np.where(mv[:, None], va, 0).astype(np.float32), mv
+    else:
+        out["va"], out["va_mask"] = np.zeros((n, 2), np.float32), np.zeros(n, bool)
+    return out
+
+
+def synthetic_images(n: int, size: int, num_expr: int = NUM_EXPR, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random images with random labels (shape/throughput checks only; nothing to learn)."""
+    rng = np.random.default_rng(seed)
+    return {"images": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+            "expr": rng.integers(0, num_expr, n).astype(np.int32), "expr_mask": np.ones(n, bool),
+            "va": rng.uniform(-1, 1, (n, 2)).astype(np.float32), "va_mask": np.ones(n, bool)}
+
+
+def select_rows(arrays: dict[str, np.ndarray], rows) -> dict[str, np.ndarray]:
+    """The dataset restricted to `rows` (bool mask or indices), e.g. the rows with an EXPR label."""
+    idx = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows)
+    return {k: np.asarray(v[idx]) for k, v in arrays.items()}
+
+
+class BatchIterator:
+    """Endless shuffled global batches (drop remainder) with a resumable position.
+
+    arrays: row-aligned dataset; global_batch: rows per step over all processes. Yields this
+    process's rows of each global batch as {name: array (global_batch // process_count, ...)}.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], global_batch: int, *, seed: int = 0,
+                 shuffle: bool = True, process_index: int = 0, process_count: int = 1):
+        self.arrays = arrays
+        self.n = len(next(iter(arrays.values())))
+        if global_batch <= 0 or global_batch % process_count:
+            raise InputError(f"batch size {global_batch} must be a positive multiple of the process count "
+                             f"{process_count}")
+        if self.n < global_batch:
+            raise InputError(f"the dataset has {self.n} rows, fewer than one batch of {global_batch}")
+        self.global_batch = global_batch
+        self.local_batch = global_batch // process_count
+        self.offset = process_index * self.local_batch
+        self.seed, self.shuffle = seed, shuffle
+        self.batches_per_epoch = self.n // global_batch
+        self.epoch, self.batch = 0, 0
+        self._order_epoch, self._order = None, None
+
+    def state(self) -> dict:
+        return {"epoch": int(self.epoch), "batch": int(self.batch), "seed": int(self.seed), "rows": int(self.n)}
+
+    def restore(self, state: dict) -> None:
+        if state.get("seed", self.seed) != self.seed or state.get("rows", self.n) != self.n:
+            raise InputError(f"the checkpointed data position (seed {state.get('seed')}, {state.get('rows')} rows) "
+                             f"does not match this dataset (seed {self.seed}, {self.n} rows)")
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+    def _epoch_order(self) -> np.ndarray:
+        if self._order_epoch != self.epoch:
+            self._order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+                           if self.shuffle else np.arange(self.n))
+            self._order_epoch = self.epoch
+        return self._order
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        order = self._epoch_order()
+        start = self.batch * self.global_batch + self.offset
+        idx = order[start:start + self.local_batch]
+        self.batch += 1
+        if self.batch >= self.batches_per_epoch:
+            self.epoch, self.batch = self.epoch + 1, 0
+        sorted_idx = np.sort(idx)  # monotone reads from memory-mapped files
+        inverse = np.argsort(np.argsort(idx))
+        return {k: np.asarray(v[sorted_idx])[inverse] for k, v in self.arrays.items()}
+
+
+def eval_batches(arrays: dict[str, np.ndarray], global_batch: int, *, process_index: int = 0,
+                 process_count: int = 1):
+    """All rows once, in order, as fixed-shape global batches; the last one padded (with row 0)
+    and flagged by "valid" bool (B_local,). Yields this process's slice of each global batch."""
+    n = len(next(iter(arrays.values())))
+    local = global_batch // process_count
+    for start in range(0, n, global_batch):
+        idx = np.arange(start, start + global_batch)[process_index * local:(process_index + 1) * local]
+        valid = idx < n
+        idx = np.where(valid, idx, 0)
+        batch = {k: np.asarray(v[idx]) for k, v in arrays.items()}
+        batch["valid"] = valid
+        yield batch
