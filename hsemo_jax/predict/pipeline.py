@@ -6,6 +6,7 @@ shape (the last batch is padded), so each model compiles once.
 """
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -58,15 +59,19 @@ def _softmax(x):
 
 def load_models(specs: Sequence[str]) -> list[_Model]:
     """Models by published name, .pt file or converted directory (see `hsemo_jax.hub`)."""
-    from hsemo_jax.checkpoint import load_model
     from hsemo_jax.hub import resolve_model
+
+    return [_load_model(str(resolve_model(spec)), spec) for spec in specs]
+
+
+@functools.lru_cache(maxsize=8)
+def _load_model(model_dir: str, name: str) -> _Model:
+    """Loaded once per process: later `predict` calls reuse the weights and the compiled forward."""
+    from hsemo_jax.checkpoint import load_model
     from hsemo_jax.models.inference import make_forward
 
-    models = []
-    for spec in specs:
-        m = load_model(resolve_model(spec))
-        models.append(_Model(spec, make_forward(m), m.info.arch, m.info.outputs))
-    return models
+    m = load_model(model_dir)
+    return _Model(name, make_forward(m), m.info.arch, m.info.outputs)
 
 
 def _expression_layout(models: list[_Model]) -> tuple[tuple[str, ...], bool]:
