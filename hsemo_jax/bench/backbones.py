@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
+
+from hsemo_jax.bench.common import TABLE_HEADER, format_row, torch_reference
 
 DEFAULT_ARCHS = ("tf_efficientnet_b0", "mobilefacenet", "ddamfn")
 
@@ -24,32 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement, at least")
     p.add_argument("--no-torch", action="store_true", help="time Flax only")
-
-
-def _torch_reference(arch: str):
-    """The PyTorch original of `arch` (eval, no grad), or None if torch/timm are missing."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_grad_enabled(False)
-    if arch.startswith(("tf_efficientnet", "efficientnet")):
-        import timm
-
-        return timm.create_model(arch, pretrained=False, num_classes=10).eval()
-    ref_dir = Path(__file__).resolve().parents[2] / "tests" / "reference"
-    if not ref_dir.is_dir():
-        return None
-    sys.path.insert(0, str(ref_dir))
-    if arch == "mobilefacenet":
-        import mobilefacenet
-
-        m = mobilefacenet.get_mbf(False, 512)
-        m.fc = torch.nn.Linear(512, 10)
-        return m.eval()
-    import ddamfn
-
-    return ddamfn.DDAMNet(num_class=10, num_head=2, pretrained=False).eval()
 
 
 def _rate(fn, batch: int, min_time: float) -> float:
@@ -72,8 +46,12 @@ def measure(arch: str, batch_sizes, rounds: int, min_time: float, use_torch: boo
     from hsemo_jax.models.inference import make_forward
 
     size = registry.get_arch(arch).input_size
-    ref = _torch_reference(arch) if use_torch else None
+    ref = torch_reference(arch) if use_torch else None
     if ref is not None:  # same weights in both frameworks
+        import torch
+
+        torch.set_grad_enabled(False)
+        ref.eval()
         sd = {k: v.numpy() for k, v in ref.state_dict().items()}
         model = convert_state_dict(sd, arch, 10)
     else:
@@ -101,14 +79,8 @@ def measure(arch: str, batch_sizes, rounds: int, min_time: float, use_torch: boo
         row = {"arch": arch, "batch": batch, "flax": statistics.median(flax_rates), "compile_s": compile_s,
                "torch": statistics.median(torch_rates) if torch_rates else None}
         rows.append(row)
-        print(_format_row(row), flush=True)
+        print(format_row(row), flush=True)
     return rows
-
-
-def _format_row(r: dict) -> str:
-    torch_s = f"{r['torch']:.1f}" if r["torch"] else "-"
-    ratio = f"{r['flax'] / r['torch']:.2f}x" if r["torch"] else "-"
-    return f"| {r['arch']} | {r['batch']} | {r['flax']:.1f} | {torch_s} | {ratio} | {r['compile_s']:.1f} |"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,8 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"# backbones: images/s, median of {args.rounds} interleaved rounds, "
           f"jax {jax.__version__} on {jax.default_backend()}")
-    print("| arch | batch | Flax (jit) img/s | PyTorch eager img/s | Flax / PyTorch | Flax compile s |")
-    print("|---|---|---|---|---|---|")
+    print(TABLE_HEADER)
     for arch in args.archs:
         measure(arch, args.batch_sizes, args.rounds, args.min_time, not args.no_torch)
     return 0

@@ -70,16 +70,20 @@ def torch_pipeline(video: Path, ref, size, mean, std) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hsemo_jax.bench.backbones import _torch_reference
+    from hsemo_jax.bench.common import torch_reference
     from hsemo_jax.checkpoint import ModelInfo, save_model
     from hsemo_jax.convert import convert_state_dict
     from hsemo_jax.models import registry
     from hsemo_jax.predict import predict
 
     arch = registry.get_arch(args.arch)
-    ref = _torch_reference(args.arch)
+    ref = torch_reference(args.arch)
     if ref is None:
         raise SystemExit("bench predict needs PyTorch and timm (pip install -e '.[test]')")
+    import torch
+
+    torch.set_grad_enabled(False)
+    ref.eval()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         video = make_video(tmp / "faces720p.mp4", args.frames)

@@ -14,9 +14,10 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+
+from hsemo_jax.bench.common import TABLE_HEADER, format_row, torch_reference
 
 DEFAULT_ARCHS = ("tf_efficientnet_b0", "mobilefacenet", "ddamfn")
 
@@ -27,26 +28,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median reported)")
     p.add_argument("--steps", type=int, default=2, help="train steps per measurement")
     p.add_argument("--no-torch", action="store_true", help="time Flax only")
-
-
-def _torch_model(arch: str):
-    import torch
-
-    if arch.startswith(("tf_efficientnet", "efficientnet")):
-        import timm
-
-        return timm.create_model(arch, pretrained=False, num_classes=10)
-    ref_dir = Path(__file__).resolve().parents[2] / "tests" / "reference"
-    sys.path.insert(0, str(ref_dir))
-    if arch == "mobilefacenet":
-        import mobilefacenet
-
-        m = mobilefacenet.get_mbf(False, 512)
-        m.fc = torch.nn.Linear(512, 10)
-        return m
-    import ddamfn
-
-    return ddamfn.DDAMNet(num_class=10, num_head=2, pretrained=False)
 
 
 def _torch_step(model, arch: str, mean, std, class_weight, lr: float = 1e-4):
@@ -118,7 +99,7 @@ def measure(arch: str, batch: int, rounds: int, steps: int, use_torch: bool) -> 
             import torch
         except ImportError:
             torch = None
-        ref = _torch_model(arch) if torch is not None else None
+        ref = torch_reference(arch) if torch is not None else None
     sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()} if ref is not None else None
     trainer, a = _flax_trainer(arch, sd, class_weight)
     size = a.input_size
@@ -151,20 +132,13 @@ def measure(arch: str, batch: int, rounds: int, steps: int, use_torch: bool) -> 
             "torch": statistics.median(torch_rates) if torch_rates else None}
 
 
-def format_row(r: dict) -> str:
-    torch_s = f"{r['torch']:.1f}" if r["torch"] else "-"
-    ratio = f"{r['flax'] / r['torch']:.2f}x" if r["torch"] else "-"
-    return f"| {r['arch']} | {r['batch']} | {r['flax']:.1f} | {torch_s} | {ratio} | {r['compile_s']:.1f} |"
-
-
 def run(args: argparse.Namespace) -> int:
     import jax
 
     print(f"# train step (fwd + multi-task loss + bwd + Adam): images/s, median of {args.rounds} interleaved "
           f"rounds of {args.steps} steps, jax {jax.__version__} on {jax.default_backend()} "
           f"x{jax.device_count()}")
-    print("| arch | batch | Flax (jit) img/s | PyTorch eager img/s | Flax / PyTorch | Flax compile s |")
-    print("|---|---|---|---|---|---|")
+    print(TABLE_HEADER)
     for arch in args.archs:
         print(format_row(measure(arch, args.batch_size, args.rounds, args.steps, not args.no_torch)), flush=True)
     return 0
