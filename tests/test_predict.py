@@ -121,3 +121,20 @@ def test_crop_truncates_and_clamps_like_the_original():
     np.testing.assert_array_equal(crop(img, [2.9, 3.7, 10.2, 12.9]), img[3:12, 2:10])
     assert crop(img, [-5, -5, 8, 8]).shape == (8, 8, 3)
     assert crop(img, [40, 40, 50, 50]) is None
+
+
+def test_threaded_map_keeps_order_and_reraises():
+    from hsemo_jax.predict.video import threaded_map
+
+    assert list(threaded_map(lambda x: x * x, range(50), queue_size=3)) == [x * x for x in range(50)]
+
+    def boom(x):
+        if x == 7:
+            raise InputError("frame 7 is bad")
+        return x
+
+    out = []
+    with pytest.raises(InputError, match="frame 7"):
+        for v in threaded_map(boom, range(20)):
+            out.append(v)
+    assert out == list(range(7))

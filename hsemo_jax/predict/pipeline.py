@@ -17,7 +17,7 @@ import numpy as np
 from hsemo_jax.errors import InputError
 from hsemo_jax.predict.detect import crop, make_detector
 from hsemo_jax.predict.track import IoUTracker
-from hsemo_jax.predict.video import Frame, FrameSource, Skipped
+from hsemo_jax.predict.video import Frame, FrameSource, Skipped, threaded_map
 
 
 @dataclass
@@ -149,13 +149,15 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
             pending.clear()
         emit()
 
-    for item in source:
+    def detected(item):
+        return item, (None if isinstance(item, Skipped) else detect(item.rgb))
+
+    for item, boxes in threaded_map(detected, source):
         if isinstance(item, Skipped):
             skipped.append(item)
             print(f"skipped {item.source}: {item.reason}", file=sys.stderr)
             continue
         frames_seen += 1
-        boxes = detect(item.rgb)
         ids = tracker.update(boxes, item.index)
         faces = [(b, t, crop(item.rgb, b)) for b, t in zip(boxes, ids)]
         faces = [f for f in faces if f[2] is not None]

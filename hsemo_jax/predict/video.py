@@ -6,7 +6,6 @@ inference and memory stays constant on long videos.
 from __future__ import annotations
 
 import glob as globlib
-import os
 import queue
 import re
 import threading
@@ -125,7 +124,46 @@ class FrameSource:
             raise InputError(f"{path}: no frames could be decoded (empty or corrupt video)")
 
 
-def describe(source: FrameSource) -> str:
-    if source.kind == "video":
-        return os.fspath(source.files[0])
-    return f"{len(source.files)} image(s) from {source.spec}"
+def threaded_map(fn, items, queue_size: int = 8) -> Iterator:
+    """`fn(item)` for each item, computed in a background thread `queue_size` items ahead, in order.
+
+    Used to run face detection (OpenCV releases the GIL) while the main thread runs inference.
+    Exceptions raised by `fn` or the iterator are re-raised in the caller.
+    """
+    q: queue.Queue = queue.Queue(maxsize=queue_size)
+    stop = threading.Event()
+    done = object()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        it = iter(items)
+        try:
+            for item in it:
+                if not put((True, fn(item))):
+                    return
+        except BaseException as e:  # handed to the consumer
+            put((False, e))
+        finally:
+            getattr(it, "close", lambda: None)()  # a generator's cleanup runs in this thread
+        put(done)
+
+    thread = threading.Thread(target=work, name="hsemo-map", daemon=True)
+    thread.start()
+    try:
+        while (entry := q.get()) is not done:
+            ok, value = entry
+            if not ok:
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
