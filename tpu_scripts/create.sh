@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Create a TPU VM slice: TPU_NAME, TPU_ZONE, TPU_TYPE, TPU_RUNTIME (see env.sh).
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+gcloud compute tpus tpu-vm create "$TPU_NAME" --zone "$TPU_ZONE" \
+  --accelerator-type "$TPU_TYPE" --version "$TPU_RUNTIME"
