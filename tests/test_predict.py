@@ -138,3 +138,21 @@ def test_threaded_map_keeps_order_and_reraises():
         for v in threaded_map(boom, range(20)):
             out.append(v)
     assert out == list(range(7))
+
+
+def test_multitask_head_adds_action_units(model_dir, tmp_path):
+    from hsemo_jax.metrics import AU_NAMES
+    from hsemo_jax.train.head import MTLHead
+    from hsemo_jax.train.runners import save_head
+
+    head_dir = tmp_path / "head"
+    save_head(MTLHead(512 + 10, seed=3), head_dir)
+    table = predict(str(CLIP), [model_dir], head=str(head_dir), au_thresholds=[0.5], batch_size=8)
+    face = table.has_face
+    p = np.stack([table[f"p_{a}"][face] for a in AU_NAMES], axis=1)
+    assert p.shape[1] == 12 and ((p > 0) & (p < 1)).all()
+    np.testing.assert_array_equal(np.stack([table[a][face] for a in AU_NAMES], axis=1), (p >= 0.5).astype(int))
+    assert (table["AU1"][~face] == -1).all()
+    save_head(MTLHead(1280 + 10, seed=3), tmp_path / "enet_head")
+    with pytest.raises(InputError, match="1290 inputs"):
+        predict(str(CLIP), [model_dir], head=str(tmp_path / "enet_head"))

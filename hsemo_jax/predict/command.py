@@ -22,6 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="temporal smoothing of probabilities and valence/arousal along each face track")
     p.add_argument("--sigma", type=float, default=2.0, help="gaussian sigma in frames (default 2)")
     p.add_argument("--k", type=int, default=5, help="smoothing half-window in frames (default 5)")
+    p.add_argument("--head", metavar="DIR", help="multi-task head trained with `hsemo-jax train-head` on the (first) "
+                                              "model's features: adds 12 AU probabilities and labels")
+    p.add_argument("--au-thresholds", type=float, nargs="+", metavar="T",
+                   help="AU decision threshold(s): one for all or 12 (default: the head's stored ones, else 0.5)")
     p.add_argument("--batch-size", type=int, default=16, help="faces per inference batch (fixed shape)")
     p.add_argument("--out", help="CSV to write (default: <input name>.emotions.csv in the current folder)")
     p.add_argument("--plot", help="PNG timeline of expressions and valence/arousal per face track")
@@ -38,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         table = predict(args.input, tuple(args.models or ("enet_b0_8_va_mtl",)), weights=args.blend,
                         detector=args.detector, detector_model=args.detector_model, smooth=args.smooth,
-                        sigma=args.sigma, k=args.k, batch_size=args.batch_size, on_rows=csv_out.write_rows,
+                        sigma=args.sigma, k=args.k, batch_size=args.batch_size, head=args.head,
+                        au_thresholds=args.au_thresholds, on_rows=csv_out.write_rows,
                         progress=sys.stderr.isatty())
     except KeyboardInterrupt:
         partial = csv_out.abort()

@@ -47,7 +47,7 @@ class Predictions:
 @dataclass
 class _Model:
     name: str
-    forward: Callable  # x_nhwc (B, S, S, 3) -> scores (B, C)
+    forward: Callable  # x_nhwc (B, S, S, 3) -> (embedding (B, D), scores (B, C))
     arch: str
     outputs: tuple[str, ...]
 
@@ -71,7 +71,43 @@ def _load_model(model_dir: str, name: str) -> _Model:
     from hsemo_jax.models.inference import make_forward
 
     m = load_model(model_dir)
-    return _Model(name, make_forward(m), m.info.arch, m.info.outputs)
+    return _Model(name, make_forward(m, with_features=True), m.info.arch, m.info.outputs)
+
+
+def load_au_head(head_dir: str, model: _Model, thresholds=None):
+    """The ABAW-7 multi-task head trained by `hsemo-jax train-head` on `model`'s features, as a
+    jitted `fn(embedding, scores) -> AU probabilities (N, 12)`, and its AU thresholds (12,):
+    `thresholds` if given, else the `au_thresholds` stored in head.json, else 0.5."""
+    import json
+    from pathlib import Path
+
+    import jax
+    from flax import nnx
+
+    from hsemo_jax.train.runners import load_head
+
+    meta_path = Path(head_dir) / "head.json"
+    if not meta_path.is_file():
+        raise InputError(f"{head_dir}: not a multi-task head directory (no head.json); train one with "
+                         "`hsemo-jax train-head`")
+    head = load_head(head_dir)
+    n_scores = len(model.outputs)
+    graphdef, state = nnx.split(head)
+
+    @jax.jit
+    def au(state, f, s):
+        if f.shape[1] + s.shape[1] != head.in_dim:
+            raise InputError(f"{head_dir}: the head takes {head.in_dim} inputs, but model {model.name} gives "
+                             f"{f.shape[1]} + {n_scores}; use the backbone the head was trained on")
+        return nnx.merge(graphdef, state).predict(jax.numpy.concatenate([f, s], axis=1))["au"]
+
+    if thresholds is None:
+        thresholds = json.loads(meta_path.read_text()).get("au_thresholds", 0.5)
+    thresholds = np.asarray(thresholds, np.float64).reshape(-1)
+    if thresholds.size not in (1, 12) or not ((thresholds >= 0) & (thresholds <= 1)).all():
+        raise InputError(f"AU thresholds must be 1 or 12 numbers in [0, 1], got {thresholds.tolist()}")
+    thresholds = np.broadcast_to(thresholds, (12,))
+    return (lambda f, s: np.asarray(au(state, f, s))), thresholds
 
 
 def _expression_layout(models: list[_Model]) -> tuple[tuple[str, ...], bool]:
@@ -91,31 +127,37 @@ def _expression_layout(models: list[_Model]) -> tuple[tuple[str, ...], bool]:
     return classes, all(va for _, va in layouts)
 
 
-def _run_batch(models, weights, crops, batch_size, with_va):
-    """Blended (probs (n, K), va (n, 2) or None) for up to batch_size crops, padded to batch_size."""
+def _run_batch(models, weights, crops, batch_size, with_va, au_head=None):
+    """Blended (probs (n, K), va (n, 2) or None, AU probs (n, 12) or None) for up to batch_size
+    crops, padded to batch_size. The AU head reads the first model's embedding and raw scores."""
     from hsemo_jax.models import preprocess
 
     n = len(crops)
-    probs, va = 0.0, 0.0
-    for m, w in zip(models, weights):
+    probs, va, au = 0.0, 0.0, None
+    for i, (m, w) in enumerate(zip(models, weights)):
         x = preprocess(m.arch, crops)
         if n < batch_size:
             x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)])
-        scores = np.asarray(m.forward(x))[:n].astype(np.float64)
+        f, s = m.forward(x)
+        if i == 0 and au_head is not None:
+            au = au_head(f, s)[:n]
+        scores = np.asarray(s)[:n].astype(np.float64)
         k = scores.shape[1] - 2 if with_va else scores.shape[1]
         probs = probs + w * _softmax(scores[:, :k])
         if with_va:
             va = va + w * scores[:, k:k + 2]
-    return probs, (va if with_va else None)
+    return probs, (va if with_va else None), au
 
 
 def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weights=None,
             detector: str = "haar", detector_model: str | None = None, smooth: str = "none",
-            sigma: float = 2.0, k: int = 5, batch_size: int = 16, on_rows: Callable | None = None,
-            progress: bool = False) -> Predictions:
+            sigma: float = 2.0, k: int = 5, batch_size: int = 16, head: str | None = None,
+            au_thresholds=None, on_rows: Callable | None = None, progress: bool = False) -> Predictions:
     """Per-frame, per-face expression probabilities (+ valence/arousal) for a video, image, folder
     or glob. Two or more models are blended with `weights` (default equal). `smooth`: "gaussian" or
     "box" per face track (sigma, k in frames; `hsemo_jax.postprocess.smooth`) or "none".
+    `head`: a multi-task head directory (`hsemo-jax train-head`) on the first model's features: adds
+    12 AU probabilities and labels (`au_thresholds`, else the head's stored ones, else 0.5).
     `on_rows(rows, classes, with_va)` receives the raw rows, in order, as they are computed.
     """
     loaded = load_models(models)
@@ -123,6 +165,7 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
     if len(weights) != len(loaded) or not np.isclose(weights.sum(), 1.0) or (weights < 0).any():
         raise InputError(f"blend weights must be {len(loaded)} non-negative numbers summing to 1, got {list(weights)}")
     classes, with_va = _expression_layout(loaded)
+    au_head, au_thr = load_au_head(head, loaded[0], au_thresholds) if head else (None, None)
     source = FrameSource(input_spec)
     detect = make_detector(detector, detector_model)
     tracker = IoUTracker()
@@ -142,10 +185,11 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
 
     def flush():
         if pending:
-            probs, va = _run_batch(loaded, weights, [c for _, c in pending], batch_size, with_va)
+            probs, va, au = _run_batch(loaded, weights, [c for _, c in pending], batch_size, with_va, au_head)
             for i, (row, _) in enumerate(pending):
                 row["probs"] = probs[i]
                 row["va"] = va[i] if va is not None else None
+                row["au"] = au[i] if au is not None else None
             pending.clear()
         emit()
 
@@ -182,13 +226,13 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
     table = _table(rows, classes, with_va, skipped)
     if smooth != "none":
         _smooth_tracks(table, smooth, sigma, k)
-    _labels(table)
+    _labels(table, au_thr)
     return table
 
 
 def _row(frame: Frame, box, track_id: int) -> dict:
     return {"source": frame.source, "frame": frame.index, "time": frame.time, "track_id": track_id,
-            "box": box, "probs": None, "va": None}
+            "box": box, "probs": None, "va": None, "au": None}
 
 
 def _table(rows: list[dict], classes, with_va: bool, skipped) -> Predictions:
@@ -213,6 +257,15 @@ def _table(rows: list[dict], classes, with_va: bool, skipped) -> Predictions:
         cols[f"p_{name}"] = probs[:, j]
     if with_va:
         cols["valence"], cols["arousal"] = va[:, 0], va[:, 1]
+    if any(r["au"] is not None for r in rows):
+        from hsemo_jax.metrics import AU_NAMES
+
+        au = np.full((n, len(AU_NAMES)), np.nan)
+        for i, r in enumerate(rows):
+            if r["au"] is not None:
+                au[i] = r["au"]
+        for j, name in enumerate(AU_NAMES):
+            cols[f"p_{name}"] = au[:, j]
     return Predictions(cols, tuple(classes), list(skipped))
 
 
@@ -223,7 +276,7 @@ def _smooth_tracks(table: Predictions, method: str, sigma: float, k: int) -> Non
     face = np.flatnonzero(table.has_face)
     if len(face) == 0:
         return
-    keys = [f"p_{c}" for c in table.expression_names] + [c for c in ("valence", "arousal") if c in table.columns]
+    keys = [c for c in table.columns if c.startswith("p_")] + [c for c in ("valence", "arousal") if c in table.columns]
     values = np.stack([table[c][face] for c in keys], axis=1)
     # one "video" per (source, track); frames must be sorted within each
     track = np.array([f"{s}#{t}" for s, t in zip(table["source"][face], table["track_id"][face])])
@@ -235,11 +288,17 @@ def _smooth_tracks(table: Predictions, method: str, sigma: float, k: int) -> Non
         table.columns[c][face] = smoothed[:, j]
 
 
-def _labels(table: Predictions) -> None:
-    """Expression label (argmax) and, for 8 HSE classes, compound expression scores and label."""
+def _labels(table: Predictions, au_thresholds=None) -> None:
+    """Expression label (argmax), AU labels (probability >= threshold) and, for 8 HSE classes,
+    compound expression scores and label."""
     from hsemo_jax.models.registry import HSE_CLASSES_8
 
     face = table.has_face
+    if au_thresholds is not None:
+        from hsemo_jax.metrics import AU_NAMES
+
+        for name, t in zip(AU_NAMES, au_thresholds):
+            table.columns[name] = np.where(face, (table[f"p_{name}"] >= t).astype(np.int64), -1)
     probs = np.stack([table[f"p_{c}"] for c in table.expression_names], axis=1)
     label = np.full(len(table), "", dtype=object)
     label[face] = np.array(table.expression_names, dtype=object)[np.argmax(probs[face], axis=1)]
