@@ -9,6 +9,7 @@ from scipy.stats.mstats import gmean
 from sklearn.metrics import f1_score
 
 from hsemo_jax import metrics
+from hsemo_jax.bench.postprocess import smooth_literal
 from hsemo_jax.errors import InputError
 from hsemo_jax.postprocess import (CEXPR_PRIOR, SweepGrid, aggregate_faces, blend, blend_tasks, compound_scores,
                                    interpolate_gaps, kl_to_prior, pack, pack_dense, smooth, sweep, video_tracks)
@@ -16,29 +17,8 @@ from hsemo_jax.postprocess import (CEXPR_PRIOR, SweepGrid, aggregate_faces, blen
 
 # ---------------------------------------------------------------------------------------------
 # plain-python transcriptions
-def notebook_gaussian(y_pred, videoname_frames, sigma, delta):
-    """mtl7#c64, the MTL notebook's smoothing loop, transcribed."""
-    y_smooth = np.zeros_like(y_pred)
-    num_y = len(y_pred)
-    for i in range(num_y):
-        start, end = max(0, i - delta), min(num_y, i + delta + 1)
-        k_sum = 0
-        for j in range(i - 1, start, -1):
-            if videoname_frames[j][0] == videoname_frames[i][0]:
-                k = math.exp(-(videoname_frames[j][1] - videoname_frames[i][1]) ** 2 / sigma)
-                y_smooth[i] += k * y_pred[j]
-                k_sum += k
-            else:
-                break
-        for j in range(i, end):
-            if videoname_frames[j][0] == videoname_frames[i][0]:
-                k = math.exp(-(videoname_frames[j][1] - videoname_frames[i][1]) ** 2 / sigma)
-                y_smooth[i] += k * y_pred[j]
-                k_sum += k
-            else:
-                break
-        y_smooth[i] /= k_sum
-    return y_smooth
+# the MTL notebook's smoothing loop (mtl7#c64), transcribed once, in the benchmark
+notebook_gaussian = smooth_literal
 
 
 def eq45(y, vids, frames, sigma, k, box=False):

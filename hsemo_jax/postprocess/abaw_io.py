@@ -228,6 +228,18 @@ def read_mtl_predictions(path: str) -> MTLPredictions:
                           expr=np.array(expr, np.float32), aus=np.array(aus, np.float32), lines=np.array(lns, np.int64))
 
 
+def read_mtl_predictions_for(path: str, images, of: str) -> dict[str, np.ndarray]:
+    """Predictions from `path` for exactly `images` (in that order), e.g. a second model to blend
+    with the predictions in file `of`: {"VA": (N, 2), "EXPR": (N, 8), "AU": (N, 12)}."""
+    b = read_mtl_predictions(path)
+    pos = {n: i for i, n in enumerate(b.images)}
+    missing = [n for n in images if n not in pos]
+    if missing:
+        raise InputError(f"{path}: no prediction for image {missing[0]!r} of {of}")
+    idx = np.array([pos[n] for n in images])
+    return {"VA": b.va[idx], "EXPR": b.expr[idx], "AU": b.aus[idx]}
+
+
 def read_image_list(path: str) -> list[str]:
     """Image names of a test list (`test_set_examples/MTL.txt`: header, then `img,` rows), in order."""
     lines = _read_lines(path)

@@ -96,16 +96,11 @@ def run(args) -> int:
     al = abaw_io.align(pred, gt, allow_missing=args.allow_missing)
     va, expr, aus = pred.va, pred.expr, pred.aus
     if args.blend_with:
-        b = abaw_io.read_mtl_predictions(args.blend_with)
-        pos = {n: i for i, n in enumerate(b.images)}
-        missing = [n for n in pred.images if n not in pos]
-        if missing:
-            raise InputError(f"{args.blend_with}: no prediction for image {missing[0]!r} of {args.pred}")
-        idx = np.array([pos[n] for n in pred.images])
+        b = abaw_io.read_mtl_predictions_for(args.blend_with, pred.images, args.pred)
         w_va, w_expr, w_au = args.blend_weights
-        va = blending.blend(va, b.va[idx], w_va)
-        expr = blending.blend(expr, b.expr[idx], w_expr)
-        aus = blending.blend(aus, b.aus[idx], w_au)
+        va = blending.blend(va, b["VA"], w_va)
+        expr = blending.blend(expr, b["EXPR"], w_expr)
+        aus = blending.blend(aus, b["AU"], w_au)
         print(f"blended with {args.blend_with}: weights VA {w_va}, EXPR {w_expr}, AU {w_au}")
     for task, spec in (("VA", args.smooth_va), ("EXPR", args.smooth_expr), ("AU", args.smooth_au)):
         if spec:

@@ -54,13 +54,7 @@ def run(args) -> int:
     pred_b = None
     weights = (1.0,)
     if args.blend_with:
-        b = abaw_io.read_mtl_predictions(args.blend_with)
-        pos = {n: i for i, n in enumerate(b.images)}
-        missing = [n for n in pred.images if n not in pos]
-        if missing:
-            raise InputError(f"{args.blend_with}: no prediction for image {missing[0]!r} of {args.pred}")
-        idx = np.array([pos[n] for n in pred.images])
-        pred_b = {"VA": b.va[idx], "EXPR": b.expr[idx], "AU": b.aus[idx]}
+        pred_b = abaw_io.read_mtl_predictions_for(args.blend_with, pred.images, args.pred)
         weights = args.blend_weights or tuple(float(w) for w in np.linspace(0, 1, 11))
     elif args.blend_weights:
         raise InputError("--blend-weights needs --blend-with")
