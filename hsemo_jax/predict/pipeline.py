@@ -134,11 +134,12 @@ def _run_batch(models, weights, crops, batch_size, with_va, au_head=None):
 
     n = len(crops)
     probs, va, au = 0.0, 0.0, None
+    inputs: dict[str, np.ndarray] = {}  # blended models of one architecture share their input
     for i, (m, w) in enumerate(zip(models, weights)):
-        x = preprocess(m.arch, crops)
-        if n < batch_size:
-            x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)])
-        f, s = m.forward(x)
+        if m.arch not in inputs:
+            x = preprocess(m.arch, crops)
+            inputs[m.arch] = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)])
+        f, s = m.forward(inputs[m.arch])
         if i == 0 and au_head is not None:
             au = au_head(f, s)[:n]
         scores = np.asarray(s)[:n].astype(np.float64)
@@ -223,7 +224,7 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
         print(file=sys.stderr)
     if frames_seen == 0:
         raise InputError(f"{input_spec}: no readable frames ({len(skipped)} unreadable file(s))")
-    table = _table(rows, classes, with_va, skipped)
+    table = rows_to_table(rows, classes, with_va, skipped)
     if smooth != "none":
         _smooth_tracks(table, smooth, sigma, k)
     _labels(table, au_thr)
@@ -235,7 +236,7 @@ def _row(frame: Frame, box, track_id: int) -> dict:
             "box": box, "probs": None, "va": None, "au": None}
 
 
-def _table(rows: list[dict], classes, with_va: bool, skipped) -> Predictions:
+def rows_to_table(rows: list[dict], classes, with_va: bool, skipped) -> Predictions:
     n, k = len(rows), len(classes)
     cols: dict[str, np.ndarray] = {
         "source": np.array([r["source"] for r in rows], dtype=object),

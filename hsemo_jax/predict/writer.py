@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hsemo_jax.predict.pipeline import Predictions, _table
+from hsemo_jax.predict.pipeline import Predictions, rows_to_table
 
 
 def _fmt(v) -> str:
@@ -39,7 +39,7 @@ class CsvOutput:
         self._header = True
 
     def write_rows(self, rows: list[dict], classes: tuple[str, ...], with_va: bool) -> None:
-        _write_columns(self._f, _table(rows, classes, with_va, []).columns, self._header)
+        _write_columns(self._f, rows_to_table(rows, classes, with_va, []).columns, self._header)
         self._header = False
         self._f.flush()
 
