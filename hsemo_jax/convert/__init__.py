@@ -50,6 +50,15 @@ def infer_arch(sd: dict[str, np.ndarray], obj=None, source: str = "checkpoint") 
         return ("efficientnet_b0" if tf is False else "tf_efficientnet_b0"), n, 2
     if "layers.0.layers.0.weight" in sd and "conv_sep.layers.0.weight" in sd:
         return "mobilefacenet", _num_classes(sd, "fc.weight"), 2
+    if "stem.conv.weight" in sd and "stages.4.1.conv_proj.conv.weight" in sd:
+        # timm ByobNet MobileViTv2: the width multiplier shows in the 1x1 conv ending stage 4.
+        width = sd["stages.4.1.conv_proj.conv.weight"].shape[0]
+        arch = next((a for a, s in registry.ARCHS.items()
+                     if s.family == "mobilevit" and s.embedding_dim == width), None)
+        if arch is None:
+            raise CheckpointError(f"{source}: a MobileViT with stage-4 width {width} is not supported; "
+                                  "expected timm mobilevitv2_150 (768)")
+        return arch, _num_classes(sd, "head.fc.weight"), 2
     if "features.0.conv.weight" in sd and "cat_head0.CoordAtt.conv1.weight" in sd:
         heads = len({k.split(".")[0] for k in sd if k.startswith("cat_head")})
         return "ddamfn", _num_classes(sd, "fc.weight"), heads

@@ -15,6 +15,7 @@ from flax import nnx
 
 from hsemo_jax.errors import CheckpointError
 from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear, PReLU
+from hsemo_jax.models.mobilevit import GroupNorm1
 
 # module type -> {torch leaf name: (nnx leaf name, torch->nnx transform, nnx->torch transform)}
 _OIHW_TO_HWIO = (lambda a: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1))
@@ -26,6 +27,7 @@ LEAF_RULES = {
     BatchNorm: {"weight": ("scale", *_SAME), "bias": ("bias", *_SAME),
                 "running_mean": ("mean", *_SAME), "running_var": ("var", *_SAME)},
     PReLU: {"weight": ("alpha", *_SAME)},
+    GroupNorm1: {"weight": ("scale", *_SAME), "bias": ("bias", *_SAME)},
 }
 # torch keys that carry no information for inference or training here.
 IGNORED = re.compile(r"(^|\.)num_batches_tracked$")
@@ -38,6 +40,8 @@ RENAMES: dict[str, list[tuple[str, str]]] = {
     # torch `features` is a module there; here `features(x)` is the embedding method of every model.
     "mobilefacenet": [("features.", "gdc.")],
     "ddamfn": [("features.", "trunk.")],
+    # timm ByobNet's classifier `head.fc`; `head(f)` is the scores method of every model.
+    "mobilevit": [("head.fc.", "fc.")],
 }
 
 

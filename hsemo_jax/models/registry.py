@@ -27,7 +27,7 @@ CLASS_ORDERS = {"hse": HSE_CLASSES_8, "affectnet": AFFECTNET_CODES_8}
 
 @dataclass(frozen=True)
 class Arch:
-    family: str  # key family for conversion: efficientnet | mobilefacenet | ddamfn
+    family: str  # key family for conversion: efficientnet | mobilefacenet | ddamfn | mobilevit
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -40,6 +40,7 @@ ARCHS: dict[str, Arch] = {
     "tf_efficientnet_b2": Arch("efficientnet", 260, IMAGENET_MEAN, IMAGENET_STD, 1408),
     "mobilefacenet": Arch("mobilefacenet", 112, HALF, HALF, 512),
     "ddamfn": Arch("ddamfn", 112, IMAGENET_MEAN, IMAGENET_STD, 512),
+    "mobilevitv2_150": Arch("mobilevit", 224, IMAGENET_MEAN, IMAGENET_STD, 768),
 }
 
 
@@ -58,6 +59,9 @@ def build(arch: str, num_classes: int | None, *, num_heads: int = 2, seed: int =
     elif family == "mobilefacenet":
         from hsemo_jax.models.mobilefacenet import MobileFaceNet
         model = MobileFaceNet(num_classes, seed=seed)
+    elif family == "mobilevit":
+        from hsemo_jax.models.mobilevit import MobileViT
+        model = MobileViT(arch, num_classes, seed=seed)
     else:
         from hsemo_jax.models.ddamfn import DDAMFN
         model = DDAMFN(num_classes or 8, num_heads, seed=seed)
@@ -101,4 +105,5 @@ PUBLISHED: dict[str, Published] = {
     "enet_b2_8_best": Published("tf_efficientnet_b2", 8),
     "enet_b2_7": Published("tf_efficientnet_b2", 7),
     "mbf_va_mtl": Published("mobilefacenet", 10),
+    "mobilevit_va_mtl": Published("mobilevitv2_150", 10),
 }
