@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract-features": ("data_pipelines.extract_command", "per-frame embeddings + scores of a converted model over a dataset or image folder"),
     "evaluate": ("hsemo_jax.postprocess.cli_evaluate", "ABAW metrics (P_VA, P_EXPR, P_AU, P_MTL; C-EXPR KL, kappa) of a prediction file"),
     "sweep": ("hsemo_jax.postprocess.cli_sweep", "grid search over smoothing / blending settings; prints the best, writes CSV"),
+    "intensity": ("hsemo_jax.intensity.command", "video-level emotion intensity (ABAW ERI/EMI): train a regressor on per-video feature statistics, predict a submission"),
 }
 
 

@@ -1,0 +1,229 @@
+"""`hsemo-jax intensity train|predict`: video-level emotion intensity (ABAW-5 ERI / ABAW-6 EMI).
+
+HSEmotion's method (spec seed_extras §1): per-frame scores (or embeddings) of a frozen backbone
+on every n-th face crop of a video -> per-video [mean ‖ std ‖ min ‖ max] -> a small regressor
+with sigmoid outputs, trained with 1 - mean Pearson, the epoch with the best validation mean
+Pearson kept. The metric is the mean over targets of Pearson's r over the videos.
+
+    hsemo-jax intensity train --labels train_split.csv [--val-labels valid_split.csv]
+        (--features FEATS [FEATS ...] | --faces FACES [FACES ...] --model MODEL [--cache DIR])
+        [--targets auto|reaction7|vidmimic6|NAME,...] [--input scores|embedding|both] [--every 5]
+        [--variant linear|mlp] [--loss pearson|weighted] [--weights W,...] [--epochs N]
+        [--batch-size 512] [--lr 1e-3] [--seed 0] [--train-val] [--on-missing error|skip]
+        --out RUN
+    hsemo-jax intensity predict RUN
+        (--features FEATS [FEATS ...] | --faces FACES [FACES ...] [--model MODEL] [--cache DIR])
+        [--videos LIST | --labels LABELS.csv] [--on-missing error|skip] --out submission.csv
+
+Label files: header `id,<K target names>`, then `<5-digit video id>,<K floats>` (Hume-Reaction:
+7 targets, Hume-Vidmimic2: 6; `hsemo_jax.intensity.labels`). Face crops: FACES/<video id>/<frame>.jpg.
+FEATS: an `extract-features --images FACES` output folder or an .npz with `name`
+(`<video id>/<frame>.jpg`), `scores` and/or `embedding` (`hsemo_jax.intensity.frames`).
+
+train writes RUN/regressor.npz + RUN/regressor.json (targets, input, every, backbone, per-epoch
+history, best epoch and its validation Pearson per target). `--train-val` fits on train + val
+(the notebook's final submissions): nothing is held out, so the last epoch is kept.
+predict writes the submission CSV (header `Filename,<K names>`, one row per video) atomically;
+videos: those of --videos/--labels, else every video folder of the sources. With --labels the
+mean Pearson is printed too. A video without face crops stops with an error naming its folder,
+unless --on-missing skip (then it is left out and listed).
+
+Light at import: jax is imported only in `run`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _sources(p: argparse.ArgumentParser, model_required_help: str) -> None:
+    g = p.add_argument_group("per-frame features (one of)")
+    g.add_argument("--features", nargs="+", metavar="FEATS",
+                   help="extract-features output folder(s) or .npz file(s) of per-frame features")
+    g.add_argument("--faces", nargs="+", metavar="FACES",
+                   help="face-crop folder(s) FACES/<video id>/<frame>.jpg; features are extracted with --model")
+    g.add_argument("--model", help=model_required_help)
+    g.add_argument("--cache", help="folder for the features extracted from --faces, reused by later runs "
+                   "(default: RUN/features)")
+    g.add_argument("--extract-batch-size", type=int, default=64, help="crops per model call (default 64)")
+    p.add_argument("--on-missing", choices=("error", "skip"), default="error",
+                   help="a video without face crops: stop with an error naming its folder (default), "
+                   "or leave it out and list it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = __doc__.split("\n\n", 1)[1].rsplit("\n\nLight at import", 1)[0]
+    sub = p.add_subparsers(dest="action", metavar="ACTION")
+    sub.required = True
+    t = sub.add_parser("train", help="fit a regressor on per-video statistics of frame features",
+                       description="Fit the per-video intensity regressor (HSEmotion ERI/EMI).")
+    t.add_argument("--labels", required=True, help="training labels (train_split.csv)")
+    t.add_argument("--val-labels", help="validation labels (valid_split.csv): best-epoch selection and report")
+    _sources(t, "backbone for --faces: a published name (e.g. enet_b0_8_va_mtl), a converted model folder "
+             "or a .pt file")
+    t.add_argument("--targets", default="auto",
+                   help="expected targets: auto (from the header), reaction7 (Hume-Reaction, 7), vidmimic6 "
+                   "(Hume-Vidmimic2, 6) or comma-separated names (default auto)")
+    t.add_argument("--input", choices=("scores", "embedding", "both"), default="scores",
+                   help="per-frame vector: the backbone's 10 scores (default), its embedding, or both")
+    t.add_argument("--every", type=int, default=5, help="use every n-th crop of a video, in frame order (default 5)")
+    t.add_argument("--variant", choices=("linear", "mlp"), default="linear",
+                   help="linear: Dense(K, sigmoid) + L2(1/512); mlp: Dense(64, relu) -> Dense(K, sigmoid)")
+    t.add_argument("--loss", choices=("pearson", "weighted"),
+                   help="1 - mean Pearson, or 1 - weighted Pearson (default: pearson for linear, weighted for mlp)")
+    t.add_argument("--weights", help="comma-separated per-target weights of the weighted loss (normalised); "
+                   "default: 1/[1,8,4,2,8,8] for vidmimic6, uniform otherwise")
+    t.add_argument("--epochs", type=int, help="default: 100 (linear), 20 (mlp)")
+    t.add_argument("--batch-size", type=int, default=512, help="default 512")
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--hidden", type=int, default=64, help="mlp hidden units (default 64)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--train-val", action="store_true",
+                   help="fit on train + val labels together (no held-out data: the last epoch is kept)")
+    t.add_argument("--out", required=True, help="run folder (regressor.npz, regressor.json)")
+    t.add_argument("--overwrite", action="store_true", help="replace a regressor already in --out")
+
+    q = sub.add_parser("predict", help="per-video intensities of a trained regressor -> submission CSV",
+                       description="Predict per-video intensities and write the submission CSV.")
+    q.add_argument("run_dir", metavar="RUN", help="run folder of `hsemo-jax intensity train`")
+    _sources(q, "backbone for --faces (default: the model recorded by train)")
+    which = q.add_mutually_exclusive_group()
+    which.add_argument("--videos", help="file of video ids to predict (one per line, first field; header optional)")
+    which.add_argument("--labels", help="label CSV: predict its videos and print the mean Pearson")
+    q.add_argument("--out", required=True, help="submission CSV to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    return _train(args) if args.action == "train" else _predict(args)
+
+
+def _log(args):
+    """Per-epoch lines (quiet with --no-progress)."""
+    return (lambda s: None) if args.no_progress else _report
+
+
+def _report(s: str) -> None:
+    """Reports that are never silenced (skipped videos, extraction summaries)."""
+    print(s, file=sys.stderr)
+
+
+def _rows(labels, ids) -> list:
+    """Rows of `labels` for video ids `ids`."""
+    pos = {v: i for i, v in enumerate(labels.ids)}
+    return [pos[v] for v in ids]
+
+
+def _frames(args, kind: str, every: int, model: str | None, cache_default: Path):
+    from hsemo_jax.intensity.frames import load_frames
+
+    return load_frames(args.features, args.faces, kind, every=every, model=model, cache=args.cache or cache_default,
+                       batch_size=args.extract_batch_size, progress=not args.no_progress,
+                       log=_report)
+
+
+def _train(args) -> int:
+    import numpy as np
+
+    from hsemo_jax.errors import InputError
+    from hsemo_jax.intensity import labels as L
+    from hsemo_jax.intensity.frames import video_features
+    from hsemo_jax.intensity.regressor import TrainConfig, fit, save_regressor
+    from hsemo_jax.intensity.stats import stat_columns
+
+    out = Path(args.out)
+    if (out / "regressor.json").exists() and not args.overwrite:
+        raise InputError(f"{out}: already holds a regressor; pass --overwrite to replace it")
+    if args.train_val and not args.val_labels:
+        raise InputError("--train-val needs --val-labels")
+    train = L.read_labels(args.labels, L.resolve_targets(args.targets))
+    val = L.read_labels(args.val_labels, train.names) if args.val_labels else None
+    if val is not None:
+        both = sorted(set(train.ids) & set(val.ids))
+        if both:
+            raise InputError(f"{val.path}:{val.line_of(both[0])}: video {both[0]} is also in {train.path} "
+                             f"(line {train.line_of(both[0])})")
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise InputError(f"--weights {args.weights!r}: expected comma-separated numbers") from None
+    log = _log(args)
+    ff = _frames(args, args.input, args.every, args.model, out / "features")
+    ids_t, x_t = video_features(ff, train.ids, on_missing=args.on_missing,
+                                what=f"videos of {train.path}", log=_report)
+    y_t = train.values[_rows(train, ids_t)]
+    x_v = y_v = ids_v = None
+    if val is not None:
+        ids_v, x_v = video_features(ff, val.ids, on_missing=args.on_missing,
+                                    what=f"videos of {val.path}", log=_report)
+        y_v = val.values[_rows(val, ids_v)]
+    if args.train_val:
+        x_t, y_t = np.concatenate([x_t, x_v]), np.concatenate([y_t, y_v])
+        x_v = y_v = None
+    cfg = TrainConfig(variant=args.variant, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      loss=args.loss, weights=weights, hidden=args.hidden, seed=args.seed)
+    res = fit(x_t, y_t, train.names, cfg, x_val=x_v, y_val=y_v, log=log)
+    names = [f"{args.input}_{i}" for i in range(ff.dim)]
+    meta = {
+        "variant": res.config.variant, "in_dim": int(x_t.shape[1]), "hidden": res.config.hidden,
+        "targets": list(train.names), "target_set": L.known_set(train.names),
+        "features": {"input": args.input, "every": args.every, "frame_dim": ff.dim,
+                     "statistics": ["mean", "std", "min", "max"],
+                     "columns": stat_columns(names), "model": ff.model, "model_arg": args.model,
+                     "sources": ff.sources},
+        "training": {"labels": str(Path(args.labels).absolute()),
+                     "val_labels": str(Path(args.val_labels).absolute()) if args.val_labels else None,
+                     "train_val": bool(args.train_val), "videos": int(len(x_t)),
+                     "val_videos": None if x_v is None else int(len(x_v)),
+                     "config": {k: v for k, v in vars(res.config).items()},
+                     "best_epoch": res.best_epoch, "best_val_mean_pearson": res.best_val,
+                     "best_val_pearson_per_target": res.best_val_per_target, "history": res.history},
+    }
+    save_regressor(res.model, out, meta)
+    if res.best_val is not None:
+        per = ", ".join(f"{n} {r:.4f}" for n, r in zip(train.names, res.best_val_per_target))
+        print(f"best epoch {res.best_epoch}: validation mean Pearson {res.best_val:.4f} ({per})")
+    else:
+        print(f"kept the last epoch ({res.best_epoch}); no held-out validation")
+    print(f"wrote {out}/regressor.npz, {out}/regressor.json", file=sys.stderr)
+    return 0
+
+
+def _predict(args) -> int:
+    from hsemo_jax.errors import InputError
+    from hsemo_jax.intensity import labels as L
+    from hsemo_jax.intensity.frames import video_features
+    from hsemo_jax.intensity.regressor import load_regressor, mean_pearson, pearson_per_target, predict
+
+    model, meta = load_regressor(args.run_dir)
+    fmeta = meta["features"]
+    names = tuple(meta["targets"])
+    truth = L.read_labels(args.labels, names) if args.labels else None
+    ids = truth.ids if truth is not None else (L.read_video_list(args.videos) if args.videos else None)
+    if args.faces and not (args.model or fmeta.get("model_arg") or (fmeta.get("model") or {}).get("path")):
+        raise InputError("--faces needs --model: the run does not record the backbone it was trained on")
+    model_arg = args.model or fmeta.get("model_arg") or (fmeta.get("model") or {}).get("path")
+    ff = _frames(args, fmeta["input"], int(fmeta["every"]), model_arg, Path(args.run_dir) / "features")
+    if ff.dim != fmeta["frame_dim"]:
+        raise InputError(f"{ff.where('')}: per-frame {fmeta['input']} have {ff.dim} columns, the regressor in "
+                         f"{args.run_dir} was trained on {fmeta['frame_dim']}")
+    trained = fmeta.get("model") or {}
+    if ff.model and trained and ff.model.get("arch") != trained.get("arch"):
+        raise InputError(f"{ff.where('')}: features of a {ff.model.get('arch')} backbone, the regressor was "
+                         f"trained on {trained.get('arch')} features")
+    vids, x = video_features(ff, ids, on_missing=args.on_missing,
+                             what="videos" if ids is None else f"videos of {args.labels or args.videos}",
+                             log=_report)
+    pred = predict(model, x)
+    L.write_submission(args.out, vids, pred, names)
+    print(f"wrote {args.out}: {len(vids)} videos", file=sys.stderr)
+    if truth is not None:
+        y = truth.values[_rows(truth, vids)]
+        per = pearson_per_target(pred, y)
+        print(f"mean Pearson {mean_pearson(pred, y):.4f} over {len(vids)} videos ("
+              + ", ".join(f"{n} {r:.4f}" for n, r in zip(names, per)) + ")")
+    return 0
