@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("hsemo_jax.bench.command", "run a benchmark (backbones, postprocess, ...)"),
     "train-head": ("hsemo_jax.train.head_command", "train the ABAW-7 multi-task head on a feature dataset"),
     "pretrain": ("hsemo_jax.train.pretrain_command", "multi-task backbone pretraining from a config file"),
+    "distill": ("hsemo_jax.train.distill_command", "ABAW-2 multi-database teacher-student (EXPR + VA) training from a config file"),
     "build-dataset": ("data_pipelines.build_command", "build a TFDS ArrayRecord dataset (AffectNet, Aff-Wild2, C-EXPR) from your local copy"),
     "extract-features": ("data_pipelines.extract_command", "per-frame embeddings + scores of a converted model over a dataset or image folder"),
     "evaluate": ("hsemo_jax.postprocess.cli_evaluate", "ABAW metrics (P_VA, P_EXPR, P_AU, P_MTL; C-EXPR KL, kappa) of a prediction file"),

@@ -114,6 +114,21 @@ def test_a_run_directory_refuses_a_different_config(tmp_path):
         prepare_run_dir(C.load_config(None, [f"run_dir={tmp_path / 'run'}", "optim.lr=0.01"]), "pretrain")
 
 
+def test_a_run_started_before_a_config_section_existed_still_resumes(tmp_path):
+    """config.json written before `distill` was added: the missing fields count as their defaults."""
+    import json
+
+    cfg = C.load_config(None, [f"run_dir={tmp_path / 'run'}"])
+    prepare_run_dir(cfg, "pretrain")
+    meta = tmp_path / "run" / "config.json"
+    old = json.loads(meta.read_text())
+    del old["distill"]
+    meta.write_text(json.dumps(old))
+    prepare_run_dir(cfg, "pretrain")
+    with pytest.raises(InputError, match="distill.temperature"):
+        prepare_run_dir(C.load_config(None, [f"run_dir={tmp_path / 'run'}", "distill.temperature=2.0"]), "pretrain")
+
+
 def test_init_from_copies_matching_weights_and_keeps_the_new_classifier(tmp_path):
     """model.init: e.g. face-ID weights without a classifier -> a 10-output model."""
     from flax import nnx

@@ -140,6 +140,46 @@ class DistributedConfig:
 
 
 @dataclass
+class DistillConfig:
+    stage: str = doc("both", "hsemo-jax distill: both = train the teacher then the student in RUN/teacher, "
+                             "RUN/student; teacher or student = only that stage (student needs a finished teacher, "
+                             "see teacher_dir)", ("both", "teacher", "student"))
+    teacher_arch: str = doc("ddamfn", "teacher backbone (hsemo_jax.models.registry, or tiny_cnn for smoke tests)")
+    student_arch: str = doc("mobilefacenet", "student backbone (hsemo_jax.models.registry, or tiny_cnn)")
+    teacher_init: str = doc("", "hsemo-jax model directory whose matching weights initialize the teacher backbone; "
+                                "empty = random init")
+    student_init: str = doc("", "hsemo-jax model directory whose matching weights initialize the student backbone; "
+                                "empty = random init")
+    teacher_seed: int = doc(0, "seed of the teacher's random initialization", minimum=0)
+    student_seed: int = doc(1, "seed of the student's random initialization", minimum=0)
+    num_heads: int = doc(2, "DDAMFN attention heads (teacher or student)", minimum=1)
+    teacher_dir: str = doc("", "stage = student: a finished teacher (the RUN/teacher directory of a distill run, "
+                               "holding model.npz + model.json); empty = RUN/teacher")
+    num_expr: int = doc(7, "EXPR classes (spec 2.1: 7, Neutral Anger Disgust Fear Happiness Sadness Surprise)",
+                        (7, 8))
+    va_bins: int = doc(20, "bins per VA dimension (spec: 20); the VA head has 2 x va_bins logits", minimum=2)
+    hidden: int = doc(128, "hidden width of each head: BN -> Linear(D, hidden) -> ReLU -> BN -> Dropout -> "
+                           "Linear(hidden, n)", positive=True)
+    dropout: float = doc(0.5, "head dropout rate", minimum=0.0)
+    temperature: float = doc(1.5, "distillation temperature T: KD = T^2 KL(softmax(t/T) || softmax(s/T))",
+                             positive=True)
+    lambda_teacher: float = doc(0.4, "weight of KD where a label exists: (1 - lambda) L_sup + lambda KD",
+                                minimum=0.0)
+    lambda_ccc: float = doc(1.0, "weight of 1 - CCC in the VA loss (per dimension, next to the bin CE)",
+                            minimum=0.0)
+    disable_shared_annotations: bool = doc(False, "true = no cross-task labels: EXPR rows get no VA label and VA "
+                                                  "rows no EXPR label (the paper's 'no sharing')")
+    expr: str = doc("", "EXPR stream: image dataset (.npz or .npy directory: images uint8 (N,S,S,3), expr (N,), "
+                        "optional va (N,2), video (N,), frame (N,); -2 = missing) or 'synthetic'")
+    va: str = doc("", "VA stream (same format, va required) or 'synthetic'")
+    expr_va: str = doc("shared", "EXPR_VA stream (both labels): a dataset, 'synthetic', 'shared' = the frames "
+                                 "in both the EXPR and the VA stream (matched on video, frame), or '' = none")
+    shared_every: int = doc(3, "'shared' EXPR_VA stream: keep every k-th matched frame (spec: 3)", positive=True)
+    image_size: int = doc(0, "tiny_cnn and 'synthetic' data: image side; 0 = the student architecture's input",
+                          minimum=0)
+
+
+@dataclass
 class Config:
     run_dir: str = doc("", "output directory: checkpoints/, metrics.csv, tensorboard/, model/ (CLI --out)")
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -150,6 +190,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -204,6 +245,14 @@ def _validate(cfg: Config, source: str) -> Config:
             raise InputError(f"{source}: head.task_weights.{k}: expected a number >= 0, got {v!r}")
     if cfg.model.arch == "ddamfn" and cfg.model.num_outputs not in (8, 10):
         raise InputError(f"{source}: model.num_outputs: DDAMFN needs 8 or 10")
+    for name in ("teacher_arch", "student_arch"):
+        arch = getattr(cfg.distill, name)
+        if arch != "tiny_cnn":
+            from hsemo_jax.models.registry import ARCHS
+
+            if arch not in ARCHS:
+                raise InputError(f"{source}: distill.{name}: expected one of {', '.join(ARCHS)}, tiny_cnn; "
+                                 f"got {arch!r}")
     return cfg
 
 

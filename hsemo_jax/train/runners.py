@@ -22,7 +22,7 @@ from hsemo_jax.train.config import Config
 # Fields that may change between the start of a run and its resumption.
 RESUMABLE_CHANGES = {"run_dir", "train.progress", "train.log_every", "train.tensorboard", "distributed",
                      "checkpoint.async_save"}
-CLASSIFIER = {"efficientnet": "classifier", "mobilefacenet": "fc", "ddamfn": "fc"}
+CLASSIFIER = {"efficientnet": "classifier", "mobilefacenet": "fc", "ddamfn": "fc", "mobilevit": "fc"}
 # separate-mode model selection per task (spec §3.4): EXPR best val accuracy, VA / AU best val loss
 HEAD_SELECTION = {"expr": ("EXPR_accuracy", "max"), "va": ("loss", "min"), "au": ("loss", "min")}
 
@@ -46,7 +46,8 @@ def prepare_run_dir(cfg: Config, kind: str) -> Path:
     meta = run / "config.json"
     current = {"kind": kind, **cfg.to_dict()}
     if meta.exists():
-        old = _flat(json.loads(meta.read_text()))
+        # a field added to Config after the run started counts as its default there
+        old = {**_flat(Config().to_dict()), **_flat(json.loads(meta.read_text()))}
         new = _flat(current)
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
                          and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES))
@@ -95,8 +96,9 @@ def _optimizer(cfg: Config, total_steps: int, steps_per_epoch: int, trainable=No
 
 
 def _fit(cfg: Config, model, objective, data: dict, val: dict | None, run: Path, *, total: int,
-         per_epoch: int, trainable=None, best: tuple[str, str] | None = None):
-    """Train `model` on `data`; returns (trainer, checkpoints, last validation metrics)."""
+         per_epoch: int, trainable=None, best: tuple[str, str] | None = None, loader=None):
+    """Train `model` on `data` (or on the batches of `loader`, e.g. distill's multi-stream
+    iterator); returns (trainer, checkpoints, last validation metrics)."""
     import jax
 
     from hsemo_jax.train.checkpoints import RunCheckpoints
@@ -106,8 +108,9 @@ def _fit(cfg: Config, model, objective, data: dict, val: dict | None, run: Path,
     tx, schedule = _optimizer(cfg, total, per_epoch, trainable)
     trainer = Trainer(model, objective, tx, compute_dtype=cfg.train.compute_dtype, seed=cfg.train.seed,
                       schedule=schedule, accum_steps=cfg.optim.grad_accum)
-    loader = BatchIterator(data, cfg.train.batch_size, seed=cfg.train.seed,
-                           process_index=jax.process_index(), process_count=jax.process_count())
+    if loader is None:
+        loader = BatchIterator(data, cfg.train.batch_size, seed=cfg.train.seed,
+                               process_index=jax.process_index(), process_count=jax.process_count())
     metric, mode = best or (cfg.checkpoint.best_metric, cfg.checkpoint.best_mode)
     ckpt = RunCheckpoints(run / "checkpoints", keep=cfg.checkpoint.keep, keep_best=cfg.checkpoint.keep_best,
                           best_metric=metric if val is not None else None, best_mode=mode,
