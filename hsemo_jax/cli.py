@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from hsemo_jax import runtime
 from hsemo_jax.errors import InputError
 
 # name -> (module, one-line help)
@@ -46,6 +47,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    runtime.configure()  # before any command imports JAX's backends
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)

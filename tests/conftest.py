@@ -6,6 +6,11 @@ import sys
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# Warm memory for XLA:CPU, as the CLI does (hsemo_jax/runtime.py): the suite runs faster.
+from hsemo_jax import runtime  # noqa: E402
+
+runtime.keep_freed_memory()
+
 # PyTorch reference modules written from the spec; importable under the top-level
 # names the original pickles use (e.g. `mobilefacenet`).
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "reference"))

@@ -1,10 +1,15 @@
 """Jitted inference: one compiled function per (model, input shape), pure in the model state."""
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
+import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from hsemo_jax import runtime
 
 
 def make_forward(model: nnx.Module, *, with_features: bool = False) -> Callable:
@@ -12,14 +17,29 @@ def make_forward(model: nnx.Module, *, with_features: bool = False) -> Callable:
 
     The model is split once into a static graph and its state; calls do not re-trace unless the
     input shape or dtype changes (pad batches to a fixed size to avoid recompiles).
+    With several local devices (GPUs, or one CPU device per core, see `hsemo_jax.runtime`) a
+    batch divisible by their count is split over all of them; other batches run on the first.
     """
     model.eval()
     graphdef, state = nnx.split(model)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=runtime.compiler_options())
     def forward(state, x_nhwc):
         m = nnx.merge(graphdef, state)
         f = m.features(x_nhwc)
         return (f, m.head(f)) if with_features else m.head(f)
 
-    return lambda x_nhwc: forward(state, x_nhwc)
+    devices = jax.local_devices()
+    first = jax.device_put(state, devices[0])
+    if len(devices) == 1:
+        return lambda x_nhwc: forward(first, x_nhwc)
+    mesh = Mesh(np.array(devices), ("data",))
+    replicated = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+    split = NamedSharding(mesh, PartitionSpec("data"))
+
+    def call(x_nhwc):
+        if x_nhwc.shape[0] % len(devices) == 0:
+            return forward(replicated, jax.device_put(x_nhwc, split))
+        return forward(first, jax.device_put(x_nhwc, devices[0]))
+
+    return call

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from hsemo_jax import runtime
 from hsemo_jax.errors import InputError
 from hsemo_jax.train import distributed as dist
 from hsemo_jax.train.data import BatchIterator, eval_batches
@@ -65,9 +66,11 @@ class Trainer:
                       "opt_state": jax.jit(tx.init)(params), "rng": rng}
         self.state = dist.put_replicated(host_state, self.mesh)
         rep, bsh = dist.replicated(self.mesh), dist.batch_sharded(self.mesh)
+        options = runtime.compiler_options()
         self._train = jax.jit(self._train_step, in_shardings=(rep, bsh), out_shardings=(rep, rep),
-                              donate_argnums=(0,))
-        self._predict = jax.jit(self._predict_step, in_shardings=(rep, bsh), out_shardings=rep)
+                              donate_argnums=(0,), compiler_options=options)
+        self._predict = jax.jit(self._predict_step, in_shardings=(rep, bsh), out_shardings=rep,
+                                compiler_options=options)
 
     @property
     def num_devices(self) -> int:

@@ -1,0 +1,72 @@
+"""Process settings for XLA:CPU (hsemo_jax/runtime.py) and multi-device inference."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from hsemo_jax import runtime
+from hsemo_jax.models import registry
+from hsemo_jax.models.inference import make_forward
+
+_FAULTS = textwrap.dedent("""
+    import ctypes, resource, sys
+    from hsemo_jax import runtime
+    if sys.argv[1] == "keep":
+        assert runtime.keep_freed_memory()
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    size = 40 * 2**20  # above glibc's largest mmap threshold, like XLA's activations
+    def faults():  # page faults of writing a fresh block, freed afterwards (one XLA run's temporaries)
+        p = libc.malloc(size)
+        r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        ctypes.memset(p, 1, size)
+        n = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0
+        libc.free(p)
+        return n
+    faults()
+    print(faults())
+""")
+
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings are Linux-only")
+def test_keep_freed_memory_reuses_pages_of_large_blocks():
+    """Without the setting every new 40 MiB block is page-faulted in again; with it, reused."""
+    counts = {}
+    for mode in ("default", "keep"):
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
+        counts[mode] = int(out.stdout.split()[-1])
+    pages = 40 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+    assert counts["default"] > pages // 2
+    assert counts["keep"] < pages // 20
+
+
+def test_compiler_options_only_on_cpu():
+    assert runtime.compiler_options("cpu") == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    assert runtime.compiler_options("gpu") == {}
+    assert runtime.compiler_options("tpu") == {}
+
+
+def test_cpu_device_count_is_left_to_xla_flags():
+    # conftest asks for 8 devices through XLA_FLAGS, and JAX is already running
+    assert not runtime.use_cpu_devices(2)
+    assert jax.local_device_count() == 8
+
+
+def test_make_forward_splits_divisible_batches_over_devices():
+    with jax.default_matmul_precision("float32"):
+        model = registry.build("mobilefacenet", 10)
+        x = np.random.default_rng(0).standard_normal((8, 112, 112, 3)).astype(np.float32)
+        want = np.asarray(model(x))
+        forward = make_forward(model, with_features=True)
+        feats, scores = forward(x)
+        assert len(scores.sharding.device_set) == 8
+        np.testing.assert_allclose(np.asarray(scores), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        odd = forward(x[:3])[1]  # not divisible: one device
+        assert len(odd.sharding.device_set) == 1
+        np.testing.assert_allclose(np.asarray(odd), want[:3], rtol=1e-5, atol=1e-5 * np.abs(want).max())
