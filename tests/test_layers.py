@@ -9,9 +9,7 @@ import jax.numpy as jnp
 from hsemo_jax.models.layers import BatchNorm, conv2d, conv2d_lax, conv2d_shift
 
 
-@pytest.mark.parametrize(
-    "shape,k,stride,padding,groups,cout",
-    [
+CONV_CASES = [
         ((2, 13, 11, 8), (3, 3), (1, 1), 1, 8, 8),  # depthwise, symmetric pad
         ((2, 14, 14, 6), (5, 5), (2, 2), "SAME", 6, 6),  # depthwise, TF same, stride 2 (even)
         ((1, 15, 15, 4), (3, 3), (2, 2), "SAME", 4, 4),  # TF same on odd size
@@ -19,8 +17,11 @@ from hsemo_jax.models.layers import BatchNorm, conv2d, conv2d_lax, conv2d_shift
         ((2, 7, 7, 6), (1, 7), (1, 1), 0, 6, 6),  # DDAM head directional pooling
         ((2, 9, 9, 8), (3, 3), (1, 1), 1, 4, 8),  # grouped: 2 channels per group (MobileFaceNet layers.1)
         ((1, 10, 10, 4), (3, 3), (2, 2), 1, 2, 6),  # grouped, 2 in -> 3 out per group
-    ],
-)
+        ((1, 11, 12, 4), (3, 3), (2, 2), ((0, 1), (1, 0)), 4, 4),  # depthwise, explicit asymmetric pads
+]
+
+
+@pytest.mark.parametrize("shape,k,stride,padding,groups,cout", CONV_CASES)
 def test_shift_form_equals_lax_conv(shape, k, stride, padding, groups, cout):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(shape).astype(np.float32))
@@ -31,6 +32,39 @@ def test_shift_form_equals_lax_conv(shape, k, stride, padding, groups, cout):
         auto = jax.jit(lambda a, b: conv2d(a, b, stride, padding, groups))(x, w)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(auto, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,k,stride,padding,groups,cout", CONV_CASES)
+def test_shift_form_gradients_equal_lax_conv(shape, k, stride, padding, groups, cout):
+    """The depthwise custom VJP (and autodiff of the grouped form) == lax.conv's gradients."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal(shape).astype(np.float32))
+    w = jnp.asarray(rng.standard_normal((*k, shape[-1] // groups, cout)).astype(np.float32))
+    out_shape = conv2d_lax(x, w, stride, padding, groups).shape
+    probe = jnp.asarray(rng.standard_normal(out_shape).astype(np.float32))
+
+    def grads(conv):
+        return jax.jit(jax.grad(lambda a, b: jnp.sum(conv(a, b, stride, padding, groups) * probe), (0, 1)))(x, w)
+
+    with jax.default_matmul_precision("float32"):
+        want, got = grads(conv2d_lax), grads(conv2d_shift)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.abs(r).max()))
+
+
+@pytest.mark.parametrize("stride,padding", [((1, 1), 0), ((2, 2), "SAME"), ((2, 2), 0)])
+def test_1x1_convolution_as_matmul_equals_lax_conv(stride, padding):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((2, 9, 8, 6)).astype(np.float32))
+    w = jnp.asarray(rng.standard_normal((1, 1, 6, 5)).astype(np.float32))
+    with jax.default_matmul_precision("float32"):
+        want = conv2d_lax(x, w, stride, padding, 1)
+        got = conv2d(x, w, stride, padding)
+        gw = jax.grad(lambda a, b: jnp.sum(conv2d_lax(a, b, stride, padding, 1) ** 2), (0, 1))(x, w)
+        gg = jax.grad(lambda a, b: jnp.sum(conv2d(a, b, stride, padding) ** 2), (0, 1))(x, w)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for g, r in zip(gg, gw):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.abs(r).max()))
 
 
 def test_tf_same_padding_is_asymmetric_like_conv2d_same():

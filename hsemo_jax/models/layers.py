@@ -10,6 +10,7 @@ Train/eval follows NNX: `model.eval()` (the default after construction) uses run
 """
 from __future__ import annotations
 
+import functools
 from typing import Literal, Sequence
 
 import jax
@@ -46,35 +47,101 @@ def conv2d_lax(x_nhwc, kernel_hwio, strides, padding: Padding, groups: int):
     )
 
 
+def _tap(xp, dy: int, dx: int, oh: int, ow: int, strides, channels: int):
+    """xp[:, dy + i*sh, dx + j*sw, :channels] for i < oh, j < ow."""
+    n, sh, sw = xp.shape[0], strides[0], strides[1]
+    return lax.slice(xp, (0, dy, dx, 0), (n, dy + (oh - 1) * sh + 1, dx + (ow - 1) * sw + 1, channels),
+                     (1, sh, sw, 1))
+
+
+def _depthwise_sum(xp, kernel_hhc, strides, oh: int, ow: int):
+    """sum over taps of tap(xp) * kernel[dy, dx]: one fused multiply-add loop per output."""
+    kh, kw, c = kernel_hhc.shape
+    out = None
+    for dy in range(kh):
+        for dx in range(kw):
+            term = _tap(xp, dy, dx, oh, ow, strides, c) * kernel_hhc[dy, dx]
+            out = term if out is None else out + term
+    return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise_shift(x_nhwc, kernel_hhc, strides, pads):
+    return _depthwise_fwd(x_nhwc, kernel_hhc, strides, pads)[0]
+
+
+def _depthwise_fwd(x_nhwc, kernel_hhc, strides, pads):
+    kh, kw, _ = kernel_hhc.shape
+    xp = jnp.pad(x_nhwc, [(0, 0), pads[0], pads[1], (0, 0)])
+    oh = (xp.shape[1] - kh) // strides[0] + 1
+    ow = (xp.shape[2] - kw) // strides[1] + 1
+    return _depthwise_sum(xp, kernel_hhc, strides, oh, ow), (xp, kernel_hhc)
+
+
+def _depthwise_bwd(strides, pads, residuals, g):
+    """Gradients as shift-sums too (XLA's transpose of the forward pads and accumulates one
+    full-size tensor per tap, ~10x slower on CPU). Input: the output gradient dilated by the
+    stride and padded by k-1 is correlated with the flipped kernel (one fused loop). Kernel:
+    per tap, sum over (n, i, j) of tap(xp) * g."""
+    xp, kernel = residuals
+    kh, kw, c = kernel.shape
+    (sh, sw), (_, oh, ow, _) = strides, g.shape
+    extra_h = xp.shape[1] - ((oh - 1) * sh + kh)
+    extra_w = xp.shape[2] - ((ow - 1) * sw + kw)
+    gd = lax.pad(g, jnp.zeros((), g.dtype), [(0, 0, 0), (kh - 1, kh - 1 + extra_h, sh - 1),
+                                             (kw - 1, kw - 1 + extra_w, sw - 1), (0, 0, 0)])
+    dxp = _depthwise_sum(gd, kernel[::-1, ::-1], (1, 1), xp.shape[1], xp.shape[2])
+    h, w = xp.shape[1] - sum(pads[0]), xp.shape[2] - sum(pads[1])
+    dx = lax.slice(dxp, (0, pads[0][0], pads[1][0], 0), (dxp.shape[0], pads[0][0] + h, pads[1][0] + w, c))
+    dk = jnp.stack([jnp.stack([(_tap(xp, dy, dx_, oh, ow, strides, c) * g).reshape(-1, c).sum(0)
+                               for dx_ in range(kw)]) for dy in range(kh)])
+    return dx, dk.astype(kernel.dtype)
+
+
+_depthwise_shift.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
 def conv2d_shift(x_nhwc, kernel_hwio, strides, padding: Padding, groups: int):
     """Grouped convolution as a sum of shifted, strided multiply-adds (the fast form on XLA:CPU).
 
     For each kernel tap (dy, dx) and each input channel `l` of a group, the padded input is sliced
     with the conv's stride and multiplied by that tap's per-output-channel weights. With one input
-    channel per group (depthwise) this is kh*kw multiply-adds that XLA fuses into one loop.
+    channel per group (depthwise) this is kh*kw multiply-adds that XLA fuses into one loop, and
+    the gradients are shift-sums as well (`_depthwise_bwd`).
     """
     n, h, w, cin = x_nhwc.shape
     kh, kw, cin_g, cout = kernel_hwio.shape
-    sh, sw = strides
-    pads = _explicit_padding(padding, (h, w), (kh, kw), strides)
+    pads = tuple(tuple(p) for p in _explicit_padding(padding, (h, w), (kh, kw), strides))
+    if cin_g == 1 and cout == cin:
+        return _depthwise_shift(x_nhwc, kernel_hwio[:, :, 0, :], tuple(strides), pads)
     xp = jnp.pad(x_nhwc, [(0, 0), pads[0], pads[1], (0, 0)])
-    oh = (xp.shape[1] - kh) // sh + 1
-    ow = (xp.shape[2] - kw) // sw + 1
+    oh = (xp.shape[1] - kh) // strides[0] + 1
+    ow = (xp.shape[2] - kw) // strides[1] + 1
     cout_g = cout // groups
+    # channels as (group, position in group): input (G, cin_g), output (G, cout_g), so each input
+    # channel is broadcast to its group's outputs (a gather here would backpropagate as a scatter)
+    xg = xp.reshape(*xp.shape[:3], groups, cin_g)
+    kg = kernel_hwio.reshape(kh, kw, cin_g, groups, cout_g)
     out = None
     for l in range(cin_g):
-        # Input channel feeding output channel o at local position l of its group.
-        src = (jnp.arange(cout) // cout_g) * cin_g + l
-        xl = xp if (cin_g == 1 and cout == cin) else jnp.take(xp, src, axis=3)
         for dy in range(kh):
             for dx in range(kw):
-                patch = lax.slice(
-                    xl, (0, dy, dx, 0), (n, dy + (oh - 1) * sh + 1, dx + (ow - 1) * sw + 1, cout),
-                    (1, sh, sw, 1),
-                )
-                term = patch * kernel_hwio[dy, dx, l]
+                tap = lax.slice(xg, (0, dy, dx, 0, l), (n, dy + (oh - 1) * strides[0] + 1,
+                                                        dx + (ow - 1) * strides[1] + 1, groups, l + 1),
+                                (1, strides[0], strides[1], 1, 1))
+                term = tap * kg[dy, dx, l]
                 out = term if out is None else out + term
-    return out
+    return out.reshape(n, oh, ow, cout)
+
+
+def conv1x1(x_nhwc, kernel_hwio, strides):
+    """A 1x1 convolution without padding as a matmul over channels (subsampled first if strided):
+    one GEMM forward and backward, where a convolution's kernel gradient is a slow batch-reduction
+    convolution on XLA:CPU."""
+    sh, sw = strides
+    if (sh, sw) != (1, 1):
+        x_nhwc = x_nhwc[:, ::sh, ::sw]
+    return lax.dot_general(x_nhwc, kernel_hwio[0, 0], (((3,), (0,)), ((), ())))
 
 
 def conv2d(x_nhwc, kernel_hwio, strides=(1, 1), padding: Padding = 0, groups: int = 1,
@@ -87,6 +154,8 @@ def conv2d(x_nhwc, kernel_hwio, strides=(1, 1), padding: Padding = 0, groups: in
     `impl` forces one form ("lax" or "shift"), e.g. for tests.
     """
     strides = _pair(strides)
+    if groups == 1 and kernel_hwio.shape[:2] == (1, 1) and padding in (0, (0, 0), "SAME", "VALID"):
+        return conv1x1(x_nhwc, kernel_hwio, strides)
     if groups == 1 or impl == "lax":
         return conv2d_lax(x_nhwc, kernel_hwio, strides, padding, groups)
     if impl == "shift":
