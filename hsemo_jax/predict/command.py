@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from hsemo_jax.predict.detect import DETECT_WIDTH
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="a video file, an image, a folder of images, or a quoted glob ('frames/*.jpg')")
@@ -18,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="face detector: OpenCV Haar cascade (default, bundled), YuNet (needs --detector-model), "
                         "or none for pre-cropped faces (e.g. ABAW cropped_aligned)")
     p.add_argument("--detector-model", help="YuNet .onnx file for --detector yunet")
+    p.add_argument("--detect-width", type=int, default=DETECT_WIDTH, metavar="PX",
+                   help=f"detect faces on frames shrunk to at most this width, boxes mapped back to full "
+                        f"resolution for cropping (default {DETECT_WIDTH}; 0 = full resolution)")
     p.add_argument("--smooth", choices=("gaussian", "box", "none"), default="none",
                    help="temporal smoothing of probabilities and valence/arousal along each face track")
     p.add_argument("--sigma", type=float, default=2.0, help="gaussian sigma in frames (default 2)")
@@ -41,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     csv_out = CsvOutput(out)
     try:
         table = predict(args.input, tuple(args.models or ("enet_b0_8_va_mtl",)), weights=args.blend,
-                        detector=args.detector, detector_model=args.detector_model, smooth=args.smooth,
+                        detector=args.detector, detector_model=args.detector_model,
+                        detect_width=args.detect_width, smooth=args.smooth,
                         sigma=args.sigma, k=args.k, batch_size=args.batch_size, head=args.head,
                         au_thresholds=args.au_thresholds, on_rows=csv_out.write_rows,
                         progress=sys.stderr.isatty())

@@ -14,41 +14,57 @@ import numpy as np
 from hsemo_jax.errors import InputError
 
 DETECTORS = ("haar", "yunet", "none")
+DETECT_WIDTH = 640  # frames wider than this are shrunk for detection (boxes mapped back)
+
+
+def _shrunk(image: np.ndarray, max_width: int) -> tuple[np.ndarray, float]:
+    """`image` resized (area interpolation) to at most `max_width` wide, and the scale used."""
+    w = image.shape[1]
+    if not max_width or w <= max_width:
+        return image, 1.0
+    scale = max_width / w
+    return cv2.resize(image, (max_width, round(image.shape[0] * scale)), interpolation=cv2.INTER_AREA), scale
 
 
 class HaarDetector:
-    def __init__(self, min_size: int = 32, scale_factor: float = 1.1, min_neighbors: int = 5):
+    """Haar cascade on the (shrunk) grayscale frame; min_size in pixels of the shrunk frame."""
+
+    def __init__(self, min_size: int = 32, scale_factor: float = 1.1, min_neighbors: int = 5,
+                 max_width: int = 0):
         path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
         self.cascade = cv2.CascadeClassifier(str(path))
         if self.cascade.empty():
             raise InputError(f"{path}: cannot load OpenCV's Haar cascade (opencv-python 4.x bundles it; "
                              "OpenCV 5 does not). Use --detector yunet or none.")
         self.kw = dict(scaleFactor=scale_factor, minNeighbors=min_neighbors, minSize=(min_size, min_size))
+        self.max_width = max_width
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
-        boxes = self.cascade.detectMultiScale(gray, **self.kw)
+        gray, scale = _shrunk(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), self.max_width)
+        boxes = self.cascade.detectMultiScale(cv2.equalizeHist(gray), **self.kw)
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
-        return boxes
+        return boxes / scale
 
 
 class YuNetDetector:
-    def __init__(self, model_path: str | None, score_threshold: float = 0.8):
+    def __init__(self, model_path: str | None, score_threshold: float = 0.8, max_width: int = 0):
         if not model_path or not Path(model_path).is_file():
             raise InputError(f"--detector yunet needs --detector-model FILE.onnx (YuNet, e.g. "
                              f"face_detection_yunet_2023mar.onnx from opencv_zoo); got {model_path!r}")
         self.detector = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold)
+        self.max_width = max_width
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        h, w = rgb.shape[:2]
+        image, scale = _shrunk(rgb, self.max_width)
+        h, w = image.shape[:2]
         self.detector.setInputSize((w, h))
-        _, faces = self.detector.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        _, faces = self.detector.detect(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         if faces is None:
             return np.zeros((0, 4), np.float32)
         boxes = faces[:, :4].astype(np.float32)
         boxes[:, 2:] += boxes[:, :2]
-        return boxes
+        return boxes / scale
 
 
 class WholeFrame:
@@ -57,11 +73,12 @@ class WholeFrame:
         return np.array([[0, 0, w, h]], np.float32)
 
 
-def make_detector(name: str, model_path: str | None = None):
+def make_detector(name: str, model_path: str | None = None, max_width: int = DETECT_WIDTH):
+    """A detector by name; frames wider than `max_width` (0: never) are shrunk for detection."""
     if name == "haar":
-        return HaarDetector()
+        return HaarDetector(max_width=max_width)
     if name == "yunet":
-        return YuNetDetector(model_path)
+        return YuNetDetector(model_path, max_width=max_width)
     if name == "none":
         return WholeFrame()
     raise InputError(f"unknown detector {name!r}; expected one of {', '.join(DETECTORS)}")

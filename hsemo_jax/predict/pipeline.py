@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from hsemo_jax.errors import InputError
-from hsemo_jax.predict.detect import crop, make_detector
+from hsemo_jax.predict.detect import DETECT_WIDTH, crop, make_detector
 from hsemo_jax.predict.track import IoUTracker
 from hsemo_jax.predict.video import Frame, FrameSource, Skipped, threaded_map
 
@@ -151,11 +151,12 @@ def _run_batch(models, weights, crops, batch_size, with_va, au_head=None):
 
 
 def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weights=None,
-            detector: str = "haar", detector_model: str | None = None, smooth: str = "none",
-            sigma: float = 2.0, k: int = 5, batch_size: int = 16, head: str | None = None,
+            detector: str = "haar", detector_model: str | None = None, detect_width: int = DETECT_WIDTH,
+            smooth: str = "none", sigma: float = 2.0, k: int = 5, batch_size: int = 16, head: str | None = None,
             au_thresholds=None, on_rows: Callable | None = None, progress: bool = False) -> Predictions:
     """Per-frame, per-face expression probabilities (+ valence/arousal) for a video, image, folder
-    or glob. Two or more models are blended with `weights` (default equal). `smooth`: "gaussian" or
+    or glob. Two or more models are blended with `weights` (default equal). Faces are detected on
+    frames shrunk to `detect_width` (0: full size) and cropped from the full frame. `smooth`: "gaussian" or
     "box" per face track (sigma, k in frames; `hsemo_jax.postprocess.smooth`) or "none".
     `head`: a multi-task head directory (`hsemo-jax train-head`) on the first model's features: adds
     12 AU probabilities and labels (`au_thresholds`, else the head's stored ones, else 0.5).
@@ -168,7 +169,7 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
     classes, with_va = _expression_layout(loaded)
     au_head, au_thr = load_au_head(head, loaded[0], au_thresholds) if head else (None, None)
     source = FrameSource(input_spec)
-    detect = make_detector(detector, detector_model)
+    detect = make_detector(detector, detector_model, detect_width)
     tracker = IoUTracker()
 
     rows: list[dict] = []  # face-less frames and faces, in frame order
