@@ -24,7 +24,6 @@ import http.client
 import os
 import socket
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from hsemo_jax.checkpoint import META_FILE, read_info
 from hsemo_jax.errors import CheckpointError, InputError
+from hsemo_jax.fileio import atomic_write
 from hsemo_jax.models import registry
 
 __all__ = ["KNOWN_SHA256", "cache_dir", "resolve_model", "load_published", "download",
@@ -81,18 +81,6 @@ def _unlink(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         pass
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(Path(tmp))
-        raise
 
 
 def _read_record(record: Path) -> str | None:
@@ -314,7 +302,7 @@ def _resolve_published(name: str, *, base_url: str | None, expected: str | None,
 
     new_record = recorded is None
     if new_record:  # trust on first use
-        _write_atomic(record, f"{actual}  {dest.name}\n")
+        atomic_write(record, f"{actual}  {dest.name}\n")
 
     # 3. Convert once.
     try:

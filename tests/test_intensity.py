@@ -335,7 +335,7 @@ def test_cli_errors_name_the_file_and_leave_no_partial_output(synthetic_run, tmp
     # a write that fails at the end leaves the previous file and no temporary file behind
     before = out.read_text()
     with monkeypatch.context() as m:
-        m.setattr("hsemo_jax.postprocess.abaw_io.os.replace", _fail_replace)
+        m.setattr("hsemo_jax.fileio.os.replace", _fail_replace)
         with pytest.raises(OSError, match="disk full"):
             cli.main(["intensity", "predict", str(d / "run"), "--features", str(d / "frames.npz"),
                       "--videos", str(d / "test.txt"), "--out", str(out)])

@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from hsemo_jax.errors import InputError
-from hsemo_jax.postprocess.abaw_io import atomic_write_text
+from hsemo_jax.fileio import atomic_write
 
 HUME_REACTION_7 = ("Adoration", "Amusement", "Anxiety", "Disgust", "Empathic-Pain", "Fear", "Surprise")
 HUME_VIDMIMIC_6 = ("Admiration", "Amusement", "Determination", "Empathic Pain", "Excitement", "Joy")
@@ -194,7 +194,7 @@ def write_submission(path: str, ids: Sequence[str], values, names: Sequence[str]
         raise InputError(f"submission: non-finite prediction for video {ids[i]}")
     rows = [",".join([SUBMISSION_ID, *names])]
     rows += [",".join([str(i), *(repr(float(np.float32(x))) for x in r)]) for i, r in zip(ids, v)]
-    atomic_write_text(str(path), "\n".join(rows) + "\n")
+    atomic_write(str(path), "\n".join(rows) + "\n")
 
 
 def read_submission(path: str, names: Sequence[str] | None = None) -> VideoLabels:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -43,6 +42,7 @@ import optax
 from flax import nnx
 
 from hsemo_jax.errors import InputError
+from hsemo_jax.fileio import atomic_write
 from hsemo_jax.train.head import Dense
 from hsemo_jax.train.optim import make_optimizer, path_str
 
@@ -309,18 +309,6 @@ def _flat_params(model) -> dict:
     return {path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(pure)[0]}
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_regressor(model, out_dir: str | os.PathLike, meta: dict) -> Path:
     """Write OUT/regressor.npz + OUT/regressor.json. meta must hold variant, in_dim, targets
     (names), hidden; anything else (features, training summary) is stored as is."""
@@ -331,8 +319,8 @@ def save_regressor(model, out_dir: str | os.PathLike, meta: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez(buf, **_flat_params(model))
-    _atomic_bytes(out / "regressor.npz", buf.getvalue())
-    _atomic_bytes(out / "regressor.json", (json.dumps({"format": FORMAT, **meta}, indent=1) + "\n").encode())
+    atomic_write(out / "regressor.npz", buf.getvalue())
+    atomic_write(out / "regressor.json", (json.dumps({"format": FORMAT, **meta}, indent=1) + "\n").encode())
     return out
 
 

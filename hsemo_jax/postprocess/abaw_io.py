@@ -24,15 +24,14 @@ Per-video uni-task files (`<Challenge>/<Split>/<video>.txt`): header, then line 
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from hsemo_jax.errors import InputError
+from hsemo_jax.fileio import atomic_write
 from hsemo_jax.metrics import AU_NAMES, EXPR_NAMES
 from hsemo_jax.postprocess.compound import CEXPR_SUBMISSION_NAMES
 
@@ -92,18 +91,6 @@ class CESubmission:
 
 
 # ----------------------------------------------------------------------------------------------
-def atomic_write_text(path: str, text: str) -> None:
-    """Write `text` to a temporary file in the same directory, then `os.replace` it onto `path`."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=d)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _read_lines(path: str) -> list[str]:
@@ -324,7 +311,7 @@ def write_mtl_submission(path: str, images: Sequence[str], va, expr_labels, au_l
     out = [SUBMISSION_HEADER]
     for img, (v, a), ex, aus in zip(images, va, e, au):
         out.append(",".join([img, _fmt(v), _fmt(a), str(int(ex)), *(str(int(x)) for x in aus)]))
-    atomic_write_text(path, "\n".join(out) + "\n")
+    atomic_write(path, "\n".join(out) + "\n")
 
 
 def write_mtl_scores(path: str, images: Sequence[str], va, expr_probs, au_probs) -> None:
@@ -336,7 +323,7 @@ def write_mtl_scores(path: str, images: Sequence[str], va, expr_probs, au_probs)
     out = [SCORES_HEADER]
     for img, v, pe, pa in zip(images, va, p, q):
         out.append(",".join([img, *map(_fmt, v), *map(_fmt, pe), *map(_fmt, pa)]))
-    atomic_write_text(path, "\n".join(out) + "\n")
+    atomic_write(path, "\n".join(out) + "\n")
 
 
 def write_ce_submission(path: str, images: Sequence[str], labels) -> None:
@@ -345,7 +332,7 @@ def write_ce_submission(path: str, images: Sequence[str], labels) -> None:
     _check_rows(images, labels=lab)
     if lab.ndim != 1 or lab.dtype.kind not in "iu" or lab.min() < 0 or lab.max() > 6:
         raise InputError("CE labels must be integers in 0..6")
-    atomic_write_text(path, "\n".join([CE_HEADER] + [f"{img},{int(c)}" for img, c in zip(images, lab)]) + "\n")
+    atomic_write(path, "\n".join([CE_HEADER] + [f"{img},{int(c)}" for img, c in zip(images, lab)]) + "\n")
 
 
 def ce_image_name(video: str, frame: int) -> str:

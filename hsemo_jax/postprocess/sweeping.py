@@ -100,9 +100,9 @@ class SweepTable:
 
     def write_csv(self, path: str) -> None:
         """Write atomically (temp file in the same directory, then os.replace)."""
-        from hsemo_jax.postprocess.abaw_io import atomic_write_text
+        from hsemo_jax.fileio import atomic_write
 
-        atomic_write_text(path, self.to_csv_text())
+        atomic_write(path, self.to_csv_text())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import dataclasses
 from pathlib import Path
 
 from hsemo_jax.errors import InputError
+from hsemo_jax.train.head_command import _quote_paths
 
 # config sections distill reads; the others must stay at their defaults
 SECTIONS = ("run_dir", "data.val", "data.synthetic_rows", "data.hflip", "optim", "train", "checkpoint",
@@ -34,16 +35,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config field (repeatable), e.g. --set distill.expr=EXPR.npz")
     p.add_argument("--describe-config", action="store_true", help="print every config field distill reads and exit")
-
-
-def _quote(overrides: list[str]) -> list[str]:
-    out = []
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if key.strip() in PATH_KEYS and not value.startswith('"'):
-            value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        out.append(f"{key}={value}")
-    return out
 
 
 def _describe() -> str:
@@ -72,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     for key, value in (("run_dir", args.out), ("distill.stage", args.stage), ("distill.teacher_dir", args.teacher)):
         if value:
             overrides.append(f"{key}={value}")
-    cfg = load_config(args.config, _quote(overrides))
+    cfg = load_config(args.config, _quote_paths(overrides, PATH_KEYS))
     result = run_distill(cfg)
     for stage, metrics in result.items():
         if metrics:

@@ -58,12 +58,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quote_paths(overrides: list[str]) -> list[str]:
+def _quote_paths(overrides: list[str], keys=("data.train", "data.val", "run_dir", "model.init")) -> list[str]:
     """Paths on the command line are strings, never TOML values ('1e-3' stays a number elsewhere)."""
     out = []
     for o in overrides:
         key, _, value = o.partition("=")
-        if key in ("data.train", "data.val", "run_dir", "model.init") and not value.startswith('"'):
+        if key.strip() in keys and not value.startswith('"'):
             value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
         out.append(f"{key}={value}")
     return out
