@@ -159,7 +159,7 @@ def test_multitask_head_adds_action_units(model_dir, tmp_path):
 
 
 def test_detection_on_a_shrunk_frame_finds_the_full_resolution_box():
-    """The default detect width (640) maps boxes back to full resolution: on a 1280x720 frame the
+    """The default detect width (960) maps boxes back to full resolution: on a 1280x720 frame the
     astronaut's face box matches full-resolution detection within a few percent of its size."""
     from skimage import data
 

@@ -14,7 +14,7 @@ import numpy as np
 from hsemo_jax.errors import InputError
 
 DETECTORS = ("haar", "yunet", "none")
-DETECT_WIDTH = 640  # frames wider than this are shrunk for detection (boxes mapped back)
+DETECT_WIDTH = 960  # frames wider than this are shrunk for detection (boxes mapped back)
 
 
 def _shrunk(image: np.ndarray, max_width: int) -> tuple[np.ndarray, float]:
