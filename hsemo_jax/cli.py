@@ -46,10 +46,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# commands that run train steps: one CPU device (see hsemo_jax/runtime.py)
+TRAINING = {"train-head", "pretrain", "distill"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    runtime.configure()  # before any command imports JAX's backends
     argv = sys.argv[1:] if argv is None else argv
-    command = next((a for a in argv if not a.startswith("-")), None)
+    words = [a for a in argv if not a.startswith("-")]
+    command = words[0] if words else None
+    training = command in TRAINING or words[:2] == ["bench", "train"]
+    runtime.configure(split_cpu=not training)  # before any command imports JAX's backends
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     module = importlib.import_module(args._module)

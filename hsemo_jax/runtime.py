@@ -1,10 +1,11 @@
 """Process-level settings that make XLA:CPU fast; call before JAX creates its CPU client.
 
-1. One CPU device per core. XLA:CPU runs its own loop fusions (activations, depthwise
-   convolutions, batch norm) on one thread; only library convolutions and matmuls use the
-   intra-op pool. With one JAX CPU device per core, `make_forward` and the trainer split each
-   batch over the devices and every op runs on all cores (`jax_num_cpu_devices`; left alone if
-   `XLA_FLAGS` already asks for a device count). GPU/TPU devices are unaffected.
+1. One CPU device per core, for inference. XLA:CPU runs its own loop fusions (activations,
+   depthwise convolutions, batch norm) on one thread; only library convolutions and matmuls use
+   the intra-op pool. With one JAX CPU device per core, `make_forward` splits each batch over the
+   devices and every op runs on all cores (`jax_num_cpu_devices`; left alone if `XLA_FLAGS`
+   already asks for a device count). Training commands keep one device, which was faster for
+   the train step. GPU/TPU devices are unaffected.
 
 2. Warm memory. XLA:CPU allocates each run's outputs and temporaries with `malloc`. glibc serves allocations of
 more than 32 MiB, and any large one from a thread's own arena, with a fresh `mmap` that is
@@ -71,15 +72,17 @@ def use_cpu_devices(n: int) -> bool:
     return True
 
 
-def configure() -> None:
-    """Apply both settings once per process, before JAX runs anything."""
+def configure(*, split_cpu: bool = True) -> None:
+    """Apply the settings once per process, before JAX runs anything. `split_cpu=False` keeps one
+    CPU device: training steps ran 2x slower split over the 2 cores here (NOTES.md)."""
     global _configured
     if _configured:
         return
     _configured = True
     if os.environ.get("HSEMO_JAX_KEEP_MEMORY", "1") != "0":
         keep_freed_memory()
-    use_cpu_devices(int(os.environ.get("HSEMO_JAX_CPU_DEVICES", cpu_core_count())))
+    default = cpu_core_count() if split_cpu else 1
+    use_cpu_devices(int(os.environ.get("HSEMO_JAX_CPU_DEVICES", default)))
 
 
 # XLA:CPU sends convolutions and matmuls to YNNPACK by default (jax 0.10); its kernels are slower

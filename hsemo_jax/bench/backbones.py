@@ -1,9 +1,10 @@
-"""`hsemo-jax bench backbones`: images/s of jitted Flax vs PyTorch eager, batch 1 and 32.
+"""`hsemo-jax bench backbones`: images/s of jitted Flax vs PyTorch eager and onnxruntime, batch 1 and 32.
 
-Both frameworks run the same architecture with the same (random) weights on the same inputs,
+All engines run the same architecture with the same (random) weights on the same inputs,
 interleaved round by round in one process; the table reports the median over rounds and the
-Flax/PyTorch ratio. PyTorch is optional (the `test` extra); the MobileFaceNet and DDAMFN
-references are the spec-written modules in the repository's `tests/reference/`.
+Flax/PyTorch and Flax/onnxruntime ratios. onnxruntime runs the PyTorch module exported with
+`torch.onnx.export` at each batch size. PyTorch and onnxruntime are optional (the `bench` extra);
+the MobileFaceNet and DDAMFN references are the spec-written modules in `tests/reference/`.
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import time
 
 import numpy as np
 
-from hsemo_jax.bench.common import TABLE_HEADER, format_row, torch_reference
+from hsemo_jax.bench.common import format_row, onnxruntime_reference, torch_reference
 
-DEFAULT_ARCHS = ("tf_efficientnet_b0", "mobilefacenet", "ddamfn")
+DEFAULT_ARCHS = ("tf_efficientnet_b0", "mobilefacenet", "ddamfn", "mobilevitv2_150")
+HEADER = ("| arch | batch | Flax (jit) img/s | PyTorch eager img/s | Flax / PyTorch | onnxruntime img/s "
+          "| Flax / onnxruntime | Flax compile s |\n|---|---|---|---|---|---|---|---|")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement, at least")
     p.add_argument("--no-torch", action="store_true", help="time Flax only")
+    p.add_argument("--no-onnx", action="store_true", help="leave out onnxruntime")
 
 
 def _rate(fn, batch: int, min_time: float) -> float:
@@ -37,7 +41,11 @@ def _rate(fn, batch: int, min_time: float) -> float:
             return n * batch / dt
 
 
-def measure(arch: str, batch_sizes, rounds: int, min_time: float, use_torch: bool) -> list[dict]:
+def measure(arch: str, batch_sizes, rounds: int, min_time: float, use_torch: bool,
+            use_onnx: bool = True) -> list[dict]:
+    import tempfile
+    from pathlib import Path
+
     import jax
     import jax.numpy as jnp
 
@@ -64,20 +72,30 @@ def measure(arch: str, batch_sizes, rounds: int, min_time: float, use_torch: boo
         t0 = time.perf_counter()
         forward(xj).block_until_ready()
         compile_s = time.perf_counter() - t0
-        flax_fn = lambda: forward(xj).block_until_ready()  # noqa: E731
+        engines = {"flax": lambda: forward(xj).block_until_ready()}
         if ref is not None:
             import torch
 
             xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-            torch_fn = lambda: ref(xt)  # noqa: E731
-            torch_fn()
-        flax_rates, torch_rates = [], []
+            engines["torch"] = lambda: ref(xt)
+            if use_onnx:
+                with tempfile.TemporaryDirectory() as tmp:
+                    ort_fn = onnxruntime_reference(ref, xt, Path(tmp) / f"{arch}_{batch}.onnx")
+                if ort_fn is not None:
+                    xn = xt.numpy()
+                    want = ref(xt)
+                    want = (want[0] if isinstance(want, tuple) else want).numpy()  # DDAMNet: (scores, ...)
+                    if not np.allclose(ort_fn(xn), want, rtol=1e-3, atol=1e-4 * np.abs(want).max()):
+                        raise RuntimeError(f"{arch}: the onnxruntime export disagrees with PyTorch")
+                    engines["ort"] = lambda: ort_fn(xn)
+        for fn in engines.values():
+            fn()
+        rates = {name: [] for name in engines}
         for _ in range(rounds):
-            flax_rates.append(_rate(flax_fn, batch, min_time))
-            if ref is not None:
-                torch_rates.append(_rate(torch_fn, batch, min_time))
-        row = {"arch": arch, "batch": batch, "flax": statistics.median(flax_rates), "compile_s": compile_s,
-               "torch": statistics.median(torch_rates) if torch_rates else None}
+            for name, fn in engines.items():
+                rates[name].append(_rate(fn, batch, min_time))
+        row = {"arch": arch, "batch": batch, "compile_s": compile_s, "torch": None, "ort": None}
+        row.update({name: statistics.median(r) for name, r in rates.items()})
         rows.append(row)
         print(format_row(row), flush=True)
     return rows
@@ -88,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"# backbones: images/s, median of {args.rounds} interleaved rounds, "
           f"jax {jax.__version__} on {jax.default_backend()}")
-    print(TABLE_HEADER)
+    print(HEADER)
     for arch in args.archs:
-        measure(arch, args.batch_sizes, args.rounds, args.min_time, not args.no_torch)
+        measure(arch, args.batch_sizes, args.rounds, args.min_time, not args.no_torch, not args.no_onnx)
     return 0

@@ -15,7 +15,7 @@ def torch_reference(arch: str):
         import torch
     except ImportError:
         return None
-    if arch.startswith(("tf_efficientnet", "efficientnet")):
+    if arch.startswith(("tf_efficientnet", "efficientnet", "mobilevit")):
         import timm
 
         return timm.create_model(arch, pretrained=False, num_classes=10)
@@ -35,8 +35,36 @@ def torch_reference(arch: str):
     return ddamfn.DDAMNet(num_class=10, num_head=2, pretrained=False)
 
 
+def onnxruntime_reference(module, x_nchw, path):
+    """`fn(x_nchw) -> scores`: `module` exported with `torch.onnx.export` (fixed input shape) and
+    run by onnxruntime's CPU provider with its default threading and all graph optimizations, as
+    hsemotion-onnx / EmotiEffLib run it. None when onnx/onnxruntime/onnxscript are missing."""
+    import contextlib
+    import importlib.util
+    import io
+
+    try:
+        import onnxruntime as ort
+        import torch
+    except ImportError:
+        return None
+    if importlib.util.find_spec("onnxscript") is None:  # torch.onnx.export's exporter needs it
+        return None
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates each pass
+        torch.onnx.export(module, (x_nchw,), str(path), dynamo=True, verbose=False)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
 def format_row(r: dict) -> str:
-    """A TABLE_HEADER row from {arch, batch, flax, torch (or None), compile_s}."""
-    torch_s = f"{r['torch']:.1f}" if r["torch"] else "-"
-    ratio = f"{r['flax'] / r['torch']:.2f}x" if r["torch"] else "-"
-    return f"| {r['arch']} | {r['batch']} | {r['flax']:.1f} | {torch_s} | {ratio} | {r['compile_s']:.1f} |"
+    """A table row from {arch, batch, flax, torch (or None), compile_s}: TABLE_HEADER's columns,
+    plus onnxruntime's two when the row has an `ort` key."""
+    cells = [r["arch"], r["batch"], f"{r['flax']:.1f}"]
+    for ref in ("torch", "ort") if "ort" in r else ("torch",):
+        cells += [f"{r[ref]:.1f}", f"{r['flax'] / r[ref]:.2f}x"] if r[ref] else ["-", "-"]
+    cells.append(f"{r['compile_s']:.1f}")
+    return "| " + " | ".join(str(c) for c in cells) + " |"
