@@ -7,13 +7,13 @@
    already asks for a device count). Training commands keep one device, which was faster for
    the train step. GPU/TPU devices are unaffected.
 
-2. Warm memory. XLA:CPU allocates each run's outputs and temporaries with `malloc`. glibc serves allocations of
-more than 32 MiB, and any large one from a thread's own arena, with a fresh `mmap` that is
-unmapped on free, so every run page-faults its activations in again: a new 154 MB output costs
-~110 ms of faults on top of ~20 ms of memory traffic (measured here; see
-`hsemo_jax/bench/NOTES.md`). `keep_freed_memory()` makes glibc serve large blocks from the main
-heap and keep them when freed, so the next run reuses warm pages. The process's resident memory
-then stays at its peak, which is what a long inference or training job wants anyway.
+2. Warm memory. XLA:CPU allocates each run's outputs and temporaries with `malloc`. glibc
+   serves allocations of more than 32 MiB, and any large one from a thread's own arena, with a
+   fresh `mmap` that is unmapped on free, so every run page-faults its activations in again: a
+   new 154 MB output costs ~110 ms of faults on top of ~20 ms of memory traffic (measured here;
+   see `hsemo_jax/bench/NOTES.md`). `keep_freed_memory()` makes glibc serve large blocks from
+   the main heap and keep them when freed, so the next run reuses warm pages. The process's
+   resident memory then stays at its peak, which is what a long inference or training job wants.
 
 The command-line entry point calls `configure()`; library users may call it right after
 `import jax`. `HSEMO_JAX_KEEP_MEMORY=0` leaves the allocator alone, `HSEMO_JAX_CPU_DEVICES=N`
@@ -22,8 +22,8 @@ sets the device count (1: no splitting).
 from __future__ import annotations
 
 import ctypes
-import functools
 import ctypes.util
+import functools
 import os
 import sys
 
