@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from hsemo_jax.predict.detect import DETECT_WIDTH
+from hsemo_jax.predict.pipeline import DETECT_EVERY
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,6 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detect-width", type=int, default=DETECT_WIDTH, metavar="PX",
                    help=f"detect faces on frames shrunk to at most this width, boxes mapped back to full "
                         f"resolution for cropping (default {DETECT_WIDTH}; 0 = full resolution)")
+    p.add_argument("--detect-every", type=int, default=DETECT_EVERY, metavar="N",
+                   help=f"in a video, search the whole frame for faces every N frames and follow the tracked "
+                        f"faces on the frames between (default {DETECT_EVERY}; 1 = whole-frame search on every "
+                        f"frame, as the original pipelines)")
     p.add_argument("--smooth", choices=("gaussian", "box", "none"), default="none",
                    help="temporal smoothing of probabilities and valence/arousal along each face track")
     p.add_argument("--sigma", type=float, default=2.0, help="gaussian sigma in frames (default 2)")
@@ -47,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         table = predict(args.input, tuple(args.models or ("enet_b0_8_va_mtl",)), weights=args.blend,
                         detector=args.detector, detector_model=args.detector_model,
-                        detect_width=args.detect_width, smooth=args.smooth,
+                        detect_width=args.detect_width, detect_every=args.detect_every, smooth=args.smooth,
                         sigma=args.sigma, k=args.k, batch_size=args.batch_size, head=args.head,
                         au_thresholds=args.au_thresholds, on_rows=csv_out.write_rows,
                         progress=sys.stderr.isatty())

@@ -3,6 +3,9 @@
 * `haar`: OpenCV's frontal-face Haar cascade (bundled with opencv-python 4.x; needs nothing else).
 * `yunet`: `cv2.FaceDetectorYN` with a YuNet ONNX model file (`--detector-model`).
 * `none`: the whole frame is the face (pre-cropped input such as ABAW `cropped_aligned`).
+
+`haar` and `yunet` also search `near(rgb, boxes)`: each box's surroundings only, at scales close to
+its size, which is how `hsemo_jax.predict.follow` tracks faces between full-frame detections.
 """
 from __future__ import annotations
 
@@ -15,6 +18,18 @@ from hsemo_jax.errors import InputError
 
 DETECTORS = ("haar", "yunet", "none")
 DETECT_WIDTH = 960  # frames wider than this are shrunk for detection (boxes mapped back)
+NEAR_MARGIN = 0.5  # `near` searches each box widened by this fraction of its size on every side
+NEAR_SIZE = 96  # ... shrunk so that the box is at most this many pixels wide
+
+
+def _regions(shape, boxes_n4: np.ndarray, margin: float = NEAR_MARGIN):
+    """Per box: the integer region (x1, y1, x2, y2) around it, clamped to the image."""
+    h, w = shape[:2]
+    for x1, y1, x2, y2 in boxes_n4:
+        mx, my = margin * (x2 - x1), margin * (y2 - y1)
+        rx1, ry1 = max(int(x1 - mx), 0), max(int(y1 - my), 0)
+        rx2, ry2 = min(int(np.ceil(x2 + mx)), w), min(int(np.ceil(y2 + my)), h)
+        yield rx1, ry1, rx2, ry2
 
 
 def _shrunk(image: np.ndarray, max_width: int) -> tuple[np.ndarray, float]:
@@ -41,10 +56,32 @@ class HaarDetector:
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         gray, scale = _shrunk(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), self.max_width)
-        boxes = self.cascade.detectMultiScale(cv2.equalizeHist(gray), **self.kw)
+        return self._detect(gray, **self.kw) / scale
+
+    def _detect(self, gray: np.ndarray, **kw) -> np.ndarray:
+        boxes = self.cascade.detectMultiScale(cv2.equalizeHist(gray), **kw)
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
-        return boxes / scale
+        return boxes
+
+    def near(self, rgb: np.ndarray, boxes_n4: np.ndarray, scale_range=(0.7, 1.4)) -> list[np.ndarray]:
+        """Per box, the faces found in its surroundings (widened by NEAR_MARGIN, shrunk so that the
+        box is at most NEAR_SIZE px) whose size is within `scale_range` of the box's."""
+        found = []
+        for (rx1, ry1, rx2, ry2), box in zip(_regions(rgb.shape, boxes_n4), boxes_n4):
+            size = float(max(box[2] - box[0], box[3] - box[1]))
+            if rx2 - rx1 < 24 or ry2 - ry1 < 24 or size <= 0:
+                found.append(np.zeros((0, 4), np.float32))
+                continue
+            gray = cv2.cvtColor(rgb[ry1:ry2, rx1:rx2], cv2.COLOR_RGB2GRAY)
+            scale = min(1.0, NEAR_SIZE / size)
+            if scale < 1.0:
+                gray = cv2.resize(gray, (max(round(gray.shape[1] * scale), 1), max(round(gray.shape[0] * scale), 1)),
+                                  interpolation=cv2.INTER_AREA)
+            lo, hi = (max(int(f * size * scale), 24) for f in scale_range)
+            kw = dict(self.kw, minSize=(lo, lo), maxSize=(hi, hi))
+            found.append(self._detect(gray, **kw) / scale + np.array([rx1, ry1, rx1, ry1], np.float32))
+        return found
 
 
 class YuNetDetector:
@@ -57,14 +94,23 @@ class YuNetDetector:
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         image, scale = _shrunk(rgb, self.max_width)
-        h, w = image.shape[:2]
+        return self._detect(image) / scale
+
+    def _detect(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
         self.detector.setInputSize((w, h))
-        _, faces = self.detector.detect(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        _, faces = self.detector.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         if faces is None:
             return np.zeros((0, 4), np.float32)
         boxes = faces[:, :4].astype(np.float32)
         boxes[:, 2:] += boxes[:, :2]
-        return boxes / scale
+        return boxes
+
+    def near(self, rgb: np.ndarray, boxes_n4: np.ndarray) -> list[np.ndarray]:
+        """Per box, the faces YuNet finds in its surroundings (widened by NEAR_MARGIN)."""
+        return [self._detect(np.ascontiguousarray(rgb[y1:y2, x1:x2])) + np.array([x1, y1, x1, y1], np.float32)
+                if x2 - x1 >= 16 and y2 - y1 >= 16 else np.zeros((0, 4), np.float32)
+                for x1, y1, x2, y2 in _regions(rgb.shape, boxes_n4)]
 
 
 class WholeFrame:

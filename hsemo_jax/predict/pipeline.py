@@ -16,8 +16,10 @@ import numpy as np
 
 from hsemo_jax.errors import InputError
 from hsemo_jax.predict.detect import DETECT_WIDTH, crop, make_detector
-from hsemo_jax.predict.track import IoUTracker
+from hsemo_jax.predict.follow import FollowingDetector
 from hsemo_jax.predict.video import Frame, FrameSource, Skipped, threaded_map
+
+DETECT_EVERY = 5  # video frames per full-frame face search (tracked faces are followed between)
 
 
 @dataclass
@@ -152,11 +154,14 @@ def _run_batch(models, weights, crops, batch_size, with_va, au_head=None):
 
 def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weights=None,
             detector: str = "haar", detector_model: str | None = None, detect_width: int = DETECT_WIDTH,
-            smooth: str = "none", sigma: float = 2.0, k: int = 5, batch_size: int = 16, head: str | None = None,
+            detect_every: int = DETECT_EVERY, smooth: str = "none", sigma: float = 2.0, k: int = 5,
+            batch_size: int = 16, head: str | None = None,
             au_thresholds=None, on_rows: Callable | None = None, progress: bool = False) -> Predictions:
     """Per-frame, per-face expression probabilities (+ valence/arousal) for a video, image, folder
     or glob. Two or more models are blended with `weights` (default equal). Faces are detected on
-    frames shrunk to `detect_width` (0: full size) and cropped from the full frame. `smooth`: "gaussian" or
+    frames shrunk to `detect_width` (0: full size) and cropped from the full frame; in a video the
+    full-frame search runs every `detect_every` frames and tracked faces are followed on the frames
+    between (`hsemo_jax.predict.follow`; 1: every frame). `smooth`: "gaussian" or
     "box" per face track (sigma, k in frames; `hsemo_jax.postprocess.smooth`) or "none".
     `head`: a multi-task head directory (`hsemo-jax train-head`) on the first model's features: adds
     12 AU probabilities and labels (`au_thresholds`, else the head's stored ones, else 0.5).
@@ -169,8 +174,10 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
     classes, with_va = _expression_layout(loaded)
     au_head, au_thr = load_au_head(head, loaded[0], au_thresholds) if head else (None, None)
     source = FrameSource(input_spec)
-    detect = make_detector(detector, detector_model, detect_width)
-    tracker = IoUTracker()
+    if detect_every < 1:
+        raise InputError(f"detect_every must be a whole number of frames >= 1, got {detect_every}")
+    follow = FollowingDetector(make_detector(detector, detector_model, detect_width),
+                               detect_every if source.kind == "video" else 1)
 
     rows: list[dict] = []  # face-less frames and faces, in frame order
     pending: list[tuple[dict, np.ndarray]] = []  # faces waiting for a full batch
@@ -195,16 +202,16 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
             pending.clear()
         emit()
 
-    def detected(item):
-        return item, (None if isinstance(item, Skipped) else detect(item.rgb))
+    def detected(item):  # detection and tracking, in frame order, in a background thread
+        return item, (None if isinstance(item, Skipped) else follow(item.rgb, item.index))
 
-    for item, boxes in threaded_map(detected, source):
+    for item, found in threaded_map(detected, source):
         if isinstance(item, Skipped):
             skipped.append(item)
             print(f"skipped {item.source}: {item.reason}", file=sys.stderr)
             continue
         frames_seen += 1
-        ids = tracker.update(boxes, item.index)
+        boxes, ids = found
         faces = [(b, t, crop(item.rgb, b)) for b, t in zip(boxes, ids)]
         faces = [f for f in faces if f[2] is not None]
         if not faces:
