@@ -99,3 +99,51 @@ def test_batchnorm_train_mode_matches_torch():
     bn.use_running_average = True
     out_t = bn_t(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(bn(jnp.asarray(x)), out_t, rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_and_prelu_gradients_match_torch():
+    """Train-mode BN and PReLU take their per-channel gradients from `leading_sum` (a GEMV on
+    CPU): input, scale, bias and slope gradients equal torch autograd's."""
+    from flax import nnx
+
+    from hsemo_jax.models.layers import PReLU
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 6, 5, 7)).astype(np.float32) * 2 + 0.5
+    probe = rng.standard_normal(x.shape).astype(np.float32)
+    scale, bias, alpha = (rng.uniform(0.5, 1.5, 7).astype(np.float32), rng.standard_normal(7).astype(np.float32),
+                          rng.uniform(0.1, 0.4, 7).astype(np.float32))
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2)).requires_grad_()
+    bn_t, act_t = torch.nn.BatchNorm2d(7).train(), torch.nn.PReLU(7)
+    with torch.no_grad():
+        bn_t.weight.copy_(torch.from_numpy(scale))
+        bn_t.bias.copy_(torch.from_numpy(bias))
+        act_t.weight.copy_(torch.from_numpy(alpha))
+    (act_t(bn_t(xt)) * torch.from_numpy(probe.transpose(0, 3, 1, 2))).sum().backward()
+
+    bn, act = BatchNorm(7), PReLU(7)
+    bn.scale[...], bn.bias[...], act.alpha[...] = scale, bias, alpha
+    bn.use_running_average = False
+    graphdef, params, rest = nnx.split((bn, act), nnx.Param, ...)
+
+    def loss(params, rest, x):
+        b, a = nnx.merge(graphdef, params, rest)
+        return jnp.sum(a(b(x)) * probe)
+
+    # BN updates its running statistics: they are traced by grad too (their gradient is unused)
+    g_params, _, g_x = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, rest, jnp.asarray(x))
+    (g_bn, g_act) = nnx.merge(graphdef, g_params, rest)
+    np.testing.assert_allclose(g_x, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(g_bn.scale[...], bn_t.weight.grad.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(g_bn.bias[...], bn_t.bias.grad.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(g_act.alpha[...], act_t.weight.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,ndim", [((4, 9, 7, 5), 1), ((3, 8, 2, 6), 2), ((10, 3), 1)])
+def test_leading_sum_equals_numpy(shape, ndim):
+    from hsemo_jax.models.layers import leading_sum
+
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    out = jax.jit(lambda v: leading_sum(v, ndim))(jnp.asarray(x))
+    want = x.astype(np.float64).reshape(-1, *shape[len(shape) - ndim:]).sum(0)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
