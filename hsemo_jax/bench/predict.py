@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"# predict: {args.frames} frames of 1280x720 with 2 faces each, {args.arch}, batch {args.batch_size}")
     print("| pipeline | faces found | frames/s | faces/s | speed-up |\n|---|---|---|---|---|")
     for every, (t_jax, faces) in runs.items():
-        how = "whole-frame search on every frame" if every == 1 else f"whole-frame search every {every} frames, tracks followed between"
+        how = ("whole-frame search on every frame" if every == 1
+               else f"whole-frame search every {every} frames, tracks followed between")
         print(f"| hsemo-jax predict (jit, batched; detection at {DETECT_WIDTH} px wide, {how}) | {faces} | "
               f"{args.frames / t_jax:.1f} | {faces / t_jax:.1f} | {t_torch / t_jax:.2f}x |")
     print(f"| PyTorch eager, per face (detection at full size on every frame) | {ref_faces} | {n / t_torch:.1f} | "

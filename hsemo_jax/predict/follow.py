@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hsemo_jax.errors import InputError
 from hsemo_jax.predict.track import IoUTracker, iou
 
 
@@ -18,7 +19,7 @@ class FollowingDetector:
 
     def __init__(self, detector, every: int = 1, tracker: IoUTracker | None = None):
         if every < 1:
-            raise ValueError(f"detect every must be >= 1 frame, got {every}")
+            raise InputError(f"detect every N frames: N must be a whole number >= 1, got {every}")
         self.detector = detector
         self.every = every if hasattr(detector, "near") else 1
         self.tracker = tracker or IoUTracker()

@@ -174,8 +174,6 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
     classes, with_va = _expression_layout(loaded)
     au_head, au_thr = load_au_head(head, loaded[0], au_thresholds) if head else (None, None)
     source = FrameSource(input_spec)
-    if detect_every < 1:
-        raise InputError(f"detect_every must be a whole number of frames >= 1, got {detect_every}")
     follow = FollowingDetector(make_detector(detector, detector_model, detect_width),
                                detect_every if source.kind == "video" else 1)
 

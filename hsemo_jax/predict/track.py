@@ -23,14 +23,17 @@ class IoUTracker:
         self.tracks: dict[int, tuple[np.ndarray, int]] = {}  # id -> (last box, last frame)
         self.next_id = 0
 
+    def _alive(self, frame: int) -> dict[int, tuple[np.ndarray, int]]:
+        return {t: (b, f) for t, (b, f) in self.tracks.items() if frame - f <= self.max_gap}
+
     def live_boxes(self, frame: int) -> np.ndarray:
         """Last boxes (T, 4) of the tracks still alive at `frame`."""
-        boxes = [b for b, f in self.tracks.values() if frame - f <= self.max_gap]
+        boxes = [b for b, _ in self._alive(frame).values()]
         return np.stack(boxes).astype(np.float32) if boxes else np.zeros((0, 4), np.float32)
 
     def update(self, boxes_n4: np.ndarray, frame: int) -> np.ndarray:
         """Track ids (N,) for this frame's boxes."""
-        self.tracks = {t: (b, f) for t, (b, f) in self.tracks.items() if frame - f <= self.max_gap}
+        self.tracks = self._alive(frame)
         ids = np.full(len(boxes_n4), -1, np.int64)
         live = list(self.tracks)
         if live and len(boxes_n4):
