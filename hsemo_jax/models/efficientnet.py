@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hsemo_jax.models.fused_depthwise import depthwise_bn_act
 from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear
 
 # (block type, repeats, kernel, stride, expansion, out channels); SE ratio 0.25 everywhere.
@@ -60,10 +61,25 @@ class SqueezeExcite(nnx.Module):
         self.conv_reduce = Conv2d(ch, rd_ch, 1, bias=True, rng=rng)
         self.conv_expand = Conv2d(rd_ch, ch, 1, bias=True, rng=rng)
 
-    def __call__(self, x):
-        s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    def __call__(self, x, sums=None):
+        """`sums`: x summed over H and W, if the caller has it (the fused depthwise kernel's)."""
+        if sums is None:
+            s = jnp.mean(x, axis=(1, 2), keepdims=True)
+        else:
+            s = (sums / (x.shape[1] * x.shape[2]))[:, None, None, :]
         s = self.conv_expand(jax.nn.silu(self.conv_reduce(s)))
         return x * jax.nn.sigmoid(s)
+
+
+def _dw_bn_silu(conv: Conv2d, bn: BatchNorm, x, in_bn: BatchNorm | None = None):
+    """silu(bn(conv(x))), x first through silu(in_bn(.)) if given; `(y, sums of y over H, W)`.
+    In eval mode one fused CPU kernel (`fused_depthwise`); in training the plain layers."""
+    if conv.bias is None and bn.use_running_average and (in_bn is None or in_bn.use_running_average):
+        return depthwise_bn_act(x, conv.kernel[...], conv.strides, conv.padding, bn.affine(),
+                                in_affine=None if in_bn is None else in_bn.affine())
+    if in_bn is not None:
+        x = jax.nn.silu(in_bn(x))
+    return jax.nn.silu(bn(conv(x))), None
 
 
 class DepthwiseSeparable(nnx.Module):
@@ -79,8 +95,8 @@ class DepthwiseSeparable(nnx.Module):
         self.has_skip = stride == 1 and in_ch == out_ch
 
     def __call__(self, x):
-        y = jax.nn.silu(self.bn1(self.conv_dw(x)))
-        y = self.bn2(self.conv_pw(self.se(y)))
+        y, sums = _dw_bn_silu(self.conv_dw, self.bn1, x)
+        y = self.bn2(self.conv_pw(self.se(y, sums)))
         return x + y if self.has_skip else y
 
 
@@ -101,9 +117,8 @@ class InvertedResidual(nnx.Module):
         self.has_skip = stride == 1 and in_ch == out_ch
 
     def __call__(self, x):
-        y = jax.nn.silu(self.bn1(self.conv_pw(x)))
-        y = jax.nn.silu(self.bn2(self.conv_dw(y)))
-        y = self.bn3(self.conv_pwl(self.se(y)))
+        y, sums = _dw_bn_silu(self.conv_dw, self.bn2, self.conv_pw(x), in_bn=self.bn1)
+        y = self.bn3(self.conv_pwl(self.se(y, sums)))
         return x + y if self.has_skip else y
 
 

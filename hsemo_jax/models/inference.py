@@ -23,11 +23,13 @@ def make_forward(model: nnx.Module, *, with_features: bool = False) -> Callable:
     model.eval()
     graphdef, state = nnx.split(model)
 
-    @functools.partial(jax.jit, compiler_options=runtime.compiler_options())
-    def forward(state, x_nhwc):
+    def apply(state, x_nhwc):
         m = nnx.merge(graphdef, state)
         f = m.features(x_nhwc)
         return (f, m.head(f)) if with_features else m.head(f)
+
+    jit = functools.partial(jax.jit, compiler_options=runtime.compiler_options())
+    forward = jit(apply)
 
     devices = jax.local_devices()
     first = jax.device_put(state, devices[0])
@@ -36,10 +38,15 @@ def make_forward(model: nnx.Module, *, with_features: bool = False) -> Callable:
     mesh = Mesh(np.array(devices), ("data",))
     replicated = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
     split = NamedSharding(mesh, PartitionSpec("data"))
+    # Eval-mode samples are independent: each device runs the model on its slice (shard_map), so
+    # custom CPU kernels (models/fused_depthwise.py) see local batches, not a partitioned program.
+    out_specs = (PartitionSpec("data"),) * 2 if with_features else PartitionSpec("data")
+    forward_split = jit(jax.shard_map(apply, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec("data")),
+                                      out_specs=out_specs))
 
     def call(x_nhwc):
         if x_nhwc.shape[0] % len(devices) == 0:
-            return forward(replicated, jax.device_put(x_nhwc, split))
+            return forward_split(replicated, jax.device_put(x_nhwc, split))
         return forward(first, jax.device_put(x_nhwc, devices[0]))
 
     return call

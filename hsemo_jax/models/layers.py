@@ -350,6 +350,11 @@ class BatchNorm(nnx.Module):
         return ((x - per_channel(mean.astype(x.dtype))) * per_channel(inv.astype(x.dtype))
                 + per_channel(self.bias[...].astype(x.dtype)))
 
+    def affine(self):
+        """Eval-mode batch norm as per-channel `(scale, shift)`: y = x * scale + shift."""
+        inv = lax.rsqrt(self.var[...] + self.eps) * self.scale[...]
+        return inv, self.bias[...] - self.mean[...] * inv
+
 
 class PReLU(nnx.Module):
     """Per-channel PReLU (torch.nn.PReLU(num_parameters=C)); alpha: (C,)."""

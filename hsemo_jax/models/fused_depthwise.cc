@@ -1,0 +1,193 @@
+// Fused depthwise convolution for XLA:CPU (loaded through jax.ffi by fused_depthwise.py).
+//
+//   y = act_out(depthwise(act_in(x * in_scale + in_shift), w) * out_scale + out_shift)
+//   sums[n, c] = sum over (i, j) of y[n, i, j, c]            (the squeeze-excite means, times OH*OW)
+//
+// NHWC float32, C a multiple of 16, square kernels 3 or 5, stride 1 or 2, zero padding given by its
+// top/left amounts (the output shape fixes the rest). act_in: 0 = identity (scales ignored), 1 =
+// SiLU of the affine input; act_out: 0 = affine only, 1 = SiLU. Each input row is transformed once
+// into a ring of K zero-padded rows, so the activated input never goes back to memory, and XLA's
+// habit of recomputing the input activation once per tap is gone. Work is split over XLA's
+// intra-op thread pool (images, or row blocks when the batch is small). GCC/Clang vector
+// extensions; the build compiles for the host CPU (-march=native).
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <thread>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+typedef float v16 __attribute__((vector_size(64), aligned(4), may_alias));
+typedef int32_t vi16 __attribute__((vector_size(64), aligned(4), may_alias));
+static inline v16 ld(const float* p) { v16 v; std::memcpy(&v, p, 64); return v; }
+static inline void st(float* p, v16 v) { std::memcpy(p, &v, 64); }
+// exp(x) for x <= 0: Cephes' expf polynomial, 2^n by exponent bits.
+static inline v16 vexp_neg(v16 x) {
+  x = x < -87.0f ? v16{} - 87.0f : x;
+  v16 fl = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  x = x - fl * 0.693359375f + fl * 2.12194440e-4f;
+  v16 y = v16{} + 1.9875691500E-4f;
+  y = y * x + 1.3981999507E-3f; y = y * x + 8.3334519073E-3f; y = y * x + 4.1665795894E-2f;
+  y = y * x + 1.6666665459E-1f; y = y * x + 5.0000001201E-1f; y = y * x * x + x + 1.0f;
+  vi16 e = (__builtin_convertvector(fl, vi16) + 127) << 23;
+  v16 p; std::memcpy(&p, &e, 64);
+  return y * p;
+}
+// v * sigmoid(v), from exp(-|v|) so that nothing overflows.
+static inline v16 silu(v16 v) {
+  v16 e = vexp_neg(v < 0 ? v : -v);
+  v16 s = 1.0f / (1.0f + e);
+  return v * (v < 0 ? 1.0f - s : s);
+}
+
+constexpr int OWB = 8;  // output columns per register block (8 accumulators of 16 channels)
+
+struct Args {
+  const float *x, *isc, *ish, *w, *osc, *osh;
+  float* y;
+  int64_t N, H, W, C, OH, OW, pt, pl;
+  bool in_act, out_act;
+};
+
+// Output rows [oh_begin, oh_end) of image n; per-channel sums of those rows into sums[C].
+template <int K, int S>
+static void run(const Args& a, int64_t n, int64_t oh_begin, int64_t oh_end, float* sums) {
+  const float *x = a.x, *isc = a.isc, *ish = a.ish, *w = a.w, *osc = a.osc, *osh = a.osh;
+  float* y = a.y;
+  const int64_t H = a.H, W = a.W, C = a.C, OH = a.OH, OW = a.OW, pt = a.pt, pl = a.pl;
+  const bool in_act = a.in_act, out_act = a.out_act;
+  const int64_t RW = std::max<int64_t>((OW - 1) * S + K, pl + W) + OWB * S;  // row width (cols)
+  std::vector<float> buf(static_cast<size_t>(K * RW * C), 0.0f);
+  {
+    int64_t row_of[K];
+    for (int k = 0; k < K; ++k) row_of[k] = INT64_MIN;
+    float* srow = sums;
+    std::memset(srow, 0, C * sizeof(float));
+    for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
+      const float* rows[K];
+      for (int kh = 0; kh < K; ++kh) {
+        const int64_t ih = oh * S - pt + kh;
+        const int slot = int(((ih % K) + K) % K);
+        float* r = buf.data() + size_t(slot) * RW * C;
+        if (row_of[slot] != ih) {
+          row_of[slot] = ih;
+          float* d = r + pl * C;
+          if (ih < 0 || ih >= H) {
+            std::memset(d, 0, W * C * sizeof(float));
+          } else {
+            const float* s = x + ((n * H + ih) * W) * C;
+            if (!in_act) {
+              std::memcpy(d, s, W * C * sizeof(float));
+            } else {
+              for (int64_t iw = 0; iw < W; ++iw)
+                for (int64_t c = 0; c < C; c += 16)
+                  st(d + iw * C + c, silu(ld(s + iw * C + c) * ld(isc + c) + ld(ish + c)));
+            }
+          }
+        }
+        rows[kh] = r;
+      }
+      float* yrow = y + (n * OH + oh) * OW * C;
+      for (int64_t c0 = 0; c0 < C; c0 += 16) {
+        const v16 sc = ld(osc + c0), sf = ld(osh + c0);
+        v16 s = ld(srow + c0);
+        for (int64_t ow0 = 0; ow0 < OW; ow0 += OWB) {
+          v16 acc[OWB];
+          for (int b = 0; b < OWB; ++b) acc[b] = v16{};
+          for (int kh = 0; kh < K; ++kh) {
+            const float* r = rows[kh] + (ow0 * S) * C + c0;
+            for (int kw = 0; kw < K; ++kw) {
+              const v16 wv = ld(w + (kh * K + kw) * C + c0);
+              for (int b = 0; b < OWB; ++b) acc[b] += ld(r + (b * S + kw) * C) * wv;
+            }
+          }
+          const int nb = int(std::min<int64_t>(OWB, OW - ow0));
+          for (int b = 0; b < nb; ++b) {
+            v16 v = acc[b] * sc + sf;
+            if (out_act) v = silu(v);
+            s += v;
+            st(yrow + (ow0 + b) * C + c0, v);
+          }
+        }
+        st(srow + c0, s);
+      }
+    }
+  }
+}
+
+// Work split: units of (image, block of output rows), claimed from a shared counter by the calling
+// thread and by tasks on XLA's intra-op pool. The caller waits only for units already claimed (so
+// it never waits on a queued task), and state outlives late tasks through the shared_ptr.
+struct Work {
+  Args args;
+  void (*fn)(const Args&, int64_t, int64_t, int64_t, float*);
+  int64_t units, per_image, rows;
+  std::vector<float> partial;  // [units][C]
+  std::atomic<int64_t> next{0}, done{0};
+  void drain() {
+    for (int64_t u; (u = next.fetch_add(1)) < units; done.fetch_add(1)) {
+      const int64_t n = u / per_image, r0 = (u % per_image) * rows;
+      fn(args, n, r0, std::min(args.OH, r0 + rows), partial.data() + u * args.C);
+    }
+  }
+};
+
+template <int K, int S>
+static void run_unit(const Args& a, int64_t n, int64_t r0, int64_t r1, float* sums) {
+  run<K, S>(a, n, r0, r1, sums);
+}
+
+static ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> isc, ffi::Buffer<ffi::F32> ish,
+                       ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> osc, ffi::Buffer<ffi::F32> osh,
+                       int64_t stride, int64_t pt, int64_t pl, int64_t in_act, int64_t out_act,
+                       ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> sums) {
+  auto xd = x.dimensions(); auto wd = w.dimensions(); auto yd = y->dimensions();
+  if (xd.size() != 4 || wd.size() != 3 || yd.size() != 4)
+    return ffi::Error::InvalidArgument("expected x (N, H, W, C), w (K, K, C), y (N, OH, OW, C)");
+  int64_t N = xd[0], H = xd[1], W = xd[2], C = xd[3], K = wd[0], OH = yd[1], OW = yd[2];
+  if (C % 16) return ffi::Error::InvalidArgument("channels must be a multiple of 16");
+  if (wd[1] != K || wd[2] != C || yd[0] != N || yd[3] != C || pt < 0 || pl < 0 ||
+      isc.element_count() != C || ish.element_count() != C || osc.element_count() != C ||
+      osh.element_count() != C || sums->element_count() != N * C)
+    return ffi::Error::InvalidArgument("shapes of x, w, scales, y and sums do not agree");
+  auto work = std::make_shared<Work>();
+  work->args = Args{x.typed_data(), isc.typed_data(), ish.typed_data(), w.typed_data(), osc.typed_data(),
+                    osh.typed_data(), y->typed_data(), N, H, W, C, OH, OW, pt, pl, in_act != 0, out_act != 0};
+#define CASE(KK, SS) else if (K == KK && stride == SS) work->fn = run_unit<KK, SS>;
+  if (false) {}
+  CASE(3, 1) CASE(3, 2) CASE(5, 1) CASE(5, 2)
+  else return ffi::Error::InvalidArgument("unsupported kernel size or stride (3 or 5, 1 or 2)");
+#undef CASE
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  // whole images when there are enough of them; else a few row blocks per image
+  work->per_image = N >= 4 * threads ? 1 : std::min<int64_t>(OH, (4 * threads + N - 1) / N);
+  work->rows = (OH + work->per_image - 1) / work->per_image;
+  work->per_image = (OH + work->rows - 1) / work->rows;
+  work->units = N * work->per_image;
+  work->partial.assign(static_cast<size_t>(work->units * C), 0.0f);
+  for (int64_t t = 1; t < std::min(threads, work->units); ++t) pool.Schedule([work] { work->drain(); });
+  work->drain();
+  while (work->done.load() < work->units) std::this_thread::yield();
+  float* sums_out = sums->typed_data();
+  for (int64_t n = 0; n < N; ++n) {
+    float* s = sums_out + n * C;
+    std::memset(s, 0, C * sizeof(float));
+    for (int64_t p = 0; p < work->per_image; ++p) {
+      const float* q = work->partial.data() + (n * work->per_image + p) * C;
+      for (int64_t c = 0; c < C; ++c) s[c] += q[c];
+    }
+  }
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HsemoFusedDepthwise, Impl,
+    ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+    .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+    .Attr<int64_t>("stride").Attr<int64_t>("pt").Attr<int64_t>("pl").Attr<int64_t>("in_act")
+    .Attr<int64_t>("out_act").Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());

@@ -1,0 +1,121 @@
+"""The fused CPU depthwise kernel (models/fused_depthwise.py) equals the same arithmetic in XLA
+ops, is what eval-mode EfficientNet runs on CPU, and falls back cleanly when it cannot be built."""
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hsemo_jax.models import fused_depthwise as fd
+from hsemo_jax.models import registry
+
+pytestmark = pytest.mark.skipif(fd._compiler() is None, reason="no C++ compiler to build the kernel")
+
+CASES = [  # (n, h, w, c, k, stride, padding)
+    (2, 9, 9, 16, 3, 1, 1),
+    (3, 10, 7, 32, 3, 2, "SAME"),  # TF same: pads (0, 1) on even sizes
+    (1, 11, 13, 48, 5, 2, "SAME"),
+    (2, 7, 7, 16, 5, 1, "SAME"),
+    (1, 30, 5, 16, 5, 1, 2),  # one image, many rows: split into row blocks over threads
+]
+
+
+def _inputs(n, h, w, c, k, seed=0):
+    rng = np.random.default_rng(seed)
+    f = lambda *s: jnp.asarray(rng.standard_normal(s).astype(np.float32))  # noqa: E731
+    return (f(n, h, w, c) * 2, f(k, k, 1, c) * 0.3, (f(c) * 0.3 + 1, f(c) * 0.2), (f(c) * 0.3 + 1, f(c) * 0.2))
+
+
+def _run(x, kern, stride, padding, out_aff, in_aff, act, *, kernel: bool):
+    """(y, sums, lowered text) of the jitted op, with the kernel allowed or not."""
+    applies = fd._kernel_applies if kernel else (lambda *a: False)
+    orig, fd._kernel_applies = fd._kernel_applies, applies
+    try:
+        fn = jax.jit(lambda x, k, oa, ia: fd.depthwise_bn_act(x, k, stride, padding, oa, in_affine=ia, act=act))
+        text = fn.lower(x, kern, out_aff, in_aff).as_text()
+        y, s = fn(x, kern, out_aff, in_aff)
+    finally:
+        fd._kernel_applies = orig
+    return np.asarray(y), np.asarray(s), text
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("in_act,act", [(True, True), (False, True), (False, False)])
+def test_kernel_equals_xla_form(case, in_act, act):
+    n, h, w, c, k, stride, padding = case
+    x, kern, out_aff, in_aff = _inputs(n, h, w, c, k)
+    in_aff = in_aff if in_act else None
+    with jax.default_matmul_precision("float32"):
+        y1, s1, text = _run(x, kern, stride, padding, out_aff, in_aff, act, kernel=True)
+        y0, s0, ref_text = _run(x, kern, stride, padding, out_aff, in_aff, act, kernel=False)
+    assert fd._TARGET in text and fd._TARGET not in ref_text
+    assert y1.shape == y0.shape and s1.shape == (n, c)
+    np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5 * np.abs(y0).max())
+    np.testing.assert_allclose(s1, s0, rtol=1e-5, atol=1e-5 * np.abs(s0).max())
+
+
+def test_gradients_and_vmap_follow_the_xla_form():
+    x, kern, out_aff, in_aff = _inputs(2, 8, 8, 16, 3)
+
+    def loss(x, kern, sc):
+        y, s = fd.depthwise_bn_act(x, kern, 1, 1, (sc, out_aff[1]), in_affine=in_aff)
+        return (y ** 2).sum() + s.sum()
+
+    assert fd._kernel_applies(x, kern[:, :, 0], (1, 1))
+    g1 = jax.grad(loss, argnums=(0, 1, 2))(x, kern, out_aff[0])
+    orig, fd._kernel_applies = fd._kernel_applies, lambda *a: False
+    try:
+        g0 = jax.grad(loss, argnums=(0, 1, 2))(x, kern, out_aff[0])
+    finally:
+        fd._kernel_applies = orig
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+    batched = jax.vmap(lambda x: fd.depthwise_bn_act(x, kern, 1, 1, out_aff)[0])(x[:, None])
+    np.testing.assert_allclose(batched[:, 0], fd.depthwise_bn_act(x, kern, 1, 1, out_aff)[0], rtol=1e-6)
+
+
+def test_efficientnet_eval_runs_the_kernel_and_training_does_not():
+    m = registry.build("tf_efficientnet_b0", 10, seed=0)
+    x = np.zeros((2, 64, 64, 3), np.float32)
+
+    def lowered():
+        graphdef, state = nnx.split(m)
+        return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)).lower(state, x).as_text()
+
+    m.eval()
+    assert lowered().count(fd._TARGET) == 16  # one per block
+    m.train()
+    assert fd._TARGET not in lowered()
+
+
+def _fresh(monkeypatch, tmp_path, **env):
+    monkeypatch.setenv("HSEMO_JAX_CACHE", str(tmp_path))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    fd.available.cache_clear()
+    monkeypatch.setattr(fd.jax.ffi, "register_ffi_target", lambda *a, **k: None)  # keep the loaded one
+
+
+def test_off_switch_and_broken_compiler_fall_back(monkeypatch, tmp_path):
+    try:
+        _fresh(monkeypatch, tmp_path, HSEMO_JAX_FUSED_KERNELS="0")
+        assert not fd.available()
+        _fresh(monkeypatch, tmp_path, HSEMO_JAX_FUSED_KERNELS="1", CXX=str(tmp_path / "cxx"))
+        (tmp_path / "cxx").write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo fake 1.0 && exit 0\n"
+                                      "echo 'fatal: cannot compile' >&2; exit 1\n")
+        (tmp_path / "cxx").chmod(0o755)
+        with pytest.warns(RuntimeWarning, match="cannot compile"):
+            assert not fd.available()
+        assert not list((tmp_path / "kernels").glob("*.so"))  # nothing half-written is cached
+    finally:
+        monkeypatch.undo()
+        fd.available.cache_clear()
+    assert fd.available()
+
+
+def test_build_is_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("HSEMO_JAX_CACHE", str(tmp_path))
+    first = fd._build(fd._compiler())
+    mtime = first.stat().st_mtime_ns
+    assert fd._build(fd._compiler()) == first and first.stat().st_mtime_ns == mtime
