@@ -62,61 +62,60 @@ static void run(const Args& a, int64_t n, int64_t oh_begin, int64_t oh_end, floa
   float* y = a.y;
   const int64_t H = a.H, W = a.W, C = a.C, OH = a.OH, OW = a.OW, pt = a.pt, pl = a.pl;
   const bool in_act = a.in_act, out_act = a.out_act;
-  const int64_t RW = std::max<int64_t>((OW - 1) * S + K, pl + W) + OWB * S;  // row width (cols)
-  std::vector<float> buf(static_cast<size_t>(K * RW * C), 0.0f);
-  {
-    int64_t row_of[K];
-    for (int k = 0; k < K; ++k) row_of[k] = INT64_MIN;
-    float* srow = sums;
-    std::memset(srow, 0, C * sizeof(float));
-    for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
-      const float* rows[K];
-      for (int kh = 0; kh < K; ++kh) {
-        const int64_t ih = oh * S - pt + kh;
-        const int slot = int(((ih % K) + K) % K);
-        float* r = buf.data() + size_t(slot) * RW * C;
-        if (row_of[slot] != ih) {
-          row_of[slot] = ih;
-          float* d = r + pl * C;
-          if (ih < 0 || ih >= H) {
-            std::memset(d, 0, W * C * sizeof(float));
-          } else {
-            const float* s = x + ((n * H + ih) * W) * C;
-            if (!in_act) {
-              std::memcpy(d, s, W * C * sizeof(float));
-            } else {
-              for (int64_t iw = 0; iw < W; ++iw)
-                for (int64_t c = 0; c < C; c += 16)
-                  st(d + iw * C + c, silu(ld(s + iw * C + c) * ld(isc + c) + ld(ish + c)));
-            }
-          }
-        }
-        rows[kh] = r;
+  // Ring of K input rows, channel-blocked: row[c / 16][col][16], so that within a block the
+  // columns a tap reads lie 64 bytes apart (immediate offsets, sequential prefetch).
+  const int64_t RW = std::max<int64_t>((OW - 1) * S + K, pl + W) + OWB * S;  // columns, padded
+  const int64_t CB = C / 16, row_size = CB * RW * 16;
+  std::vector<float> storage(static_cast<size_t>(K * row_size + 16), 0.0f);
+  float* const base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
+  int64_t row_of[K];
+  for (int k = 0; k < K; ++k) row_of[k] = INT64_MIN;
+  std::memset(sums, 0, C * sizeof(float));
+  for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
+    const float* rows[K];
+    for (int kh = 0; kh < K; ++kh) {
+      const int64_t ih = oh * S - pt + kh;
+      const int slot = int(((ih % K) + K) % K);
+      float* r = base + slot * row_size;
+      rows[kh] = r;
+      if (row_of[slot] == ih) continue;
+      row_of[slot] = ih;
+      if (ih < 0 || ih >= H) {  // padding row (the padding columns are never written: zero)
+        for (int64_t cb = 0; cb < CB; ++cb) std::memset(r + (cb * RW + pl) * 16, 0, W * 64);
+        continue;
       }
-      float* yrow = y + (n * OH + oh) * OW * C;
-      for (int64_t c0 = 0; c0 < C; c0 += 16) {
-        const v16 sc = ld(osc + c0), sf = ld(osh + c0);
-        v16 s = ld(srow + c0);
-        for (int64_t ow0 = 0; ow0 < OW; ow0 += OWB) {
-          v16 acc[OWB];
-          for (int b = 0; b < OWB; ++b) acc[b] = v16{};
-          for (int kh = 0; kh < K; ++kh) {
-            const float* r = rows[kh] + (ow0 * S) * C + c0;
-            for (int kw = 0; kw < K; ++kw) {
-              const v16 wv = ld(w + (kh * K + kw) * C + c0);
-              for (int b = 0; b < OWB; ++b) acc[b] += ld(r + (b * S + kw) * C) * wv;
-            }
-          }
-          const int nb = int(std::min<int64_t>(OWB, OW - ow0));
-          for (int b = 0; b < nb; ++b) {
-            v16 v = acc[b] * sc + sf;
-            if (out_act) v = silu(v);
-            s += v;
-            st(yrow + (ow0 + b) * C + c0, v);
-          }
+      const float* src = x + ((n * H + ih) * W) * C;
+      for (int64_t iw = 0; iw < W; ++iw)
+        for (int64_t cb = 0; cb < CB; ++cb) {
+          v16 v = ld(src + iw * C + cb * 16);
+          if (in_act) v = silu(v * ld(isc + cb * 16) + ld(ish + cb * 16));
+          st(r + (cb * RW + pl + iw) * 16, v);
         }
-        st(srow + c0, s);
+    }
+    float* yrow = y + (n * OH + oh) * OW * C;
+    for (int64_t cb = 0; cb < CB; ++cb) {
+      const int64_t c0 = cb * 16;
+      const v16 sc = ld(osc + c0), sf = ld(osh + c0);
+      v16 wv[K * K];
+      for (int t = 0; t < K * K; ++t) wv[t] = ld(w + t * C + c0);
+      v16 total = ld(sums + c0);
+      for (int64_t ow0 = 0; ow0 < OW; ow0 += OWB) {
+        v16 acc[OWB];
+        for (int b = 0; b < OWB; ++b) acc[b] = v16{};
+        for (int kh = 0; kh < K; ++kh) {
+          const float* r = rows[kh] + (cb * RW + ow0 * S) * 16;
+          for (int kw = 0; kw < K; ++kw)
+            for (int b = 0; b < OWB; ++b) acc[b] += ld(r + (b * S + kw) * 16) * wv[kh * K + kw];
+        }
+        const int nb = int(std::min<int64_t>(OWB, OW - ow0));
+        for (int b = 0; b < nb; ++b) {
+          v16 v = acc[b] * sc + sf;
+          if (out_act) v = silu(v);
+          total += v;
+          st(yrow + (ow0 + b) * C + c0, v);
+        }
       }
+      st(sums + c0, total);
     }
   }
 }

@@ -22,9 +22,12 @@ def make_forward(model: nnx.Module, *, with_features: bool = False) -> Callable:
     """
     model.eval()
     graphdef, state = nnx.split(model)
+    # Calls take the state as a flat list of arrays: flattening ~300 nnx Variables per call cost
+    # ~1 ms, a tenth of a batch-1 B0 forward on CPU.
+    leaves, treedef = jax.tree.flatten(state)
 
-    def apply(state, x_nhwc):
-        m = nnx.merge(graphdef, state)
+    def apply(leaves, x_nhwc):
+        m = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
         f = m.features(x_nhwc)
         return (f, m.head(f)) if with_features else m.head(f)
 
@@ -32,11 +35,11 @@ def make_forward(model: nnx.Module, *, with_features: bool = False) -> Callable:
     forward = jit(apply)
 
     devices = jax.local_devices()
-    first = jax.device_put(state, devices[0])
+    first = jax.device_put(leaves, devices[0])
     if len(devices) == 1:
         return lambda x_nhwc: forward(first, x_nhwc)
     mesh = Mesh(np.array(devices), ("data",))
-    replicated = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+    replicated = jax.device_put(leaves, NamedSharding(mesh, PartitionSpec()))
     split = NamedSharding(mesh, PartitionSpec("data"))
     # Eval-mode samples are independent: each device runs the model on its slice (shard_map), so
     # custom CPU kernels (models/fused_depthwise.py) see local batches, not a partitioned program.
