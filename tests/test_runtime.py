@@ -47,7 +47,8 @@ def test_keep_freed_memory_reuses_pages_of_large_blocks():
 
 
 def test_compiler_options_only_on_cpu():
-    assert runtime.compiler_options("cpu") == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    assert runtime.compiler_options("cpu") == {"xla_cpu_experimental_ynn_fusion_type": "",
+                                               "xla_cpu_prefer_vector_width": 512}
     assert runtime.compiler_options("gpu") == {}
     assert runtime.compiler_options("tpu") == {}
 
