@@ -94,7 +94,7 @@ def available() -> bool:
         lib = ctypes.cdll.LoadLibrary(str(_build(cxx)))
         jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.HsemoFusedDepthwise), platform="cpu")
     except (OSError, subprocess.CalledProcessError, AttributeError) as e:
-        detail = getattr(e, "stderr", "") or e
+        detail = str(getattr(e, "stderr", "") or e).strip()[-600:]  # a compiler's last lines
         warnings.warn(f"could not build the fused CPU depthwise kernel with {cxx} ({detail}); "
                       "EfficientNet runs XLA's slower form", RuntimeWarning, stacklevel=2)
         return False
