@@ -67,7 +67,8 @@ static void run(const Args& a, int64_t n, int64_t oh_begin, int64_t oh_end, floa
   const int64_t RW = std::max<int64_t>((OW - 1) * S + K, pl + W) + OWB * S;  // columns, padded
   const int64_t CB = C / 16, row_size = CB * RW * 16;
   std::vector<float> storage(static_cast<size_t>(K * row_size + 16), 0.0f);
-  float* const base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
+  const uintptr_t raw = reinterpret_cast<uintptr_t>(storage.data());
+  float* const base = reinterpret_cast<float*>((raw + 63) & ~uintptr_t(63));
   int64_t row_of[K];
   for (int k = 0; k < K; ++k) row_of[k] = INT64_MIN;
   std::memset(sums, 0, C * sizeof(float));
@@ -137,13 +138,9 @@ struct Work {
   }
 };
 
-template <int K, int S>
-static void run_unit(const Args& a, int64_t n, int64_t r0, int64_t r1, float* sums) {
-  run<K, S>(a, n, r0, r1, sums);
-}
-
-static ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> isc, ffi::Buffer<ffi::F32> ish,
-                       ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> osc, ffi::Buffer<ffi::F32> osh,
+static ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> isc,
+                       ffi::Buffer<ffi::F32> ish, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> osc,
+                       ffi::Buffer<ffi::F32> osh,
                        int64_t stride, int64_t pt, int64_t pl, int64_t in_act, int64_t out_act,
                        ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> sums) {
   auto xd = x.dimensions(); auto wd = w.dimensions(); auto yd = y->dimensions();
@@ -156,9 +153,10 @@ static ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
       osh.element_count() != C || sums->element_count() != N * C)
     return ffi::Error::InvalidArgument("shapes of x, w, scales, y and sums do not agree");
   auto work = std::make_shared<Work>();
-  work->args = Args{x.typed_data(), isc.typed_data(), ish.typed_data(), w.typed_data(), osc.typed_data(),
-                    osh.typed_data(), y->typed_data(), N, H, W, C, OH, OW, pt, pl, in_act != 0, out_act != 0};
-#define CASE(KK, SS) else if (K == KK && stride == SS) work->fn = run_unit<KK, SS>;
+  work->args = Args{x.typed_data(), isc.typed_data(), ish.typed_data(), w.typed_data(),
+                    osc.typed_data(), osh.typed_data(), y->typed_data(), N, H, W, C, OH, OW, pt, pl,
+                    in_act != 0, out_act != 0};
+#define CASE(KK, SS) else if (K == KK && stride == SS) work->fn = run<KK, SS>;
   if (false) {}
   CASE(3, 1) CASE(3, 2) CASE(5, 1) CASE(5, 2)
   else return ffi::Error::InvalidArgument("unsupported kernel size or stride (3 or 5, 1 or 2)");
@@ -186,7 +184,8 @@ static ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HsemoFusedDepthwise, Impl,
-    ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
-    .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+    ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+    .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+    .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
     .Attr<int64_t>("stride").Attr<int64_t>("pt").Attr<int64_t>("pl").Attr<int64_t>("in_act")
     .Attr<int64_t>("out_act").Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());

@@ -162,11 +162,14 @@ def depthwise_bn_act(x, kernel_hwio, strides, padding, out_affine, *, in_affine=
     """
     strides = layers._pair(strides)
     kernel_hhc = kernel_hwio[:, :, 0, :]
-    pads = tuple(tuple(p) for p in layers._explicit_padding(padding, x.shape[1:3], kernel_hhc.shape[:2], strides))
+    pads = layers._explicit_padding(padding, x.shape[1:3], kernel_hhc.shape[:2], strides)
+    pads = tuple(tuple(p) for p in pads)
     c = x.shape[-1]
-    in_scale, in_shift = in_affine if in_affine is not None else (jnp.ones((c,), x.dtype), jnp.zeros((c,), x.dtype))
+    in_act = in_affine is not None
+    ones_zeros = (jnp.ones((c,), x.dtype), jnp.zeros((c,), x.dtype))  # unused when not in_act
+    in_scale, in_shift = in_affine if in_act else ones_zeros
     args = (x, kernel_hhc, in_scale, in_shift, *out_affine)
-    static = (strides, pads, in_affine is not None, act)
+    static = (strides, pads, in_act, act)
     if _kernel_applies(x, kernel_hhc, strides):
         return _fused(*args, *static)
     return _reference(*args, *static)
