@@ -1,5 +1,7 @@
 """The fused CPU depthwise kernel (models/fused_depthwise.py) equals the same arithmetic in XLA
 ops, is what eval-mode EfficientNet runs on CPU, and falls back cleanly when it cannot be built."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -27,16 +29,20 @@ def _inputs(n, h, w, c, k, seed=0):
     return (f(n, h, w, c) * 2, f(k, k, 1, c) * 0.3, (f(c) * 0.3 + 1, f(c) * 0.2), (f(c) * 0.3 + 1, f(c) * 0.2))
 
 
+@contextlib.contextmanager
+def _xla_form():
+    """Trace with the kernel refused: the op's XLA form."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fd, "_kernel_applies", lambda *a: False)
+        yield
+
+
 def _run(x, kern, stride, padding, out_aff, in_aff, act, *, kernel: bool):
     """(y, sums, lowered text) of the jitted op, with the kernel allowed or not."""
-    applies = fd._kernel_applies if kernel else (lambda *a: False)
-    orig, fd._kernel_applies = fd._kernel_applies, applies
-    try:
+    with contextlib.nullcontext() if kernel else _xla_form():
         fn = jax.jit(lambda x, k, oa, ia: fd.depthwise_bn_act(x, k, stride, padding, oa, in_affine=ia, act=act))
         text = fn.lower(x, kern, out_aff, in_aff).as_text()
         y, s = fn(x, kern, out_aff, in_aff)
-    finally:
-        fd._kernel_applies = orig
     return np.asarray(y), np.asarray(s), text
 
 
@@ -64,11 +70,8 @@ def test_gradients_and_vmap_follow_the_xla_form():
 
     assert fd._kernel_applies(x, kern[:, :, 0], (1, 1))
     g1 = jax.grad(loss, argnums=(0, 1, 2))(x, kern, out_aff[0])
-    orig, fd._kernel_applies = fd._kernel_applies, lambda *a: False
-    try:
+    with _xla_form():
         g0 = jax.grad(loss, argnums=(0, 1, 2))(x, kern, out_aff[0])
-    finally:
-        fd._kernel_applies = orig
     for a, b in zip(g1, g0):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
     batched = jax.vmap(lambda x: fd.depthwise_bn_act(x, kern, 1, 1, out_aff)[0])(x[:, None])

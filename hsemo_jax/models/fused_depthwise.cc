@@ -12,11 +12,10 @@
 // extensions; the build compiles for the host CPU (-march=native).
 #include <algorithm>
 #include <atomic>
-#include <memory>
-#include <thread>
 #include <cstdint>
 #include <cstring>
-#include <tuple>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -45,7 +44,6 @@ static inline v16 silu(v16 v) {
   v16 s = 1.0f / (1.0f + e);
   return v * (v < 0 ? 1.0f - s : s);
 }
-
 
 struct Args {
   const float *x, *isc, *ish, *w, *osc, *osh;

@@ -166,9 +166,9 @@ def depthwise_bn_act(x, kernel_hwio, strides, padding, out_affine, *, in_affine=
     pads = tuple(tuple(p) for p in pads)
     c = x.shape[-1]
     in_act = in_affine is not None
-    ones_zeros = (jnp.ones((c,), x.dtype), jnp.zeros((c,), x.dtype))  # unused when not in_act
-    in_scale, in_shift = in_affine if in_act else ones_zeros
-    args = (x, kernel_hhc, in_scale, in_shift, *out_affine)
+    if not in_act:  # both forms ignore it then; it keeps one argument list
+        in_affine = (jnp.ones((c,), x.dtype), jnp.zeros((c,), x.dtype))
+    args = (x, kernel_hhc, *in_affine, *out_affine)
     static = (strides, pads, in_act, act)
     if _kernel_applies(x, kernel_hhc, strides):
         return _fused(*args, *static)

@@ -346,13 +346,16 @@ class BatchNorm(nnx.Module):
             m = self.momentum
             self.mean[...] = (1 - m) * self.mean[...] + m * mean
             self.var[...] = (1 - m) * self.var[...] + m * var * (n / max(n - 1, 1))
-        inv = lax.rsqrt(var + self.eps) * self.scale[...]
+        inv = self._inv_std_scale(var)
         return ((x - per_channel(mean.astype(x.dtype))) * per_channel(inv.astype(x.dtype))
                 + per_channel(self.bias[...].astype(x.dtype)))
 
+    def _inv_std_scale(self, var):
+        return lax.rsqrt(var + self.eps) * self.scale[...]
+
     def affine(self):
         """Eval-mode batch norm as per-channel `(scale, shift)`: y = x * scale + shift."""
-        inv = lax.rsqrt(self.var[...] + self.eps) * self.scale[...]
+        inv = self._inv_std_scale(self.var[...])
         return inv, self.bias[...] - self.mean[...] * inv
 
 
