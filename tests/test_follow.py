@@ -62,11 +62,12 @@ def test_every_frame_is_plain_detection_and_tracking():
     frames = _clip_frames()
     haar = HaarDetector(max_width=960)
     tracker, follow = IoUTracker(), FollowingDetector(HaarDetector(max_width=960), every=1)
+    # OpenCV's multi-threaded search may list the same faces in another order from call to call
+    rows = lambda boxes: sorted(map(tuple, np.asarray(boxes).tolist()))  # noqa: E731
     for i, rgb in enumerate(frames):
         boxes, ids = follow(rgb, i)
-        want = haar(rgb)
-        np.testing.assert_array_equal(boxes, want)
-        np.testing.assert_array_equal(ids, tracker.update(want, i))
+        assert rows(boxes) == rows(haar(rgb))
+        np.testing.assert_array_equal(ids, tracker.update(boxes, i))
 
 
 def test_following_the_astronaut_keeps_the_face_and_its_box():

@@ -8,42 +8,10 @@
 // SiLU of the affine input; act_out: 0 = affine only, 1 = SiLU. Each input row is transformed once
 // into a ring of K zero-padded rows, so the activated input never goes back to memory, and XLA's
 // habit of recomputing the input activation once per tap is gone. Work is split over XLA's
-// intra-op thread pool (images, or row blocks when the batch is small). GCC/Clang vector
-// extensions; the build compiles for the host CPU (-march=native).
-#include <algorithm>
-#include <atomic>
-#include <cstdint>
-#include <cstring>
-#include <memory>
-#include <thread>
+// intra-op thread pool (images, or row blocks when the batch is small).
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
-
-typedef float v16 __attribute__((vector_size(64), aligned(4), may_alias));
-typedef int32_t vi16 __attribute__((vector_size(64), aligned(4), may_alias));
-static inline v16 ld(const float* p) { v16 v; std::memcpy(&v, p, 64); return v; }
-static inline void st(float* p, v16 v) { std::memcpy(p, &v, 64); }
-// exp(x) for x <= 0: Cephes' expf polynomial, 2^n by exponent bits.
-static inline v16 vexp_neg(v16 x) {
-  x = x < -87.0f ? v16{} - 87.0f : x;
-  v16 fl = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  x = x - fl * 0.693359375f + fl * 2.12194440e-4f;
-  v16 y = v16{} + 1.9875691500E-4f;
-  y = y * x + 1.3981999507E-3f; y = y * x + 8.3334519073E-3f; y = y * x + 4.1665795894E-2f;
-  y = y * x + 1.6666665459E-1f; y = y * x + 5.0000001201E-1f; y = y * x * x + x + 1.0f;
-  vi16 e = (__builtin_convertvector(fl, vi16) + 127) << 23;
-  v16 p; std::memcpy(&p, &e, 64);
-  return y * p;
-}
-// v * sigmoid(v), from exp(-|v|) so that nothing overflows.
-static inline v16 silu(v16 v) {
-  v16 e = vexp_neg(v < 0 ? v : -v);
-  v16 s = 1.0f / (1.0f + e);
-  return v * (v < 0 ? 1.0f - s : s);
-}
+#include "cpu_kernels.h"
 
 struct Args {
   const float *x, *isc, *ish, *w, *osc, *osh;
@@ -121,23 +89,6 @@ static void run(const Args& a, int64_t n, int64_t oh_begin, int64_t oh_end, floa
   }
 }
 
-// Work split: units of (image, block of output rows), claimed from a shared counter by the calling
-// thread and by tasks on XLA's intra-op pool. The caller waits only for units already claimed (so
-// it never waits on a queued task), and state outlives late tasks through the shared_ptr.
-struct Work {
-  Args args;
-  void (*fn)(const Args&, int64_t, int64_t, int64_t, float*);
-  int64_t units, per_image, rows;
-  std::vector<float> partial;  // [units][C]
-  std::atomic<int64_t> next{0}, done{0};
-  void drain() {
-    for (int64_t u; (u = next.fetch_add(1)) < units; done.fetch_add(1)) {
-      const int64_t n = u / per_image, r0 = (u % per_image) * rows;
-      fn(args, n, r0, std::min(args.OH, r0 + rows), partial.data() + u * args.C);
-    }
-  }
-};
-
 static ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> isc,
                        ffi::Buffer<ffi::F32> ish, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> osc,
                        ffi::Buffer<ffi::F32> osh,
@@ -152,31 +103,32 @@ static ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
       isc.element_count() != C || ish.element_count() != C || osc.element_count() != C ||
       osh.element_count() != C || sums->element_count() != N * C)
     return ffi::Error::InvalidArgument("shapes of x, w, scales, y and sums do not agree");
-  auto work = std::make_shared<Work>();
-  work->args = Args{x.typed_data(), isc.typed_data(), ish.typed_data(), w.typed_data(),
-                    osc.typed_data(), osh.typed_data(), y->typed_data(), N, H, W, C, OH, OW, pt, pl,
-                    in_act != 0, out_act != 0};
-#define CASE(KK, SS) else if (K == KK && stride == SS) work->fn = run<KK, SS>;
+  const Args args{x.typed_data(), isc.typed_data(), ish.typed_data(), w.typed_data(),
+                   osc.typed_data(), osh.typed_data(), y->typed_data(), N, H, W, C, OH, OW, pt, pl,
+                   in_act != 0, out_act != 0};
+  void (*fn)(const Args&, int64_t, int64_t, int64_t, float*);
+#define CASE(KK, SS) else if (K == KK && stride == SS) fn = run<KK, SS>;
   if (false) {}
   CASE(3, 1) CASE(3, 2) CASE(5, 1) CASE(5, 2)
   else return ffi::Error::InvalidArgument("unsupported kernel size or stride (3 or 5, 1 or 2)");
 #undef CASE
+  // Units: whole images when there are enough of them, else a few blocks of rows per image; each
+  // unit's SE sums go to its own row of `partial`, added up per image afterwards.
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  // whole images when there are enough of them; else a few row blocks per image
-  work->per_image = N >= 4 * threads ? 1 : std::min<int64_t>(OH, (4 * threads + N - 1) / N);
-  work->rows = (OH + work->per_image - 1) / work->per_image;
-  work->per_image = (OH + work->rows - 1) / work->rows;
-  work->units = N * work->per_image;
-  work->partial.assign(static_cast<size_t>(work->units * C), 0.0f);
-  for (int64_t t = 1; t < std::min(threads, work->units); ++t) pool.Schedule([work] { work->drain(); });
-  work->drain();
-  while (work->done.load() < work->units) std::this_thread::yield();
+  int64_t per_image = N >= 4 * threads ? 1 : std::min<int64_t>(OH, (4 * threads + N - 1) / N);
+  const int64_t rows = (OH + per_image - 1) / per_image;
+  per_image = (OH + rows - 1) / rows;
+  std::vector<float> partial(static_cast<size_t>(N * per_image * C), 0.0f);
+  parallel_units(pool, N * per_image, [&](int64_t, int64_t u) {
+    const int64_t n = u / per_image, r0 = (u % per_image) * rows;
+    fn(args, n, r0, std::min(OH, r0 + rows), partial.data() + u * C);
+  });
   float* sums_out = sums->typed_data();
   for (int64_t n = 0; n < N; ++n) {
     float* s = sums_out + n * C;
     std::memset(s, 0, C * sizeof(float));
-    for (int64_t p = 0; p < work->per_image; ++p) {
-      const float* q = work->partial.data() + (n * work->per_image + p) * C;
+    for (int64_t p = 0; p < per_image; ++p) {
+      const float* q = partial.data() + (n * per_image + p) * C;
       for (int64_t c = 0; c < C; ++c) s[c] += q[c];
     }
   }

@@ -20,6 +20,8 @@ import numpy as np
 from jax import lax
 from flax import nnx
 
+from hsemo_jax.models import cpu_kernels
+
 Padding = str | int | tuple[int, int] | Sequence[tuple[int, int]]
 ConvImpl = Literal["auto", "lax", "shift"]
 
@@ -121,11 +123,22 @@ def _depthwise_fwd(x_nhwc, kernel_hhc, strides, pads):
 
 
 def _depthwise_bwd(strides, pads, residuals, g):
+    """On CPU one kernel pass (`cpu_kernels.depthwise_grad`) where it applies, else shift-sums."""
+    xp, kernel = residuals
+    h, w = xp.shape[1] - sum(pads[0]), xp.shape[2] - sum(pads[1])
+    if not cpu_kernels.depthwise_applies(xp, kernel, strides, sizes=(3, 5, 7)):
+        return _depthwise_grad_shift(strides, pads, xp, g, kernel)
+    kernel_form = functools.partial(cpu_kernels.depthwise_grad, stride=strides[0], pt=pads[0][0],
+                                    pl=pads[1][0], in_hw=(h, w))
+    return lax.platform_dependent(xp, g, kernel, cpu=kernel_form,
+                                  default=functools.partial(_depthwise_grad_shift, strides, pads))
+
+
+def _depthwise_grad_shift(strides, pads, xp, g, kernel):
     """Gradients as shift-sums too (XLA's transpose of the forward pads and accumulates one
     full-size tensor per tap, ~10x slower on CPU). Input: the output gradient dilated by the
     stride and padded by k-1 is correlated with the flipped kernel (one fused loop). Kernel:
     per tap, sum over (n, i, j) of tap(xp) * g."""
-    xp, kernel = residuals
     kh, kw, c = kernel.shape
     (sh, sw), (_, oh, ow, _) = strides, g.shape
     extra_h = xp.shape[1] - ((oh - 1) * sh + kh)
@@ -270,6 +283,64 @@ def conv2d(x_nhwc, kernel_hwio, strides=(1, 1), padding: Padding = 0, groups: in
     )
 
 
+def _moments_xla(x_mc):
+    n = x_mc.shape[0]
+    mean = leading_sum(x_mc) / n
+    return mean, leading_sum(jnp.square(x_mc - mean)) / n
+
+
+def _grad_sums_xla(g_mc, x_mc, mean):
+    return leading_sum(g_mc), leading_sum(g_mc * (x_mc - mean))
+
+
+def _on_cpu(kernel, xla_form, *args):
+    """`kernel(*args)` on CPU when the CPU kernels are built, else (and elsewhere) `xla_form`."""
+    cpu = kernel if cpu_kernels.available() else xla_form
+    return lax.platform_dependent(*args, cpu=cpu, default=xla_form)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x, scale, bias, eps: float):
+    """`(y, mean, var)`: batch norm over all but the last axis with the batch's statistics (float32;
+    biased variance), y = (x - mean) * rsqrt(var + eps) * scale + bias in x's dtype.
+
+    On CPU the statistics are one multi-threaded kernel pass (`cpu_kernels.channel_moments`), and
+    the gradient is batch norm's closed form with its two per-channel sums from one more pass
+    (`channel_grad_sums`): XLA:CPU wrote (x - mean)^2 and g * x out as full arrays to sum them,
+    recomputing their producers into them.
+    """
+    return _batch_norm_train_fwd(x, scale, bias, eps)[0]
+
+
+def _batch_norm_train_fwd(x, scale, bias, eps):
+    c = x.shape[-1]
+    xf = x.astype(jnp.float32).reshape(-1, c)
+    mean, var = _on_cpu(cpu_kernels.channel_moments, _moments_xla, xf)
+    inv = lax.rsqrt(var + eps) * scale
+    y = (x - mean.astype(x.dtype)) * inv.astype(x.dtype) + bias.astype(x.dtype)
+    return (y, mean, var), (x, mean, var, scale)
+
+
+def _batch_norm_train_bwd(eps, residuals, cotangents):
+    x, mean, var, scale = residuals
+    gy, g_mean, g_var = cotangents
+    c = x.shape[-1]
+    n = x.size // c
+    xf = x.astype(jnp.float32).reshape(-1, c)
+    sum_g, sum_gxc = _on_cpu(cpu_kernels.channel_grad_sums, _grad_sums_xla,
+                             gy.astype(jnp.float32).reshape(-1, c), xf, mean)
+    r = lax.rsqrt(var + eps)
+    a = scale * r
+    # dx = a * (gy - mean(gy) - xhat * mean(gy * xhat)), plus what flows in through mean and var
+    shift = -a * sum_g / n + g_mean / n
+    slope = -a * r * r * sum_gxc / n + 2 * g_var / n
+    dx = gy * a.astype(gy.dtype) + (shift + slope * -mean).astype(gy.dtype) + x * slope.astype(gy.dtype)
+    return dx.astype(x.dtype), (sum_gxc * r).astype(scale.dtype), sum_g.astype(scale.dtype)
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
 def _uniform(rng: np.random.Generator, shape, fan_in: int):
     """PyTorch's default init range U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 
@@ -321,8 +392,8 @@ class BatchNorm(nnx.Module):
 
     Eval: running statistics. Train: normalizes with the biased batch variance and updates
     `running = (1 - momentum) * running + momentum * batch`, the running variance with the
-    unbiased batch variance (as torch does). Under `jit` with a batch sharded over devices the
-    batch statistics are global (XLA all-reduces the means).
+    unbiased batch variance (as torch does); see `batch_norm_train`. Under `jit` with a batch
+    sharded over devices the batch statistics are global (XLA all-reduces the sums).
     """
 
     def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1):
@@ -335,19 +406,16 @@ class BatchNorm(nnx.Module):
         self.use_running_average = True
 
     def __call__(self, x):
-        per_channel = lambda v: broadcast_leading(v, x.shape)  # noqa: E731 (gradients: leading_sum)
-        if self.use_running_average:
-            mean, var = self.mean[...], self.var[...]
-        else:
-            xf = x.astype(jnp.float32)
+        if not self.use_running_average:
+            y, mean, var = batch_norm_train(x, self.scale[...], self.bias[...], self.eps)
             n = x.size // x.shape[-1]
-            mean = leading_sum(xf) / n
-            var = leading_sum(jnp.square(xf - per_channel(mean))) / n
             m = self.momentum
             self.mean[...] = (1 - m) * self.mean[...] + m * mean
             self.var[...] = (1 - m) * self.var[...] + m * var * (n / max(n - 1, 1))
-        inv = self._inv_std_scale(var)
-        return ((x - per_channel(mean.astype(x.dtype))) * per_channel(inv.astype(x.dtype))
+            return y
+        per_channel = lambda v: broadcast_leading(v, x.shape)  # noqa: E731 (gradients: leading_sum)
+        inv = self._inv_std_scale(self.var[...])
+        return ((x - per_channel(self.mean[...].astype(x.dtype))) * per_channel(inv.astype(x.dtype))
                 + per_channel(self.bias[...].astype(x.dtype)))
 
     def _inv_std_scale(self, var):

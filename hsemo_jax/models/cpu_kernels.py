@@ -1,0 +1,148 @@
+"""Hand-written XLA:CPU kernels, built on first use and called through `jax.ffi`.
+
+`fused_depthwise.cc` is EfficientNet's eval-mode MBConv middle (`models/fused_depthwise.py`);
+`depthwise_grad.cc` is the gradient of any depthwise convolution (`layers.conv2d_shift`'s VJP);
+`channel_stats.cc` gives batch norm's training statistics and their gradient sums
+(`layers.BatchNorm`). They are compiled into one library for the host CPU (`-march=native`) with the system C++
+compiler against jaxlib's FFI headers (`jax.ffi.include_dir()`), about 10 s, cached under
+`<cache>/kernels/` keyed by sources, compiler, jaxlib, flags and CPU, written atomically, and
+registered once per process. Nothing compiled ships with the package.
+
+`HSEMO_JAX_FUSED_KERNELS=0` turns them off; without a compiler, or if the build fails, they are
+off with one warning, and every caller runs its XLA form instead.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import jax
+import numpy as np
+
+ENV = "HSEMO_JAX_FUSED_KERNELS"
+_DIR = Path(__file__).parent
+_SOURCES = ("fused_depthwise.cc", "depthwise_grad.cc", "channel_stats.cc")
+_HEADER = "cpu_kernels.h"
+_FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-w")
+# ffi target name -> exported handler symbol
+TARGETS = {"hsemo_fused_depthwise": "HsemoFusedDepthwise", "hsemo_depthwise_grad": "HsemoDepthwiseGrad",
+           "hsemo_channel_moments": "HsemoChannelMoments", "hsemo_channel_grad_sums": "HsemoChannelGradSums"}
+
+
+def _cpu_signature() -> str:
+    """What the compiled code depends on: machine and, on Linux, the CPU's feature flags."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + flags
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _build(cxx: str) -> Path:
+    """Compile the kernels (once per sources/compiler/jaxlib/CPU) and return the library path."""
+    from hsemo_jax import hub  # late: hub imports the model registry
+
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
+    texts = [(_DIR / name).read_text() for name in (*_SOURCES, _HEADER)]
+    key = hashlib.sha256("\0".join([
+        *texts, version, jax.__version__, " ".join(_FLAGS), _cpu_signature(),
+    ]).encode()).hexdigest()[:16]
+    out = hub.cache_dir() / "kernels" / f"cpu_kernels-{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        subprocess.run([cxx, *_FLAGS, f"-I{jax.ffi.include_dir()}", f"-I{_DIR}",
+                        *(str(_DIR / name) for name in _SOURCES), "-o", tmp],
+                       capture_output=True, text=True, check=True)
+        os.replace(tmp, out)  # atomic: concurrent builders leave one complete file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+    """Build, load and register the kernels once per process; False (and why, once) if not."""
+    if os.environ.get(ENV, "1") == "0":
+        return False
+    cxx = _compiler()
+    if cxx is None:
+        warnings.warn("no C++ compiler found (set CXX): the CPU kernels are off and "
+                      "XLA's slower forms run instead", RuntimeWarning, stacklevel=2)
+        return False
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(_build(cxx)))
+        for target, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    except (OSError, subprocess.CalledProcessError, AttributeError) as e:
+        detail = str(getattr(e, "stderr", "") or e).strip()[-600:]  # a compiler's last lines
+        warnings.warn(f"could not build the CPU kernels with {cxx} ({detail}); "
+                      "XLA's slower forms run instead", RuntimeWarning, stacklevel=2)
+        return False
+    return True
+
+
+def _like(x, shape):
+    """An abstract result like `x` (dtype, and under shard_map the axes it varies over)."""
+    return jax.typeof(x).update(shape=shape)
+
+
+def fused_depthwise(x, kernel_hhc, in_scale, in_shift, out_scale, out_shift, *, stride: int,
+                    pt: int, pl: int, out_hw, in_act: bool, out_act: bool):
+    """`(y, sums)` of fused_depthwise.cc (see there)."""
+    n, _, _, c = x.shape
+    call = jax.ffi.ffi_call("hsemo_fused_depthwise", (_like(x, (n, *out_hw, c)), _like(x, (n, c))),
+                            vmap_method="sequential")
+    return call(x, in_scale, in_shift, kernel_hhc, out_scale, out_shift, stride=np.int64(stride),
+                pt=np.int64(pt), pl=np.int64(pl), in_act=np.int64(in_act), out_act=np.int64(out_act))
+
+
+def depthwise_grad(xp, g, kernel_hhc, *, stride: int, pt: int, pl: int, in_hw):
+    """`(dx, dkernel)` of depthwise_grad.cc: xp the padded input, g the output gradient."""
+    n, _, _, c = xp.shape
+    call = jax.ffi.ffi_call("hsemo_depthwise_grad", (_like(xp, (n, *in_hw, c)), _like(xp, kernel_hhc.shape)),
+                            vmap_method="sequential")
+    return call(xp, g, kernel_hhc, stride=np.int64(stride), pt=np.int64(pt), pl=np.int64(pl))
+
+
+def depthwise_applies(x, kernel_hhc, strides, sizes=(3, 5)) -> bool:
+    """Whether a kernel handles this depthwise convolution: float32, channels a multiple of 16,
+    a square kernel of one of `sizes`, equal strides of 1 or 2, and the library built."""
+    k = kernel_hhc.shape
+    return (x.dtype == np.float32 and kernel_hhc.dtype == np.float32 and x.shape[-1] % 16 == 0
+            and k[0] == k[1] and k[0] in sizes and strides[0] == strides[1] in (1, 2) and available())
+
+
+def channel_moments(x_mc):
+    """`(mean, biased variance)` over the rows of a float32 (M, C) array (channel_stats.cc)."""
+    c = (x_mc.shape[1],)
+    call = jax.ffi.ffi_call("hsemo_channel_moments", (_like(x_mc, c), _like(x_mc, c)), vmap_method="sequential")
+    return call(x_mc)
+
+
+def channel_grad_sums(g_mc, x_mc, mean_c):
+    """`(sum of g, sum of g * (x - mean))` over the rows of float32 (M, C) arrays."""
+    c = (x_mc.shape[1],)
+    call = jax.ffi.ffi_call("hsemo_channel_grad_sums", (_like(x_mc, c), _like(x_mc, c)),
+                            vmap_method="sequential")
+    return call(g_mc, x_mc, mean_c)

@@ -1,0 +1,155 @@
+"""The hand-written CPU kernels (models/cpu_kernels.py): the depthwise-convolution gradient and
+batch norm's training statistics and gradient equal their XLA forms and are what CPU training
+runs; the library is built once, cached, and falls back cleanly when it cannot be built. (The
+fused inference kernel: test_fused_depthwise.py.)"""
+import contextlib
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hsemo_jax.models import cpu_kernels as ck
+from hsemo_jax.models import layers, registry
+
+pytestmark = pytest.mark.skipif(ck._compiler() is None, reason="no C++ compiler to build the kernels")
+GRAD = "hsemo_depthwise_grad"
+
+GRAD_CASES = [  # (n, h, w, c, k, stride, padding)
+    (2, 9, 9, 16, 3, 1, 1),
+    (3, 10, 7, 32, 3, 2, "SAME"),  # TF same: pads (0, 1)
+    (1, 11, 13, 48, 5, 2, "SAME"),
+    (2, 7, 7, 16, 5, 1, "SAME"),
+    (2, 7, 7, 32, 7, 1, 0),  # MobileFaceNet's global depthwise 7x7: one output
+    (2, 12, 9, 16, 7, 2, 3),
+    (5, 6, 6, 16, 3, 2, 1),  # more images than threads
+    (1, 5, 6, 16, 3, 1, ((0, 2), (2, 1))),  # uneven padding: rows of dx no output reaches
+]
+
+
+@contextlib.contextmanager
+def _xla_form():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ck, "depthwise_applies", lambda *a, **k: False)
+        yield
+
+
+def _grads(x, kern, g, stride, padding):
+    """(dx, dkernel, lowered text) of the jitted VJP of a depthwise conv2d_shift."""
+    c = x.shape[-1]
+    fn = jax.jit(lambda x, k, g: jax.vjp(lambda x, k: layers.conv2d_shift(x, k, stride, padding, c), x, k)[1](g))
+    return (*fn(x, kern, g), fn.lower(x, kern, g).as_text())
+
+
+@pytest.mark.parametrize("case", GRAD_CASES)
+def test_depthwise_grad_equals_shift_form(case):
+    n, h, w, c, k, stride, padding = case
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
+    kern = jnp.asarray(rng.standard_normal((k, k, 1, c)), jnp.float32)
+    y = layers.conv2d_shift(x, kern, (stride, stride), padding, c)
+    g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    with jax.default_matmul_precision("float32"):
+        dx1, dk1, text = _grads(x, kern, g, (stride, stride), padding)
+        with _xla_form():
+            dx0, dk0, ref_text = _grads(x, kern, g, (stride, stride), padding)
+    assert GRAD in text and GRAD not in ref_text
+    np.testing.assert_allclose(dx1, dx0, rtol=1e-5, atol=1e-5 * np.abs(dx0).max())
+    np.testing.assert_allclose(dk1, dk0, rtol=1e-5, atol=1e-5 * np.abs(dk0).max())
+
+
+def test_training_step_gradients_use_the_kernel():
+    """B0's 16 depthwise convolutions take their gradients from the kernel, and the gradients of a
+    train-mode loss agree with the XLA form's."""
+    m = registry.build("tf_efficientnet_b0", 10, seed=0)
+    m.train()
+    graphdef, params, rest = nnx.split(m, nnx.Param, ...)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 64, 3)), jnp.float32)
+
+    def loss(params, rest, x):
+        rest = jax.tree.map(lambda v: v, rest)  # Variables of this trace level (BatchNorm updates them)
+        return jnp.sum(nnx.merge(graphdef, params, rest)(x) ** 2)
+
+    grad = jax.jit(jax.grad(loss))
+    assert grad.lower(params, rest, x).as_text().count(GRAD) == 16
+    with jax.default_matmul_precision("float32"):
+        g1 = grad(params, rest, x)
+        with _xla_form():
+            g0 = jax.jit(jax.grad(loss))(params, rest, x)
+    # tolerance on the scale of all gradients: the biases of batch norms followed by another one
+    # have gradients of zero up to rounding
+    scale = max(float(np.abs(b).max()) for b in jax.tree.leaves(g0))
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+
+
+BN_SHAPES = [(4, 9, 9, 24), (64, 32), (3, 5, 5, 1280), (2, 17, 13, 40)]  # channels not all x16
+
+
+def _plain_batch_norm(x, scale, bias, eps):
+    m = x.reshape(-1, x.shape[-1]).mean(0)
+    v = x.reshape(-1, x.shape[-1]).var(0)
+    return (x - m) / jnp.sqrt(v + eps) * scale + bias, m, v
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_batch_norm_statistics_and_gradient(shape):
+    """batch_norm_train (kernel and XLA forms) equals autodiff of the textbook formula, mean and
+    variance included; the statistics agree with float64 on data with a large mean."""
+    rng = np.random.default_rng(2)
+    f32 = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)  # noqa: E731
+    x, scale, bias = f32(*shape) * 3 + 50, f32(shape[-1]), f32(shape[-1])
+    cot = (f32(*shape), f32(shape[-1]), f32(shape[-1]))
+
+    def run(fn):
+        out, vjp = jax.vjp(lambda *a: fn(*a, 1e-3), x, scale, bias)
+        return out, vjp(cot)
+
+    with jax.default_matmul_precision("float32"):
+        want = jax.jit(lambda: run(_plain_batch_norm))()
+        got = jax.jit(lambda: run(layers.batch_norm_train))()
+        text = jax.jit(lambda: run(layers.batch_norm_train)).lower().as_text()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ck, "available", lambda: False)
+            xla = jax.jit(lambda: run(layers.batch_norm_train))()
+    assert "hsemo_channel_moments" in text and "hsemo_channel_grad_sums" in text
+    for form in (got, xla):
+        for a, b in zip(jax.tree.leaves(form), jax.tree.leaves(want)):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * np.abs(b).max())
+    x64 = np.asarray(x, np.float64).reshape(-1, shape[-1])
+    np.testing.assert_allclose(got[0][1], x64.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(got[0][2], x64.var(0), rtol=1e-4)
+
+
+def _fresh(monkeypatch, tmp_path, **env):
+    monkeypatch.setenv("HSEMO_JAX_CACHE", str(tmp_path))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    ck.available.cache_clear()
+    monkeypatch.setattr(ck.jax.ffi, "register_ffi_target", lambda *a, **k: None)  # keep the loaded one
+
+
+def test_off_switch_and_broken_compiler_fall_back(monkeypatch, tmp_path):
+    try:
+        _fresh(monkeypatch, tmp_path, HSEMO_JAX_FUSED_KERNELS="0")
+        assert not ck.available()
+        _fresh(monkeypatch, tmp_path, HSEMO_JAX_FUSED_KERNELS="1", CXX=str(tmp_path / "cxx"))
+        (tmp_path / "cxx").write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo fake 1.0 && exit 0\n"
+                                      "echo 'fatal: cannot compile' >&2; exit 1\n")
+        (tmp_path / "cxx").chmod(0o755)
+        with pytest.warns(RuntimeWarning, match="cannot compile"):
+            assert not ck.available()
+        assert not list((tmp_path / "kernels").glob("*.so"))  # nothing half-written is cached
+    finally:
+        monkeypatch.undo()
+        ck.available.cache_clear()
+    assert ck.available()
+
+
+def test_build_is_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("HSEMO_JAX_CACHE", str(tmp_path))
+    first = ck._build(ck._compiler())
+    mtime = first.stat().st_mtime_ns
+    assert ck._build(ck._compiler()) == first and first.stat().st_mtime_ns == mtime
