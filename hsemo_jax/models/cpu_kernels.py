@@ -34,6 +34,7 @@ _HEADER = "cpu_kernels.h"
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-w")
 # ffi target name -> exported handler symbol
 TARGETS = {"hsemo_fused_depthwise": "HsemoFusedDepthwise", "hsemo_depthwise_grad": "HsemoDepthwiseGrad",
+           "hsemo_depthwise_grad_silu": "HsemoDepthwiseGradSilu",
            "hsemo_channel_moments": "HsemoChannelMoments", "hsemo_channel_grad_sums": "HsemoChannelGradSums"}
 
 
@@ -123,6 +124,14 @@ def depthwise_grad(xp, g, kernel_hhc, *, stride: int, pt: int, pl: int, in_hw):
     call = jax.ffi.ffi_call("hsemo_depthwise_grad", (_like(xp, (n, *in_hw, c)), _like(xp, kernel_hhc.shape)),
                             vmap_method="sequential")
     return call(xp, g, kernel_hhc, stride=np.int64(stride), pt=np.int64(pt), pl=np.int64(pl))
+
+
+def depthwise_grad_silu(h, in_scale, in_shift, g, kernel_hhc, *, stride: int, pt: int, pl: int):
+    """`(dh, dkernel, dscale, dshift)` of a depthwise convolution of pad(silu(h * scale + shift))."""
+    c = (h.shape[-1],)
+    call = jax.ffi.ffi_call("hsemo_depthwise_grad_silu", (_like(h, h.shape), _like(h, kernel_hhc.shape),
+                                                         _like(h, c), _like(h, c)), vmap_method="sequential")
+    return call(h, in_scale, in_shift, g, kernel_hhc, stride=np.int64(stride), pt=np.int64(pt), pl=np.int64(pl))
 
 
 def depthwise_applies(x, kernel_hhc, strides, sizes=(3, 5)) -> bool:

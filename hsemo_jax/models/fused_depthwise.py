@@ -87,3 +87,56 @@ def depthwise_bn_act(x, kernel_hwio, strides, padding, out_affine, *, in_affine=
     if _kernel_applies(x, kernel_hhc, strides):
         return _fused(*args, *static)
     return _reference(*args, *static)
+
+
+def _silu_input_reference(h, kernel_hhc, in_scale, in_shift, strides, pads):
+    a = _affine_act(h, in_scale, in_shift, True)
+    return layers.conv2d(a, kernel_hhc[:, :, None, :], strides, pads, groups=h.shape[-1])
+
+
+def _silu_input_kernel(h, kernel_hhc, in_scale, in_shift, strides, pads):
+    c = h.shape[-1]
+    ones, zeros = jnp.ones((c,), h.dtype), jnp.zeros((c,), h.dtype)
+    return _kernel(h, kernel_hhc, in_scale, in_shift, ones, zeros, strides, pads, True, False)[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _silu_input(h, kernel_hhc, in_scale, in_shift, strides, pads):
+    return lax.platform_dependent(
+        h, kernel_hhc, in_scale, in_shift,
+        cpu=lambda *a: _silu_input_kernel(*a, strides, pads),
+        default=lambda *a: _silu_input_reference(*a, strides, pads))
+
+
+def _silu_input_fwd(h, kernel_hhc, in_scale, in_shift, strides, pads):
+    return _silu_input(h, kernel_hhc, in_scale, in_shift, strides, pads), (h, kernel_hhc, in_scale, in_shift)
+
+
+def _silu_input_bwd(strides, pads, residuals, g):
+    def kernel_form(h, kernel_hhc, in_scale, in_shift, g):
+        dh, dk, ds, db = cpu_kernels.depthwise_grad_silu(h, in_scale, in_shift, g, kernel_hhc,
+                                                         stride=strides[0], pt=pads[0][0], pl=pads[1][0])
+        return dh, dk, ds, db
+
+    def xla_form(h, kernel_hhc, in_scale, in_shift, g):
+        _, vjp = jax.vjp(lambda *a: _silu_input_reference(*a, strides, pads), h, kernel_hhc, in_scale, in_shift)
+        return vjp(g)
+
+    return lax.platform_dependent(*residuals, g, cpu=kernel_form, default=xla_form)
+
+
+_silu_input.defvjp(_silu_input_fwd, _silu_input_bwd)
+
+
+def depthwise_silu_input(x, kernel_hwio, strides, padding, in_affine):
+    """depthwise(silu(x * s + b)) for training, `in_affine` = (s, b) differentiable (e.g. from
+    batch statistics, `BatchNorm.batch_affine`). On CPU the forward is the fused kernel and the
+    gradient one pass of `cpu_kernels.depthwise_grad_silu`, which rebuilds the activation from x
+    (it is never stored); elsewhere XLA ops."""
+    strides = layers._pair(strides)
+    kernel_hhc = kernel_hwio[:, :, 0, :]
+    pads = layers._explicit_padding(padding, x.shape[1:3], kernel_hhc.shape[:2], strides)
+    pads = tuple(tuple(p) for p in pads)
+    if _kernel_applies(x, kernel_hhc, strides):
+        return _silu_input(x, kernel_hhc, *in_affine, strides, pads)
+    return _silu_input_reference(x, kernel_hhc, *in_affine, strides, pads)

@@ -299,6 +299,28 @@ def _on_cpu(kernel, xla_form, *args):
     return lax.platform_dependent(*args, cpu=cpu, default=xla_form)
 
 
+@jax.custom_vjp
+def batch_moments(x):
+    """`(mean, biased variance)` per channel of float32 `x` over all but its last axis, on CPU in
+    one kernel pass; gradients are elementwise."""
+    return _on_cpu(cpu_kernels.channel_moments, _moments_xla, x.reshape(-1, x.shape[-1]))
+
+
+def _batch_moments_fwd(x):
+    mean, var = batch_moments(x)
+    return (mean, var), (x, mean)
+
+
+def _batch_moments_bwd(residuals, cotangents):
+    x, mean = residuals
+    g_mean, g_var = cotangents
+    n = x.size // x.shape[-1]
+    return (g_mean / n + (x - mean) * (2 * g_var / n),)
+
+
+batch_moments.defvjp(_batch_moments_fwd, _batch_moments_bwd)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def batch_norm_train(x, scale, bias, eps: float):
     """`(y, mean, var)`: batch norm over all but the last axis with the batch's statistics (float32;
@@ -408,15 +430,26 @@ class BatchNorm(nnx.Module):
     def __call__(self, x):
         if not self.use_running_average:
             y, mean, var = batch_norm_train(x, self.scale[...], self.bias[...], self.eps)
-            n = x.size // x.shape[-1]
-            m = self.momentum
-            self.mean[...] = (1 - m) * self.mean[...] + m * mean
-            self.var[...] = (1 - m) * self.var[...] + m * var * (n / max(n - 1, 1))
+            self._update_running(mean, var, x.size // x.shape[-1])
             return y
         per_channel = lambda v: broadcast_leading(v, x.shape)  # noqa: E731 (gradients: leading_sum)
         inv = self._inv_std_scale(self.var[...])
         return ((x - per_channel(self.mean[...].astype(x.dtype))) * per_channel(inv.astype(x.dtype))
                 + per_channel(self.bias[...].astype(x.dtype)))
+
+    def _update_running(self, mean, var, n: int):
+        m = self.momentum
+        self.mean[...] = (1 - m) * self.mean[...] + m * mean
+        self.var[...] = (1 - m) * self.var[...] + m * var * (n / max(n - 1, 1))
+
+    def batch_affine(self, x):
+        """Training: `(scale, shift)` with y = x * scale + shift the batch norm of `x` on its batch
+        statistics (differentiable in x), running statistics updated; for callers that fuse the
+        normalization into their own kernel (`fused_depthwise.depthwise_silu_input`)."""
+        mean, var = batch_moments(x.astype(jnp.float32))
+        self._update_running(mean, var, x.size // x.shape[-1])
+        inv = self._inv_std_scale(var)
+        return inv, self.bias[...] - mean * inv
 
     def _inv_std_scale(self, var):
         return lax.rsqrt(var + self.eps) * self.scale[...]
