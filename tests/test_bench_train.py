@@ -1,0 +1,16 @@
+"""`hsemo-jax bench train` times each framework in its own process, rounds interleaved."""
+import pytest
+
+from hsemo_jax.bench import train
+
+
+def test_each_framework_is_timed_in_its_own_process():
+    pytest.importorskip("torch")
+    r = train.measure("mobilefacenet", batch=2, rounds=2, steps=1, use_torch=True)
+    assert r["arch"] == "mobilefacenet" and r["batch"] == 2
+    assert r["flax"] > 0 and r["torch"] > 0 and r["compile_s"] > 0
+
+
+def test_a_failing_worker_is_reported_with_its_framework():
+    with pytest.raises(RuntimeError, match="flax train step for no_such_arch failed"):
+        train.measure("no_such_arch", batch=2, rounds=1, steps=1, use_torch=False)
