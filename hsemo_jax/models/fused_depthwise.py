@@ -113,10 +113,9 @@ def _silu_input_fwd(h, kernel_hhc, in_scale, in_shift, strides, pads):
 
 
 def _silu_input_bwd(strides, pads, residuals, g):
-    def kernel_form(h, kernel_hhc, in_scale, in_shift, g):
-        dh, dk, ds, db = cpu_kernels.depthwise_grad_silu(h, in_scale, in_shift, g, kernel_hhc,
-                                                         stride=strides[0], pt=pads[0][0], pl=pads[1][0])
-        return dh, dk, ds, db
+    def kernel_form(h, kernel_hhc, in_scale, in_shift, g):  # (dh, dkernel, dscale, dshift)
+        return cpu_kernels.depthwise_grad_silu(h, in_scale, in_shift, g, kernel_hhc,
+                                               stride=strides[0], pt=pads[0][0], pl=pads[1][0])
 
     def xla_form(h, kernel_hhc, in_scale, in_shift, g):
         _, vjp = jax.vjp(lambda *a: _silu_input_reference(*a, strides, pads), h, kernel_hhc, in_scale, in_shift)
