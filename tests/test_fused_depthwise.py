@@ -92,3 +92,19 @@ def test_efficientnet_runs_the_kernel_in_eval_and_training():
     assert lowered().count(TARGET) == 16  # one per block
     m.train()  # the inverted residuals' depthwise(silu(bn1(.))) on batch statistics
     assert lowered().count(TARGET) == 15
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_efficientnet_blocks_keep_bfloat16(mode):
+    """With bfloat16 weights and activations (the trainer's `compute_dtype`) a block computes in
+    bfloat16: the batch norms' float32 scales are cast, not lifting activations to float32."""
+    m = registry.build("tf_efficientnet_b0", 10, seed=0)
+    getattr(m, mode)()
+    graphdef, params, rest = nnx.split(m, nnx.Param, ...)
+    p16 = jax.tree.map(lambda v: v.astype(jnp.bfloat16), params)
+
+    def block(params, rest):
+        rest = jax.tree.map(lambda v: v, rest)  # Variables of this trace level (BatchNorm updates them)
+        return nnx.merge(graphdef, params, rest).blocks[1][0](jnp.zeros((2, 32, 32, 16), jnp.bfloat16))
+
+    assert jax.eval_shape(block, p16, rest).dtype == jnp.bfloat16

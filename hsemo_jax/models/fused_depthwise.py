@@ -21,6 +21,12 @@ from jax import lax
 from hsemo_jax.models import cpu_kernels, layers
 
 
+def _in_dtype(affine, x):
+    """A per-channel (scale, shift) in x's dtype: the ops compute in it, as `BatchNorm` does
+    (a float32 affine would lift bfloat16 activations to float32)."""
+    return tuple(v.astype(x.dtype) for v in affine)
+
+
 def _affine_act(x, scale, shift, act: bool):
     y = x * scale + shift
     return jax.nn.silu(y) if act else y
@@ -82,7 +88,7 @@ def depthwise_bn_act(x, kernel_hwio, strides, padding, out_affine, *, in_affine=
     in_act = in_affine is not None
     if not in_act:  # both forms ignore it then; it keeps one argument list
         in_affine = (jnp.ones((c,), x.dtype), jnp.zeros((c,), x.dtype))
-    args = (x, kernel_hhc, *in_affine, *out_affine)
+    args = (x, kernel_hhc, *_in_dtype(in_affine, x), *_in_dtype(out_affine, x))
     static = (strides, pads, in_act, act)
     if _kernel_applies(x, kernel_hhc, strides):
         return _fused(*args, *static)
@@ -136,6 +142,7 @@ def depthwise_silu_input(x, kernel_hwio, strides, padding, in_affine):
     kernel_hhc = kernel_hwio[:, :, 0, :]
     pads = layers._explicit_padding(padding, x.shape[1:3], kernel_hhc.shape[:2], strides)
     pads = tuple(tuple(p) for p in pads)
+    in_affine = _in_dtype(in_affine, x)
     if _kernel_applies(x, kernel_hhc, strides):
         return _silu_input(x, kernel_hhc, *in_affine, strides, pads)
     return _silu_input_reference(x, kernel_hhc, *in_affine, strides, pads)
