@@ -173,7 +173,7 @@ def measure(arch: str, batch: int, rounds: int, steps: int, use_torch: bool) -> 
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker, args=(framework, arch, batch, steps, child), daemon=True)
             proc.start()
-            workers[framework] = (proc, parent, None)
+            workers[framework] = (proc, parent, None)  # stopped in `finally` if it fails to start
             # one at a time: builds and compiles do not overlap
             workers[framework] = (proc, parent, _answer(parent, framework, arch))
         rates = {f: [] for f in workers if workers[f][2] is not None}

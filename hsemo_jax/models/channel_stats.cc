@@ -12,6 +12,14 @@
 
 #include "cpu_kernels.h"
 
+// The rows split into units of contiguous rows, a few per worker (at least 64 rows each).
+struct RowSplit {
+  int64_t units, rows;
+  RowSplit(const ffi::ThreadPool& pool, int64_t M)
+      : units(std::max<int64_t>(1, std::min<int64_t>(4 * std::max<int64_t>(1, pool.num_threads()), M / 64))),
+        rows((M + units - 1) / units) {}
+};
+
 // Rows [r0, r1) of x: count, mean and sum of squared deviations per channel (into mean, m2).
 static void moments_rows(const float* x, int64_t C, int64_t r0, int64_t r1, float* mean, float* m2) {
   const int64_t block = std::max<int64_t>(8, 8192 / C);  // rows per block: ~32 KiB
@@ -60,9 +68,8 @@ static ffi::Error MomentsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     return ffi::Error::InvalidArgument("expected x (M, C), mean and var (C,)");
   const int64_t M = xd[0], C = xd[1];
   if (M == 0) return ffi::Error::InvalidArgument("no rows to take statistics over");
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t units = std::max<int64_t>(1, std::min<int64_t>(4 * threads, M / 64));
-  const int64_t rows = (M + units - 1) / units;
+  const RowSplit split(pool, M);
+  const int64_t units = split.units, rows = split.rows;
   std::vector<float> um(units * C), us(units * C);
   const float* xp = x.typed_data();
   parallel_units(pool, units, [&](int64_t, int64_t u) {
@@ -124,9 +131,8 @@ static ffi::Error GradSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ff
       mean.element_count() != xd[1] || sg->element_count() != xd[1] || sgx->element_count() != xd[1])
     return ffi::Error::InvalidArgument("expected g and x (M, C), mean, sums (C,)");
   const int64_t M = xd[0], C = xd[1];
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t units = std::max<int64_t>(1, std::min<int64_t>(4 * threads, M / 64));
-  const int64_t rows = (M + units - 1) / units;
+  const RowSplit split(pool, M);
+  const int64_t units = split.units, rows = split.rows;
   std::vector<float> ug(units * C, 0.0f), ugx(units * C, 0.0f);
   parallel_units(pool, units, [&](int64_t, int64_t u) {
     const int64_t r0 = std::min(M, u * rows), r1 = std::min(M, r0 + rows);

@@ -33,12 +33,14 @@ static inline v16 vexp_neg(v16 x) {
   return y * p;
 }
 
-// v * sigmoid(v), from exp(-|v|) so that nothing overflows.
-static inline v16 silu(v16 v) {
+// sigmoid(v) from exp(-|v|), so that nothing overflows.
+static inline v16 sigmoid(v16 v) {
   v16 e = vexp_neg(v < 0 ? v : -v);
   v16 s = 1.0f / (1.0f + e);
-  return v * (v < 0 ? 1.0f - s : s);
+  return v < 0 ? e * s : s;  // e / (1 + e) for v < 0
 }
+
+static inline v16 silu(v16 v) { return v * sigmoid(v); }
 
 // Workers for `units` independent units on `pool`: the calling thread and up to threads-1 tasks.
 static inline int64_t num_workers(const ffi::ThreadPool& pool, int64_t units) {

@@ -9,9 +9,9 @@
 // kernels 3, 5 or 7, stride 1 or 2. HsemoDepthwiseGradSilu takes the convolution's input as
 // xp = pad(silu(h * scale + shift)) (EfficientNet's training-mode MBConv middle, whose forward is
 // fused_depthwise.cc with in_act): it rebuilds xp's rows from h in a ring, as the forward does, and
-// returns dh, dscale and dshift in place of dx. One pass over g and xp computes all of it: XLA's form computed the
-// kernel gradient as one full-size product per tap (9 or 25 of them), each recomputing g's whole
-// producer chain (batch norm and SiLU backward). The scattered input gradient accumulates in a ring
+// returns dh, dscale and dshift in place of dx. One pass over g and xp computes all of it: XLA's
+// form computed the kernel gradient as one full-size product per tap (9 or 25 of them), each
+// recomputing g's whole producer chain (batch norm and SiLU backward). The scattered input gradient accumulates in a ring
 // of K padded rows, written to dx as rows complete. Work is split over XLA's intra-op pool by
 // image, each worker with its own kernel-gradient sums.
 #include <vector>
@@ -72,8 +72,7 @@ static void grad_image(const GradArgs& a, int64_t n, float* dk, float* dsc, floa
             for (int64_t c0 = 0; c0 < C; c0 += 16) {
               const v16 hv = ld(hr + iw * C + c0), sc = ld(a.isc + c0);
               const v16 u = hv * sc + ld(a.ish + c0);
-              const v16 e = vexp_neg(u < 0 ? u : -u);
-              const v16 sig = u < 0 ? e / (1.0f + e) : 1.0f / (1.0f + e);
+              const v16 sig = sigmoid(u);
               const v16 gu = ld(slot + (pl + iw) * C + c0) * sig * (1.0f + u * (1.0f - sig));
               st(out + iw * C + c0, gu * sc);
               st(dsc + c0, ld(dsc + c0) + gu * hv);
