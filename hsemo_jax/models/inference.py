@@ -15,19 +15,21 @@ from hsemo_jax import runtime
 def make_forward(model: nnx.Module, *, with_features: bool = False) -> Callable:
     """`fn(x_nhwc) -> scores` or, with_features, `-> (embedding, scores)`; jitted, eval mode.
 
-    The model is split once into a static graph and its state; calls do not re-trace unless the
-    input shape or dtype changes (pad batches to a fixed size to avoid recompiles).
+    The model's weights are copied in once, as compile-time constants; calls do not re-trace unless
+    the input shape or dtype changes (pad batches to a fixed size to avoid recompiles).
     With several local devices (GPUs, or one CPU device per core, see `hsemo_jax.runtime`) a
     batch divisible by their count is split over all of them; other batches run on the first.
     """
     model.eval()
     graphdef, state = nnx.split(model)
-    # Calls take the state as a flat list of arrays: flattening ~300 nnx Variables per call cost
-    # ~1 ms, a tenth of a batch-1 B0 forward on CPU.
-    leaves, treedef = jax.tree.flatten(state)
+    # The weights enter the compiled program as constants, not arguments: XLA then folds everything
+    # computed from weights alone (batch-norm scales folded into convolutions, and so on) once at
+    # compile time, and a call passes one array instead of ~300 (B0 batch 1 on CPU: 100 -> 126
+    # img/s; hsemo_jax/bench/NOTES.md). A model changed after this call needs a new forward.
+    weights = jax.tree.map(np.asarray, state)
 
-    def apply(leaves, x_nhwc):
-        m = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+    def apply(x_nhwc):
+        m = nnx.merge(graphdef, weights)
         f = m.features(x_nhwc)
         return (f, m.head(f)) if with_features else m.head(f)
 
@@ -35,21 +37,18 @@ def make_forward(model: nnx.Module, *, with_features: bool = False) -> Callable:
     forward = jit(apply)
 
     devices = jax.local_devices()
-    first = jax.device_put(leaves, devices[0])
     if len(devices) == 1:
-        return lambda x_nhwc: forward(first, x_nhwc)
+        return forward
     mesh = Mesh(np.array(devices), ("data",))
-    replicated = jax.device_put(leaves, NamedSharding(mesh, PartitionSpec()))
     split = NamedSharding(mesh, PartitionSpec("data"))
     # Eval-mode samples are independent: each device runs the model on its slice (shard_map), so
     # custom CPU kernels (models/fused_depthwise.py) see local batches, not a partitioned program.
     out_specs = (PartitionSpec("data"),) * 2 if with_features else PartitionSpec("data")
-    forward_split = jit(jax.shard_map(apply, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec("data")),
-                                      out_specs=out_specs))
+    forward_split = jit(jax.shard_map(apply, mesh=mesh, in_specs=PartitionSpec("data"), out_specs=out_specs))
 
     def call(x_nhwc):
         if x_nhwc.shape[0] % len(devices) == 0:
-            return forward_split(replicated, jax.device_put(x_nhwc, split))
-        return forward(first, jax.device_put(x_nhwc, devices[0]))
+            return forward_split(jax.device_put(x_nhwc, split))
+        return forward(x_nhwc)
 
     return call
