@@ -21,7 +21,8 @@ CASES = [  # (n, h, w, c, k, stride, padding)
     (3, 10, 7, 32, 3, 2, "SAME"),  # TF same: pads (0, 1) on even sizes
     (1, 11, 13, 48, 5, 2, "SAME"),
     (2, 7, 7, 16, 5, 1, "SAME"),
-    (1, 30, 5, 16, 5, 1, 2),  # one image, many rows: split into row blocks over threads
+    (1, 30, 5, 16, 5, 1, 2),  # one image, one channel block: one unit
+    (2, 6, 6, 112, 5, 1, "SAME"),  # few images: 7 channel blocks split unevenly over threads
 ]
 
 

@@ -8,7 +8,7 @@
 // SiLU of the affine input; act_out: 0 = affine only, 1 = SiLU. Each input row is transformed once
 // into a ring of K zero-padded rows, so the activated input never goes back to memory, and XLA's
 // habit of recomputing the input activation once per tap is gone. Work is split over XLA's
-// intra-op thread pool (images, or row blocks when the batch is small).
+// intra-op thread pool (images, or blocks of channels when the batch is small).
 #include <vector>
 
 #include "cpu_kernels.h"
@@ -20,9 +20,10 @@ struct Args {
   bool in_act, out_act;
 };
 
-// Output rows [oh_begin, oh_end) of image n; per-channel sums of those rows into sums[C].
+// Channel blocks [cb_begin, cb_end) (16 channels each) of image n, and their per-channel sums
+// into sums[C] (image n's row).
 template <int K, int S>
-static void run(const Args& a, int64_t n, int64_t oh_begin, int64_t oh_end, float* sums) {
+static void run(const Args& a, int64_t n, int64_t cb_begin, int64_t cb_end, float* sums) {
   // output columns per register block (accumulators of 16 channels): single-core timings of B0's
   // layers favoured 4 for 3x3 kernels (10-25% faster than 8) and 8 for 5x5 ones
   constexpr int OWB = K == 3 ? 4 : 8;
@@ -33,14 +34,16 @@ static void run(const Args& a, int64_t n, int64_t oh_begin, int64_t oh_end, floa
   // Ring of K input rows, channel-blocked: row[c / 16][col][16], so that within a block the
   // columns a tap reads lie 64 bytes apart (immediate offsets, sequential prefetch).
   const int64_t RW = std::max<int64_t>((OW - 1) * S + K, pl + W) + OWB * S;  // columns, padded
-  const int64_t CB = C / 16, row_size = CB * RW * 16;
+  const int64_t CB = cb_end - cb_begin, row_size = CB * RW * 16;
   std::vector<float> storage(static_cast<size_t>(K * row_size + 16), 0.0f);
   const uintptr_t raw = reinterpret_cast<uintptr_t>(storage.data());
   float* const base = reinterpret_cast<float*>((raw + 63) & ~uintptr_t(63));
   int64_t row_of[K];
   for (int k = 0; k < K; ++k) row_of[k] = INT64_MIN;
-  std::memset(sums, 0, C * sizeof(float));
-  for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
+  x += cb_begin * 16, isc += cb_begin * 16, ish += cb_begin * 16, w += cb_begin * 16;
+  osc += cb_begin * 16, osh += cb_begin * 16, y += cb_begin * 16, sums += cb_begin * 16;
+  std::memset(sums, 0, CB * 64);
+  for (int64_t oh = 0; oh < OH; ++oh) {
     const float* rows[K];
     for (int kh = 0; kh < K; ++kh) {
       const int64_t ih = oh * S - pt + kh;
@@ -112,26 +115,16 @@ static ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   CASE(3, 1) CASE(3, 2) CASE(5, 1) CASE(5, 2)
   else return ffi::Error::InvalidArgument("unsupported kernel size or stride (3 or 5, 1 or 2)");
 #undef CASE
-  // Units: whole images when there are enough of them, else a few blocks of rows per image; each
-  // unit's SE sums go to its own row of `partial`, added up per image afterwards.
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  int64_t per_image = N >= 4 * threads ? 1 : std::min<int64_t>(OH, (4 * threads + N - 1) / N);
-  const int64_t rows = (OH + per_image - 1) / per_image;
-  per_image = (OH + rows - 1) / rows;
-  std::vector<float> partial(static_cast<size_t>(N * per_image * C), 0.0f);
-  parallel_units(pool, N * per_image, [&](int64_t, int64_t u) {
-    const int64_t n = u / per_image, r0 = (u % per_image) * rows;
-    fn(args, n, r0, std::min(OH, r0 + rows), partial.data() + u * C);
-  });
+  // Units: whole images when there are enough of them, else blocks of channels (independent in a
+  // depthwise convolution, so no unit recomputes another's input rows); each writes its channels'
+  // SE sums.
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads()), CB = C / 16;
+  const int64_t per_image = N >= 4 * threads ? 1 : std::min<int64_t>(CB, (4 * threads + N - 1) / N);
   float* sums_out = sums->typed_data();
-  for (int64_t n = 0; n < N; ++n) {
-    float* s = sums_out + n * C;
-    std::memset(s, 0, C * sizeof(float));
-    for (int64_t p = 0; p < per_image; ++p) {
-      const float* q = partial.data() + (n * per_image + p) * C;
-      for (int64_t c = 0; c < C; ++c) s[c] += q[c];
-    }
-  }
+  parallel_units(pool, N * per_image, [&](int64_t, int64_t u) {
+    const int64_t n = u / per_image, part = u % per_image;
+    fn(args, n, part * CB / per_image, (part + 1) * CB / per_image, sums_out + n * C);
+  });
   return ffi::Error::Success();
 }
 
