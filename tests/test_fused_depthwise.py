@@ -81,8 +81,12 @@ def test_gradients_and_vmap_follow_the_xla_form():
     np.testing.assert_allclose(batched[:, 0], fd.depthwise_bn_act(x, kern, 1, 1, out_aff)[0], rtol=1e-6)
 
 
-def test_efficientnet_runs_the_kernel_in_eval_and_training():
-    m = registry.build("tf_efficientnet_b0", 10, seed=0)
+@pytest.mark.parametrize("arch,eval_calls,train_calls", [
+    ("tf_efficientnet_b0", 16, 15),  # eval: one per block; training: the 15 inverted residuals
+    ("mobilevitv2_150", 6, 6),  # the bottleneck blocks
+])
+def test_models_run_the_kernel_in_eval_and_training(arch, eval_calls, train_calls):
+    m = registry.build(arch, 10, seed=0)
     x = np.zeros((2, 64, 64, 3), np.float32)
 
     def lowered():
@@ -90,9 +94,9 @@ def test_efficientnet_runs_the_kernel_in_eval_and_training():
         return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)).lower(state, x).as_text()
 
     m.eval()
-    assert lowered().count(TARGET) == 16  # one per block
-    m.train()  # the inverted residuals' depthwise(silu(bn1(.))) on batch statistics
-    assert lowered().count(TARGET) == 15
+    assert lowered().count(TARGET) == eval_calls
+    m.train()  # depthwise(silu(bn1(.))) on batch statistics
+    assert lowered().count(TARGET) == train_calls
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])

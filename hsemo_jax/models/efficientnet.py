@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hsemo_jax.models.fused_depthwise import depthwise_bn_act, depthwise_silu_input
+from hsemo_jax.models.fused_depthwise import depthwise_bn_silu
 from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear
 
 # (block type, repeats, kernel, stride, expansion, out channels); SE ratio 0.25 everywhere.
@@ -71,21 +71,6 @@ class SqueezeExcite(nnx.Module):
         return x * jax.nn.sigmoid(s)
 
 
-def _dw_bn_silu(conv: Conv2d, bn: BatchNorm, x, in_bn: BatchNorm | None = None):
-    """silu(bn(conv(x))), x first through silu(in_bn(.)) if given; `(y, sums of y over H, W)`.
-    In eval mode one fused CPU kernel (`fused_depthwise`); in training with `in_bn` the kernel
-    pair of `depthwise_silu_input` (on CPU) and `bn` as a layer; else the plain layers."""
-    if conv.bias is None and bn.use_running_average and (in_bn is None or in_bn.use_running_average):
-        return depthwise_bn_act(x, conv.kernel[...], conv.strides, conv.padding, bn.affine(),
-                                in_affine=None if in_bn is None else in_bn.affine())
-    if conv.bias is None and in_bn is not None and not in_bn.use_running_average:
-        d = depthwise_silu_input(x, conv.kernel[...], conv.strides, conv.padding, in_bn.batch_affine(x))
-        return jax.nn.silu(bn(d)), None
-    if in_bn is not None:
-        x = jax.nn.silu(in_bn(x))
-    return jax.nn.silu(bn(conv(x))), None
-
-
 class DepthwiseSeparable(nnx.Module):
     """timm DepthwiseSeparableConv: dw -> BN+SiLU -> SE -> pw -> BN (+ skip)."""
 
@@ -99,7 +84,7 @@ class DepthwiseSeparable(nnx.Module):
         self.has_skip = stride == 1 and in_ch == out_ch
 
     def __call__(self, x):
-        y, sums = _dw_bn_silu(self.conv_dw, self.bn1, x)
+        y, sums = depthwise_bn_silu(self.conv_dw, self.bn1, x)
         y = self.bn2(self.conv_pw(self.se(y, sums)))
         return x + y if self.has_skip else y
 
@@ -121,7 +106,7 @@ class InvertedResidual(nnx.Module):
         self.has_skip = stride == 1 and in_ch == out_ch
 
     def __call__(self, x):
-        y, sums = _dw_bn_silu(self.conv_dw, self.bn2, self.conv_pw(x), in_bn=self.bn1)
+        y, sums = depthwise_bn_silu(self.conv_dw, self.bn2, self.conv_pw(x), in_bn=self.bn1)
         y = self.bn3(self.conv_pwl(self.se(y, sums)))
         return x + y if self.has_skip else y
 

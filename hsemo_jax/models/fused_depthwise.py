@@ -1,4 +1,5 @@
-"""Depthwise convolution + batch norm + SiLU as one CPU kernel (inference), for EfficientNet.
+"""Depthwise convolution + batch norm + SiLU as one CPU kernel, for EfficientNet's and MobileViT's
+inverted-residual blocks.
 
 On XLA:CPU the MBConv middle, `silu(bn2(depthwise(silu(bn1(h)))))` and then the squeeze-excite
 mean, costs more than all of B0's GEMMs: XLA recomputes the input activation once per kernel tap
@@ -146,3 +147,20 @@ def depthwise_silu_input(x, kernel_hwio, strides, padding, in_affine):
     if _kernel_applies(x, kernel_hhc, strides):
         return _silu_input(x, kernel_hhc, *in_affine, strides, pads)
     return _silu_input_reference(x, kernel_hhc, *in_affine, strides, pads)
+
+
+def depthwise_bn_silu(conv: layers.Conv2d, bn: layers.BatchNorm, x,
+                      in_bn: layers.BatchNorm | None = None):
+    """silu(bn(conv(x))) of a depthwise `conv` (an MBConv middle), x first through silu(in_bn(.))
+    if given; `(y, sums of y over H, W or None)`. In eval mode one fused CPU kernel
+    (`depthwise_bn_act`); in training with `in_bn` the kernel pair of `depthwise_silu_input` (on
+    CPU) and `bn` as a layer; else the plain layers."""
+    if conv.bias is None and bn.use_running_average and (in_bn is None or in_bn.use_running_average):
+        return depthwise_bn_act(x, conv.kernel[...], conv.strides, conv.padding, bn.affine(),
+                                in_affine=None if in_bn is None else in_bn.affine())
+    if conv.bias is None and in_bn is not None and not in_bn.use_running_average:
+        d = depthwise_silu_input(x, conv.kernel[...], conv.strides, conv.padding, in_bn.batch_affine(x))
+        return jax.nn.silu(bn(d)), None
+    if in_bn is not None:
+        x = jax.nn.silu(in_bn(x))
+    return jax.nn.silu(bn(conv(x))), None
