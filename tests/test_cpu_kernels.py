@@ -1,6 +1,6 @@
-"""The hand-written CPU kernels (models/cpu_kernels.py): the depthwise-convolution gradient and
-batch norm's training statistics and gradient equal their XLA forms and are what CPU training
-runs; the library is built once, cached, and falls back cleanly when it cannot be built. (The
+"""The hand-written CPU kernels (models/cpu_kernels.py): the 1x1-convolution GEMM, the
+depthwise-convolution gradient and batch norm's training statistics and gradient equal their XLA
+forms and are what CPU inference and training run; the library is built once, cached, and falls back cleanly when it cannot be built. (The
 fused inference kernel: test_fused_depthwise.py.)"""
 import contextlib
 
@@ -112,6 +112,61 @@ def test_training_step_gradients_use_the_kernel():
     scale = max(float(np.abs(b).max()) for b in jax.tree.leaves(g0))
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5 * scale)
+
+
+POINTWISE = "hsemo_pointwise"
+POINTWISE_CASES = [  # (M, K, N)
+    (1, 1, 1),
+    (5, 3, 16),  # fewer rows than a register tile
+    (13, 7, 24),  # a tile and one row; a panel of 24 valid columns
+    (12, 16, 33),  # one column beyond a panel
+    (49, 1152, 320),  # B0's 7x7 stage: one row block, panels split over threads
+    (5000, 16, 96),  # several row blocks
+    (3, 200, 5),
+]
+
+
+@pytest.mark.parametrize("m,k,n", POINTWISE_CASES)
+def test_pointwise_equals_matmul(m, k, n):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    assert ck.available()  # builds and registers the kernels
+    fn = jax.jit(ck.pointwise)
+    assert POINTWISE in fn.lower(x, w).as_text()
+    want = x.astype(np.float64) @ w
+    np.testing.assert_allclose(fn(x, w), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def _conv1x1_loss(x, k):
+    return jnp.sum(layers.conv2d(x, k) ** 2)
+
+
+def test_conv1x1_runs_the_kernel_with_the_same_gradient():
+    """Every 1x1 convolution of eval-mode B0 is the kernel; its gradient is the XLA form's."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 5, 6, 40)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((1, 1, 40, 24)), jnp.float32)
+    grad = jax.jit(jax.value_and_grad(_conv1x1_loss, argnums=(0, 1)))
+    assert POINTWISE in grad.lower(x, k).as_text()
+    with jax.default_matmul_precision("float32"):
+        (v1, g1) = grad(x, k)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ck, "available", lambda: False)
+            plain = jax.jit(jax.value_and_grad(_conv1x1_loss, argnums=(0, 1)))
+            assert POINTWISE not in plain.lower(x, k).as_text()
+            (v0, g0) = plain(x, k)
+    np.testing.assert_allclose(v1, v0, rtol=1e-5)
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+    m = registry.build("tf_efficientnet_b0", 10, seed=0)
+    m.eval()
+    convs = sum(isinstance(v, layers.Conv2d) and v.kernel.shape[:2] == (1, 1) and v.groups == 1
+                for _, v in nnx.iter_graph(m))
+    graphdef, state = nnx.split(m)
+    text = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, np.zeros((1, 32, 32, 3), np.float32)).as_text()
+    assert text.count(f"@{POINTWISE}(") == convs > 60  # block convolutions, SE convolutions, head
 
 
 BN_SHAPES = [(4, 9, 9, 24), (64, 32), (3, 5, 5, 1280), (2, 17, 13, 40)]  # channels not all x16

@@ -25,17 +25,19 @@ import warnings
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 ENV = "HSEMO_JAX_FUSED_KERNELS"
 _DIR = Path(__file__).parent
-_SOURCES = ("fused_depthwise.cc", "depthwise_grad.cc", "channel_stats.cc")
+_SOURCES = ("fused_depthwise.cc", "depthwise_grad.cc", "channel_stats.cc", "pointwise.cc")
 _HEADER = "cpu_kernels.h"
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-w")
 # ffi target name -> exported handler symbol
 TARGETS = {"hsemo_fused_depthwise": "HsemoFusedDepthwise", "hsemo_depthwise_grad": "HsemoDepthwiseGrad",
            "hsemo_depthwise_grad_silu": "HsemoDepthwiseGradSilu",
-           "hsemo_channel_moments": "HsemoChannelMoments", "hsemo_channel_grad_sums": "HsemoChannelGradSums"}
+           "hsemo_channel_moments": "HsemoChannelMoments", "hsemo_channel_grad_sums": "HsemoChannelGradSums",
+           "hsemo_pointwise": "HsemoPointwise"}
 
 
 def _cpu_signature() -> str:
@@ -155,3 +157,22 @@ def channel_grad_sums(g_mc, x_mc, mean_c):
     call = jax.ffi.ffi_call("hsemo_channel_grad_sums", (_like(x_mc, c), _like(x_mc, c)),
                             vmap_method="sequential")
     return call(g_mc, x_mc, mean_c)
+
+
+POINTWISE_PANEL = 32  # columns per packed weight panel (pointwise.cc's kPanel)
+
+
+def pack_pointwise(w_kn):
+    """(K, N) weights -> pointwise.cc's panels (ceil(N / 32), K, 32), zero beyond N. For constant
+    weights (inference) XLA folds this at compile time."""
+    k, n = w_kn.shape
+    p = -(-n // POINTWISE_PANEL)
+    w = jnp.pad(w_kn, ((0, 0), (0, p * POINTWISE_PANEL - n)))
+    return w.reshape(k, p, POINTWISE_PANEL).transpose(1, 0, 2)
+
+
+def pointwise(x_mk, w_kn):
+    """x @ w by pointwise.cc (float32)."""
+    m, n = x_mk.shape[0], w_kn.shape[1]
+    call = jax.ffi.ffi_call("hsemo_pointwise", _like(x_mk, (m, n)), vmap_method="sequential")
+    return call(x_mk, pack_pointwise(w_kn))

@@ -242,12 +242,15 @@ def _matmul(x_mc, w_cd):
     """x @ w, with the weight gradient written as a dot with a batch dimension of 1. JAX's own
     transpose gives the same dot without it, for which XLA:CPU lays the output gradient out
     transposed, by a copy fusion that recomputes its producer (B0 train step 6.4 -> 10.2 img/s,
-    MobileFaceNet 13.4 -> 19.1 at batch 32; NOTES.md)."""
+    MobileFaceNet 13.4 -> 19.1 at batch 32; NOTES.md). On CPU the forward is `pointwise.cc`
+    (float32; faster than XLA's Eigen GEMM on every 1x1 convolution of the backbones)."""
+    if x_mc.dtype == w_cd.dtype == jnp.float32:
+        return _on_cpu(cpu_kernels.pointwise, jnp.matmul, x_mc, w_cd)
     return x_mc @ w_cd
 
 
 def _matmul_fwd(x_mc, w_cd):
-    return x_mc @ w_cd, (x_mc, w_cd)
+    return _matmul(x_mc, w_cd), (x_mc, w_cd)
 
 
 def _matmul_bwd(residuals, g_md):

@@ -1,0 +1,93 @@
+// 1x1 convolution (a GEMM over pixels) for XLA:CPU, loaded through jax.ffi by layers.py:
+//
+//   y (M, N) = x (M, K) @ w (K, N)
+//
+// w comes packed in panels of 32 columns, wp (P, K, 32) with P = ceil(N / 32), zero beyond N
+// (`pack_pointwise` in cpu_kernels.py; for inference weights XLA folds the packing at compile
+// time). A register tile of up to 12 rows x 32 columns (24 accumulators) runs over all of K: the
+// 32-column panel streams from L2 while each row's x is broadcast from L1, so there is no K
+// blocking and no packing of x. Work is split over XLA's intra-op pool (see Impl).
+#include <vector>
+
+#include "cpu_kernels.h"
+
+namespace {
+
+constexpr int kPanel = 32;  // columns per panel: two 16-float vectors
+constexpr int kRows = 12;   // rows per register tile
+
+// Rows [0, R) of a tile, vectors [0, V) of a panel: acc = x[R, K] @ wp[K, 16 V], stored to y
+// (row stride ldy) for the `cols` valid columns (cols <= 16 V).
+template <int R, int V>
+static void tile(const float* x, int64_t K, const float* wp, float* y, int64_t ldy, int64_t cols) {
+  v16 acc[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = v16{};
+  for (int64_t k = 0; k < K; ++k) {
+    v16 b[V];
+    for (int v = 0; v < V; ++v) b[v] = ld(wp + k * kPanel + 16 * v);
+    for (int r = 0; r < R; ++r) {
+      const v16 a = v16{} + x[r * K + k];
+      for (int v = 0; v < V; ++v) acc[r][v] += a * b[v];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) {
+      const int64_t c = 16 * v, n = std::min<int64_t>(16, cols - c);
+      if (n == 16) st(y + r * ldy + c, acc[r][v]);
+      else if (n > 0) std::memcpy(y + r * ldy + c, &acc[r][v], n * sizeof(float));
+    }
+}
+
+template <int V>
+static void rows(const float* x, int64_t K, const float* wp, float* y, int64_t ldy, int64_t cols,
+                 int64_t m) {
+  int64_t i = 0;
+  for (; i + kRows <= m; i += kRows) tile<kRows, V>(x + i * K, K, wp, y + i * ldy, ldy, cols);
+  switch (m - i) {
+#define TAIL(RR) case RR: tile<RR, V>(x + i * K, K, wp, y + i * ldy, ldy, cols); break;
+    TAIL(1) TAIL(2) TAIL(3) TAIL(4) TAIL(5) TAIL(6) TAIL(7) TAIL(8) TAIL(9) TAIL(10) TAIL(11)
+#undef TAIL
+    default: break;
+  }
+}
+
+ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wp,
+                ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = x.dimensions(), wd = wp.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || wd.size() != 3 || yd.size() != 2 || wd[2] != kPanel)
+    return ffi::Error::InvalidArgument("expected x (M, K), wp (P, K, 32), y (M, N)");
+  const int64_t M = xd[0], K = xd[1], N = yd[1], P = wd[0];
+  if (wd[1] != K || yd[0] != M || P != (N + kPanel - 1) / kPanel)
+    return ffi::Error::InvalidArgument("shapes of x, wp and y do not agree");
+  const float* xs = x.typed_data();
+  const float* ws = wp.typed_data();
+  float* ys = y->typed_data();
+  // Units: blocks of rows whose x (rows x K floats) stays within ~256 KB of L2, each through all
+  // panels, so that x is read once; when that gives fewer than 4 units per thread, each row block
+  // is split further into groups of panels (small images: few rows, wide layers).
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t l2_rows = std::max<int64_t>(kRows, 65536 / std::max<int64_t>(K, 1));
+  const int64_t block = (l2_rows + kRows - 1) / kRows * kRows;
+  const int64_t blocks = (M + block - 1) / block;
+  const int64_t groups =
+      blocks >= 4 * threads ? 1 : std::min<int64_t>(P, (4 * threads + blocks - 1) / std::max<int64_t>(blocks, 1));
+  parallel_units(pool, blocks * groups, [&](int64_t, int64_t u) {
+    const int64_t b = u / groups, g = u % groups, m0 = b * block, m = std::min(block, M - m0);
+    for (int64_t p = g * P / groups; p < (g + 1) * P / groups; ++p) {
+      const int64_t cols = std::min<int64_t>(kPanel, N - p * kPanel);
+      const float* xb = xs + m0 * K;
+      const float* wb = ws + p * K * kPanel;
+      float* yb = ys + m0 * N + p * kPanel;
+      if (cols > 16) rows<2>(xb, K, wb, yb, N, cols, m);
+      else rows<1>(xb, K, wb, yb, N, cols, m);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HsemoPointwise, Impl,
+    ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+    .Ret<ffi::Buffer<ffi::F32>>());
