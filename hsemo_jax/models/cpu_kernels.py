@@ -1,6 +1,7 @@
 """Hand-written XLA:CPU kernels, built on first use and called through `jax.ffi`.
 
-`fused_depthwise.cc` is EfficientNet's eval-mode MBConv middle (`models/fused_depthwise.py`);
+`pointwise.cc` is the GEMM of every 1x1 convolution (`layers.conv1x1`'s forward);
+`fused_depthwise.cc` is the MBConv middle of EfficientNet and MobileViT (`models/fused_depthwise.py`);
 `depthwise_grad.cc` is the gradient of any depthwise convolution (`layers.conv2d_shift`'s VJP);
 `channel_stats.cc` gives batch norm's training statistics and their gradient sums
 (`layers.BatchNorm`). They are compiled into one library for the host CPU (`-march=native`) with the system C++
