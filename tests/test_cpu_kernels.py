@@ -166,7 +166,32 @@ def test_conv1x1_runs_the_kernel_with_the_same_gradient():
                 for _, v in nnx.iter_graph(m))
     graphdef, state = nnx.split(m)
     text = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, np.zeros((1, 32, 32, 3), np.float32)).as_text()
-    assert text.count(f"@{POINTWISE}(") == convs > 60  # block convolutions, SE convolutions, head
+    # the 16 projections take the squeeze-excite gate on their weights (the gated kernel)
+    assert text.count(f"@{POINTWISE}_gated(") == 16
+    assert text.count(f"@{POINTWISE}(") == convs - 16 > 40  # expansions, SE convolutions, head
+
+
+@pytest.mark.parametrize("n,h,w,c,d", [(1, 7, 7, 48, 40), (3, 5, 4, 24, 33), (2, 66, 66, 16, 20)])
+def test_gated_pointwise_equals_gating_then_matmul(n, h, w, c, d):
+    """conv1x1_gated(x, k, gate) = conv1x1(x * gate), the gate per sample (row blocks never span
+    two samples, and a sample of 66x66 rows spans two blocks), with the XLA form's gradient in x, k and the gate."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((1, 1, c, d)), jnp.float32)
+    gate = jnp.asarray(rng.uniform(0, 1, (n, c)), jnp.float32)
+    loss = lambda x, k, gate: jnp.sum(layers.conv1x1_gated(x, k, gate) ** 2)  # noqa: E731
+    fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+    assert f"@{POINTWISE}_gated(" in fn.lower(x, k, gate).as_text()
+    with jax.default_matmul_precision("float32"):
+        y = jax.jit(layers.conv1x1_gated)(x, k, gate)
+        want = np.einsum("nhwc,cd->nhwd", np.asarray(x, np.float64) * np.asarray(gate)[:, None, None], k[0, 0])
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        v1, g1 = fn(x, k, gate)
+        v0, g0 = jax.value_and_grad(lambda x, k, gate: jnp.sum(layers.conv2d(x * gate[:, None, None], k) ** 2),
+                                    argnums=(0, 1, 2))(x, k, gate)
+    np.testing.assert_allclose(v1, v0, rtol=1e-5)
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
 
 
 BN_SHAPES = [(4, 9, 9, 24), (64, 32), (3, 5, 5, 1280), (2, 17, 13, 40)]  # channels not all x16

@@ -38,7 +38,7 @@ _FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-w")
 TARGETS = {"hsemo_fused_depthwise": "HsemoFusedDepthwise", "hsemo_depthwise_grad": "HsemoDepthwiseGrad",
            "hsemo_depthwise_grad_silu": "HsemoDepthwiseGradSilu",
            "hsemo_channel_moments": "HsemoChannelMoments", "hsemo_channel_grad_sums": "HsemoChannelGradSums",
-           "hsemo_pointwise": "HsemoPointwise"}
+           "hsemo_pointwise": "HsemoPointwise", "hsemo_pointwise_gated": "HsemoPointwiseGated"}
 
 
 def _cpu_signature() -> str:
@@ -172,8 +172,12 @@ def pack_pointwise(w_kn):
     return w.reshape(k, p, POINTWISE_PANEL).transpose(1, 0, 2)
 
 
-def pointwise(x_mk, w_kn):
-    """x @ w by pointwise.cc (float32)."""
+def pointwise(x_mk, w_kn, gate_sk=None):
+    """x @ w by pointwise.cc (float32); with `gate_sk` (S, K), row i of x is first scaled by gate
+    row i // (M / S) (S samples of M / S rows each)."""
     m, n = x_mk.shape[0], w_kn.shape[1]
-    call = jax.ffi.ffi_call("hsemo_pointwise", _like(x_mk, (m, n)), vmap_method="sequential")
-    return call(x_mk, pack_pointwise(w_kn))
+    if gate_sk is None:
+        call = jax.ffi.ffi_call("hsemo_pointwise", _like(x_mk, (m, n)), vmap_method="sequential")
+        return call(x_mk, pack_pointwise(w_kn))
+    call = jax.ffi.ffi_call("hsemo_pointwise_gated", _like(x_mk, (m, n)), vmap_method="sequential")
+    return call(x_mk, pack_pointwise(w_kn), gate_sk)

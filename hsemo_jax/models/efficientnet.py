@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 
 from hsemo_jax.models.fused_depthwise import depthwise_bn_silu
-from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear
+from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear, conv1x1_gated
 
 # (block type, repeats, kernel, stride, expansion, out channels); SE ratio 0.25 everywhere.
 B0_BLOCKS = (
@@ -61,14 +61,19 @@ class SqueezeExcite(nnx.Module):
         self.conv_reduce = Conv2d(ch, rd_ch, 1, bias=True, rng=rng)
         self.conv_expand = Conv2d(rd_ch, ch, 1, bias=True, rng=rng)
 
-    def __call__(self, x, sums=None):
-        """`sums`: x summed over H and W, if the caller has it (the fused depthwise kernel's)."""
+    def gate(self, x, sums=None):
+        """The (N, C) gate of x; `sums`: x summed over H and W, if the caller has it (the fused
+        depthwise kernel's)."""
         if sums is None:
             s = jnp.mean(x, axis=(1, 2), keepdims=True)
         else:
             s = (sums / (x.shape[1] * x.shape[2]))[:, None, None, :]
-        s = self.conv_expand(jax.nn.silu(self.conv_reduce(s)))
-        return x * jax.nn.sigmoid(s)
+        return jax.nn.sigmoid(self.conv_expand(jax.nn.silu(self.conv_reduce(s))))[:, 0, 0, :]
+
+
+def _project(conv: Conv2d, se: SqueezeExcite, x, sums):
+    """conv(x * se.gate(x)), the gate applied to the 1x1 projection's weights (`conv1x1_gated`)."""
+    return conv1x1_gated(x, conv.kernel[...], se.gate(x, sums).astype(x.dtype))
 
 
 class DepthwiseSeparable(nnx.Module):
@@ -85,7 +90,7 @@ class DepthwiseSeparable(nnx.Module):
 
     def __call__(self, x):
         y, sums = depthwise_bn_silu(self.conv_dw, self.bn1, x)
-        y = self.bn2(self.conv_pw(self.se(y, sums)))
+        y = self.bn2(_project(self.conv_pw, self.se, y, sums))
         return x + y if self.has_skip else y
 
 
@@ -107,7 +112,7 @@ class InvertedResidual(nnx.Module):
 
     def __call__(self, x):
         y, sums = depthwise_bn_silu(self.conv_dw, self.bn2, self.conv_pw(x), in_bn=self.bn1)
-        y = self.bn3(self.conv_pwl(self.se(y, sums)))
+        y = self.bn3(_project(self.conv_pwl, self.se, y, sums))
         return x + y if self.has_skip else y
 
 

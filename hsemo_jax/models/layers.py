@@ -263,6 +263,42 @@ def _matmul_bwd(residuals, g_md):
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+def _gated_xla(x_nhwc, w_cd, gate_nc):
+    n, h, w, c = x_nhwc.shape
+    return _matmul((x_nhwc * gate_nc[:, None, None, :]).reshape(n * h * w, c), w_cd)
+
+
+def _gated_kernel(x_nhwc, w_cd, gate_nc):
+    n, h, w, c = x_nhwc.shape
+    return cpu_kernels.pointwise(x_nhwc.reshape(n * h * w, c), w_cd, gate_nc)
+
+
+@jax.custom_vjp
+def _gated_matmul(x_nhwc, w_cd, gate_nc):
+    if x_nhwc.dtype == w_cd.dtype == gate_nc.dtype == jnp.float32:
+        return _on_cpu(_gated_kernel, _gated_xla, x_nhwc, w_cd, gate_nc)
+    return _gated_xla(x_nhwc, w_cd, gate_nc)
+
+
+def _gated_matmul_fwd(x_nhwc, w_cd, gate_nc):
+    return _gated_matmul(x_nhwc, w_cd, gate_nc), (x_nhwc, w_cd, gate_nc)
+
+
+def _gated_matmul_bwd(residuals, g_md):
+    return jax.vjp(_gated_xla, *residuals)[1](g_md)
+
+
+_gated_matmul.defvjp(_gated_matmul_fwd, _gated_matmul_bwd)
+
+
+def conv1x1_gated(x_nhwc, kernel_hwio, gate_nc):
+    """conv1x1(x * gate) for a per-sample, per-channel gate (N, C) (squeeze-excite), unstrided. On
+    CPU one pass of `pointwise.cc`, which scales the weights by the gate instead of x (the gating
+    pass over x is gone); its gradient is the XLA form's."""
+    n, h, w, _ = x_nhwc.shape
+    return _gated_matmul(x_nhwc, kernel_hwio[0, 0], gate_nc).reshape(n, h, w, -1)
+
+
 def conv2d(x_nhwc, kernel_hwio, strides=(1, 1), padding: Padding = 0, groups: int = 1,
            impl: ConvImpl = "auto"):
     """2-D convolution, NHWC x HWIO -> NHWC.
