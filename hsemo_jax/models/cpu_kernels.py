@@ -1,6 +1,7 @@
 """Hand-written XLA:CPU kernels, built on first use and called through `jax.ffi`.
 
-`pointwise.cc` is the GEMM of every 1x1 convolution (`layers.conv1x1`'s forward);
+`gemm.cc` is the GEMM of every 1x1 convolution (`layers.conv1x1`'s forward) and the stems'
+convolution (`models/fused_conv.py`);
 `fused_depthwise.cc` is the MBConv middle of EfficientNet and MobileViT (`models/fused_depthwise.py`);
 `depthwise_grad.cc` is the gradient of any depthwise convolution (`layers.conv2d_shift`'s VJP);
 `channel_stats.cc` gives batch norm's training statistics and their gradient sums
@@ -31,14 +32,15 @@ import numpy as np
 
 ENV = "HSEMO_JAX_FUSED_KERNELS"
 _DIR = Path(__file__).parent
-_SOURCES = ("fused_depthwise.cc", "depthwise_grad.cc", "channel_stats.cc", "pointwise.cc")
+_SOURCES = ("fused_depthwise.cc", "depthwise_grad.cc", "channel_stats.cc", "gemm.cc")
 _HEADER = "cpu_kernels.h"
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-w")
 # ffi target name -> exported handler symbol
 TARGETS = {"hsemo_fused_depthwise": "HsemoFusedDepthwise", "hsemo_depthwise_grad": "HsemoDepthwiseGrad",
            "hsemo_depthwise_grad_silu": "HsemoDepthwiseGradSilu",
            "hsemo_channel_moments": "HsemoChannelMoments", "hsemo_channel_grad_sums": "HsemoChannelGradSums",
-           "hsemo_pointwise": "HsemoPointwise", "hsemo_pointwise_gated": "HsemoPointwiseGated"}
+           "hsemo_pointwise": "HsemoPointwise", "hsemo_pointwise_gated": "HsemoPointwiseGated",
+           "hsemo_conv_act": "HsemoConvAct"}
 
 
 def _cpu_signature() -> str:
@@ -160,24 +162,37 @@ def channel_grad_sums(g_mc, x_mc, mean_c):
     return call(g_mc, x_mc, mean_c)
 
 
-POINTWISE_PANEL = 32  # columns per packed weight panel (pointwise.cc's kPanel)
+PANEL = 32  # columns per packed weight panel (gemm.cc's kPanel)
 
 
-def pack_pointwise(w_kn):
-    """(K, N) weights -> pointwise.cc's panels (ceil(N / 32), K, 32), zero beyond N. For constant
+def pack_panels(w_kn):
+    """(K, N) weights -> gemm.cc's panels (ceil(N / 32), K, 32), zero beyond N. For constant
     weights (inference) XLA folds this at compile time."""
     k, n = w_kn.shape
-    p = -(-n // POINTWISE_PANEL)
-    w = jnp.pad(w_kn, ((0, 0), (0, p * POINTWISE_PANEL - n)))
-    return w.reshape(k, p, POINTWISE_PANEL).transpose(1, 0, 2)
+    p = -(-n // PANEL)
+    w = jnp.pad(w_kn, ((0, 0), (0, p * PANEL - n)))
+    return w.reshape(k, p, PANEL).transpose(1, 0, 2)
 
 
 def pointwise(x_mk, w_kn, gate_sk=None):
-    """x @ w by pointwise.cc (float32); with `gate_sk` (S, K), row i of x is first scaled by gate
-    row i // (M / S) (S samples of M / S rows each)."""
+    """x @ w by gemm.cc (float32); with `gate_sk` (S, K), row i of x is first scaled by gate row
+    i // (M / S) (S samples of M / S rows each)."""
     m, n = x_mk.shape[0], w_kn.shape[1]
     if gate_sk is None:
         call = jax.ffi.ffi_call("hsemo_pointwise", _like(x_mk, (m, n)), vmap_method="sequential")
-        return call(x_mk, pack_pointwise(w_kn))
+        return call(x_mk, pack_panels(w_kn))
     call = jax.ffi.ffi_call("hsemo_pointwise_gated", _like(x_mk, (m, n)), vmap_method="sequential")
-    return call(x_mk, pack_pointwise(w_kn), gate_sk)
+    return call(x_mk, pack_panels(w_kn), gate_sk)
+
+
+def conv_act(xp, kernel_hwio, scale, shift, *, stride: int, silu: bool):
+    """silu?(conv(xp, kernel) * scale + shift) by gemm.cc: a dense convolution of the padded
+    input xp (no padding left to do), float32."""
+    n, h, w, _ = xp.shape
+    k, _, c, d = kernel_hwio.shape
+    p = -(-d // PANEL)
+    out = (n, (h - k) // stride + 1, (w - k) // stride + 1, d)
+    pad = lambda v: jnp.pad(v, (0, p * PANEL - d))  # noqa: E731
+    call = jax.ffi.ffi_call("hsemo_conv_act", _like(xp, out), vmap_method="sequential")
+    return call(xp, pack_panels(kernel_hwio.reshape(k * k * c, d)), pad(scale), pad(shift),
+                stride=np.int64(stride), act=np.int64(silu))

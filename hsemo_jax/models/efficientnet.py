@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hsemo_jax.models.fused_conv import conv_bn_act
 from hsemo_jax.models.fused_depthwise import depthwise_bn_silu
 from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear, conv1x1_gated
 
@@ -145,7 +146,7 @@ class EfficientNet(nnx.Module):
         self.classifier = Linear(self.num_features, num_classes, rng=rng) if num_classes else None
 
     def features(self, x_nhwc):
-        x = jax.nn.silu(self.bn1(self.conv_stem(x_nhwc)))
+        x = conv_bn_act(self.conv_stem, self.bn1, x_nhwc)
         for stage in self.blocks:
             for block in stage:
                 x = block(x)

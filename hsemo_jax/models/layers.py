@@ -242,7 +242,7 @@ def _matmul(x_mc, w_cd):
     """x @ w, with the weight gradient written as a dot with a batch dimension of 1. JAX's own
     transpose gives the same dot without it, for which XLA:CPU lays the output gradient out
     transposed, by a copy fusion that recomputes its producer (B0 train step 6.4 -> 10.2 img/s,
-    MobileFaceNet 13.4 -> 19.1 at batch 32; NOTES.md). On CPU the forward is `pointwise.cc`
+    MobileFaceNet 13.4 -> 19.1 at batch 32; NOTES.md). On CPU the forward is `gemm.cc`
     (float32; faster than XLA's Eigen GEMM on every 1x1 convolution of the backbones)."""
     if x_mc.dtype == w_cd.dtype == jnp.float32:
         return _on_cpu(cpu_kernels.pointwise, jnp.matmul, x_mc, w_cd)
@@ -293,7 +293,7 @@ _gated_matmul.defvjp(_gated_matmul_fwd, _gated_matmul_bwd)
 
 def conv1x1_gated(x_nhwc, kernel_hwio, gate_nc):
     """conv1x1(x * gate) for a per-sample, per-channel gate (N, C) (squeeze-excite), unstrided. On
-    CPU one pass of `pointwise.cc`, which scales the weights by the gate instead of x (the gating
+    CPU one pass of `gemm.cc`, which scales the weights by the gate instead of x (the gating
     pass over x is gone); its gradient is the XLA form's."""
     n, h, w, _ = x_nhwc.shape
     return _gated_matmul(x_nhwc, kernel_hwio[0, 0], gate_nc).reshape(n, h, w, -1)

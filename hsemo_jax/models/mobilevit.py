@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from hsemo_jax.models.efficientnet import round_channels as make_divisible
+from hsemo_jax.models.fused_conv import conv_bn_act
 from hsemo_jax.models.fused_depthwise import depthwise_bn_silu
 from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear
 
@@ -42,8 +43,7 @@ class ConvNormAct(nnx.Module):
         self.act = act
 
     def __call__(self, x):
-        x = self.bn(self.conv(x))
-        return jax.nn.silu(x) if self.act else x
+        return conv_bn_act(self.conv, self.bn, x, silu=self.act)
 
 
 class BottleneckBlock(nnx.Module):

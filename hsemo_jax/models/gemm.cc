@@ -1,0 +1,190 @@
+// GEMM kernels for XLA:CPU, loaded through jax.ffi (cpu_kernels.py):
+//
+//   y (M, N) = x (M, K) @ w (K, N)                            HsemoPointwise (1x1 convolutions)
+//   y[i] = (x[i] * gate[s]) @ w,  s = i / (M / S)              HsemoPointwiseGated, gate (S, K)
+//   y = act(conv(xp, w, stride) * scale + shift), xp padded     HsemoConvAct (small dense convs)
+//
+// The gated form is a squeeze-excite gate (one row per sample) applied to the weights, K * 32
+// multiplies per panel and tile, instead of a pass over x. HsemoConvAct is a convolution as an
+// implicit GEMM (the backbones' stems: 3 input channels, where a library convolution is slow): an
+// output pixel's row of the GEMM is, per kernel row, k * C consecutive floats of xp.
+//
+// w comes packed in panels of 32 columns, wp (P, K, 32) with P = ceil(N / 32), zero beyond N
+// (`pack_panels` in cpu_kernels.py; for inference weights XLA folds the packing at compile
+// time). A register tile of up to 12 rows x 32 columns (24 accumulators) runs over all of K: the
+// 32-column panel streams from L2 while each row's x is broadcast from L1, so there is no K
+// blocking and no packing of x. Work is split over XLA's intra-op pool.
+#include <cmath>
+#include <vector>
+
+#include "cpu_kernels.h"
+
+namespace {
+
+constexpr int kPanel = 32;  // columns per panel: two 16-float vectors
+constexpr int kRows = 12;   // rows per register tile
+
+// How a tile reads x: value k of segment j of row r is x[j * seg + r * ld + k], k < K (one
+// segment for a 1x1 convolution; one per kernel row for HsemoConvAct). Weight row j * K + k.
+struct Operand {
+  const float* x;
+  int64_t ld, K, segs, seg;
+};
+
+// What a tile does to its sums before storing them: silu?(acc * scale + shift) per column; no
+// scale (nullptr): stored as they are. Pointers at the panel's first column, P * 32 long.
+struct Epilogue {
+  const float* scale = nullptr;
+  const float* shift = nullptr;
+  bool silu = false;
+};
+
+// Rows [0, R) of a tile, vectors [0, V) of a panel: acc = x[R, :] @ (gate * wp[:, 16 V]) (no gate:
+// nullptr), through the epilogue, stored to y (row stride ldy) for the `cols` valid columns.
+template <int R, int V>
+static void tile(const Operand& a, const float* wp, const float* gate, const Epilogue& e, float* y,
+                 int64_t ldy, int64_t cols) {
+  v16 acc[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = v16{};
+  for (int64_t j = 0; j < a.segs; ++j) {
+    const float* x = a.x + j * a.seg;
+    const float* w = wp + j * a.K * kPanel;
+    const float* g = gate ? gate + j * a.K : nullptr;
+    for (int64_t k = 0; k < a.K; ++k) {
+      v16 b[V];
+      for (int v = 0; v < V; ++v) b[v] = ld(w + k * kPanel + 16 * v);
+      if (g)
+        for (int v = 0; v < V; ++v) b[v] *= g[k];
+      for (int r = 0; r < R; ++r) {
+        const v16 xr = v16{} + x[r * a.ld + k];
+        for (int v = 0; v < V; ++v) acc[r][v] += xr * b[v];
+      }
+    }
+  }
+  for (int v = 0; v < V; ++v) {
+    const int64_t c = 16 * v, n = std::min<int64_t>(16, cols - c);
+    if (n <= 0) break;
+    const v16 sc = e.scale ? ld(e.scale + c) : v16{}, sh = e.scale ? ld(e.shift + c) : v16{};
+    for (int r = 0; r < R; ++r) {
+      v16 out = acc[r][v];
+      if (e.scale) out = out * sc + sh;
+      if (e.silu) out = silu(out);
+      if (n == 16) st(y + r * ldy + c, out);
+      else std::memcpy(y + r * ldy + c, &out, n * sizeof(float));
+    }
+  }
+}
+
+// Rows [0, m) as ceil(m / 12) tiles of near-equal height (49 rows: 10, 10, 10, 10, 9; a tail
+// tile of one row would run at a fraction of the speed), through the panel at wp.
+static void rows(Operand a, const float* wp, const float* gate, const Epilogue& e, float* y,
+                 int64_t ldy, int64_t cols, int64_t m) {
+  const int64_t tiles = (m + kRows - 1) / kRows;
+  const float* x0 = a.x;
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t i = t * m / tiles, h = (t + 1) * m / tiles - i;
+    a.x = x0 + i * a.ld;
+    float* yt = y + i * ldy;
+    switch (h * 2 + (cols > 16)) {
+#define TILE(RR) \
+      case 2 * RR: tile<RR, 1>(a, wp, gate, e, yt, ldy, cols); break; \
+      case 2 * RR + 1: tile<RR, 2>(a, wp, gate, e, yt, ldy, cols); break;
+      TILE(1) TILE(2) TILE(3) TILE(4) TILE(5) TILE(6) TILE(7) TILE(8) TILE(9) TILE(10) TILE(11) TILE(12)
+#undef TILE
+      default: break;
+    }
+  }
+}
+
+ffi::Error Run(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& wp,
+               const float* gate, int64_t S, ffi::Result<ffi::Buffer<ffi::F32>>& y) {
+  auto xd = x.dimensions(), wd = wp.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || wd.size() != 3 || yd.size() != 2 || wd[2] != kPanel)
+    return ffi::Error::InvalidArgument("expected x (M, K), wp (P, K, 32), y (M, N)");
+  const int64_t M = xd[0], K = xd[1], N = yd[1], P = wd[0];
+  if (wd[1] != K || yd[0] != M || P != (N + kPanel - 1) / kPanel || S < 1 || M % S)
+    return ffi::Error::InvalidArgument("shapes of x, wp, gate and y do not agree");
+  const float* xs = x.typed_data();
+  const float* ws = wp.typed_data();
+  float* ys = y->typed_data();
+  // Units: blocks of rows within one sample (one gate) whose x (rows x K floats) stays within
+  // ~256 KB of L2, each through all panels, so that x is read once; when that gives fewer than 4
+  // units per thread, each row block is split further into groups of panels (small images: few
+  // rows, wide layers).
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads()), per_sample = M / S;
+  const int64_t l2_rows = std::max<int64_t>(kRows, 65536 / std::max<int64_t>(K, 1));
+  const int64_t block = std::min(per_sample, (l2_rows + kRows - 1) / kRows * kRows);
+  const int64_t sample_blocks = block ? (per_sample + block - 1) / block : 0, blocks = S * sample_blocks;
+  const int64_t groups =
+      blocks >= 4 * threads ? 1 : std::min<int64_t>(P, (4 * threads + blocks - 1) / std::max<int64_t>(blocks, 1));
+  parallel_units(pool, blocks * groups, [&](int64_t, int64_t u) {
+    const int64_t b = u / groups, g = u % groups, s = b / sample_blocks;
+    const int64_t m0 = s * per_sample + (b % sample_blocks) * block, m = std::min(block, (s + 1) * per_sample - m0);
+    for (int64_t p = g * P / groups; p < (g + 1) * P / groups; ++p) {
+      rows(Operand{xs + m0 * K, K, K, 1, 0}, ws + p * K * kPanel, gate ? gate + s * K : nullptr,
+           Epilogue{}, ys + m0 * N + p * kPanel, N, std::min<int64_t>(kPanel, N - p * kPanel), m);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Plain(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wp,
+                 ffi::ResultBuffer<ffi::F32> y) {
+  return Run(pool, x, wp, nullptr, 1, y);
+}
+
+ffi::Error Gated(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wp,
+                 ffi::Buffer<ffi::F32> gate, ffi::ResultBuffer<ffi::F32> y) {
+  auto gd = gate.dimensions();
+  if (gd.size() != 2 || gd[1] != x.dimensions()[1])
+    return ffi::Error::InvalidArgument("expected gate (S, K)");
+  return Run(pool, x, wp, gate.typed_data(), gd[0], y);
+}
+
+ffi::Error ConvAct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<ffi::F32> wp,
+                   ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> shift, int64_t stride, int64_t act,
+                   ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = xp.dimensions(), wd = wp.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || wd.size() != 3 || yd.size() != 4 || wd[2] != kPanel)
+    return ffi::Error::InvalidArgument("expected xp (N, H, W, C), wp (P, k * k * C, 32), y (N, OH, OW, D)");
+  const int64_t N = xd[0], H = xd[1], W = xd[2], C = xd[3], OH = yd[1], OW = yd[2], D = yd[3], P = wd[0];
+  const int64_t k = (stride >= 1 && C >= 1) ? int64_t(std::lround(std::sqrt(double(wd[1] / C)))) : 0;
+  if (k < 1 || k * k * C != wd[1] || yd[0] != N || P != (D + kPanel - 1) / kPanel ||
+      (OH - 1) * stride + k > H || (OW - 1) * stride + k > W ||
+      scale.element_count() != P * kPanel || shift.element_count() != P * kPanel)
+    return ffi::Error::InvalidArgument("shapes of xp, wp, scale, shift and y do not agree");
+  const float* xs = xp.typed_data();
+  const float* ws = wp.typed_data();
+  float* ys = y->typed_data();
+  // Units: blocks of output rows (N * OH of them), each through all panels.
+  const int64_t out_rows = N * OH, threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t units = std::min<int64_t>(out_rows, 8 * threads);
+  parallel_units(pool, units, [&](int64_t, int64_t u) {
+    for (int64_t r = u * out_rows / units; r < (u + 1) * out_rows / units; ++r) {
+      const int64_t n = r / OH, oh = r % OH;
+      const Operand a{xs + ((n * H + oh * stride) * W) * C, stride * C, k * C, k, W * C};
+      for (int64_t p = 0; p < P; ++p) {
+        const Epilogue e{scale.typed_data() + p * kPanel, shift.typed_data() + p * kPanel, act != 0};
+        rows(a, ws + p * k * k * C * kPanel, nullptr, e, ys + r * OW * D + p * kPanel, D,
+             std::min<int64_t>(kPanel, D - p * kPanel), OW);
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HsemoPointwise, Plain,
+    ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+    .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HsemoPointwiseGated, Gated,
+    ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+    .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HsemoConvAct, ConvAct,
+    ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+    .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Attr<int64_t>("stride").Attr<int64_t>("act")
+    .Ret<ffi::Buffer<ffi::F32>>());
