@@ -157,14 +157,17 @@ ffi::Error ConvAct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<f
   const float* xs = xp.typed_data();
   const float* ws = wp.typed_data();
   float* ys = y->typed_data();
-  // Units: blocks of output rows (N * OH of them), each through all panels.
+  // Units: blocks of output rows (N * OH of them), each through all panels, or through groups of
+  // panels when there are fewer than 4 rows per thread (a 7x7 map: 7 rows).
   const int64_t out_rows = N * OH, threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t units = std::min<int64_t>(out_rows, 8 * threads);
-  parallel_units(pool, units, [&](int64_t, int64_t u) {
-    for (int64_t r = u * out_rows / units; r < (u + 1) * out_rows / units; ++r) {
+  const int64_t blocks = std::min<int64_t>(out_rows, 8 * threads);
+  const int64_t groups = blocks >= 4 * threads ? 1 : std::min<int64_t>(P, (4 * threads + blocks - 1) / std::max<int64_t>(blocks, 1));
+  parallel_units(pool, blocks * groups, [&](int64_t, int64_t u) {
+    const int64_t b = u / groups, g = u % groups;
+    for (int64_t r = b * out_rows / blocks; r < (b + 1) * out_rows / blocks; ++r) {
       const int64_t n = r / OH, oh = r % OH;
       const Operand a{xs + ((n * H + oh * stride) * W) * C, stride * C, k * C, k, W * C};
-      for (int64_t p = 0; p < P; ++p) {
+      for (int64_t p = g * P / groups; p < (g + 1) * P / groups; ++p) {
         const Epilogue e{scale.typed_data() + p * kPanel, shift.typed_data() + p * kPanel, act != 0};
         rows(a, ws + p * k * k * C * kPanel, nullptr, e, ys + r * OW * D + p * kPanel, D,
              std::min<int64_t>(kPanel, D - p * kPanel), OW);
