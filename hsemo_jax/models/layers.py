@@ -242,15 +242,17 @@ def _matmul(x_mc, w_cd):
     """x @ w, with the weight gradient written as a dot with a batch dimension of 1. JAX's own
     transpose gives the same dot without it, for which XLA:CPU lays the output gradient out
     transposed, by a copy fusion that recomputes its producer (B0 train step 6.4 -> 10.2 img/s,
-    MobileFaceNet 13.4 -> 19.1 at batch 32; NOTES.md). On CPU the forward is `gemm.cc`
-    (float32; faster than XLA's Eigen GEMM on every 1x1 convolution of the backbones)."""
+    MobileFaceNet 13.4 -> 19.1 at batch 32; NOTES.md). Where no gradient is taken (inference)
+    the CPU forward is `gemm.cc` (float32; faster than XLA's Eigen GEMM on every 1x1 convolution
+    of the backbones); a differentiated forward keeps Eigen's, which ran B0's train step as fast
+    or faster in A/B runs."""
     if x_mc.dtype == w_cd.dtype == jnp.float32:
         return _on_cpu(cpu_kernels.pointwise, jnp.matmul, x_mc, w_cd)
     return x_mc @ w_cd
 
 
 def _matmul_fwd(x_mc, w_cd):
-    return _matmul(x_mc, w_cd), (x_mc, w_cd)
+    return x_mc @ w_cd, (x_mc, w_cd)
 
 
 def _matmul_bwd(residuals, g_md):
@@ -280,8 +282,8 @@ def _gated_matmul(x_nhwc, w_cd, gate_nc):
     return _gated_xla(x_nhwc, w_cd, gate_nc)
 
 
-def _gated_matmul_fwd(x_nhwc, w_cd, gate_nc):
-    return _gated_matmul(x_nhwc, w_cd, gate_nc), (x_nhwc, w_cd, gate_nc)
+def _gated_matmul_fwd(x_nhwc, w_cd, gate_nc):  # differentiated: the XLA form, as `_matmul_fwd`
+    return _gated_xla(x_nhwc, w_cd, gate_nc), (x_nhwc, w_cd, gate_nc)
 
 
 def _gated_matmul_bwd(residuals, g_md):
@@ -292,9 +294,9 @@ _gated_matmul.defvjp(_gated_matmul_fwd, _gated_matmul_bwd)
 
 
 def conv1x1_gated(x_nhwc, kernel_hwio, gate_nc):
-    """conv1x1(x * gate) for a per-sample, per-channel gate (N, C) (squeeze-excite), unstrided. On
-    CPU one pass of `gemm.cc`, which scales the weights by the gate instead of x (the gating
-    pass over x is gone); its gradient is the XLA form's."""
+    """conv1x1(x * gate) for a per-sample, per-channel gate (N, C) (squeeze-excite), unstrided. In
+    CPU inference one pass of `gemm.cc`, which scales the weights by the gate instead of x (the
+    gating pass over x is gone); differentiated, the XLA form."""
     n, h, w, _ = x_nhwc.shape
     return _gated_matmul(x_nhwc, kernel_hwio[0, 0], gate_nc).reshape(n, h, w, -1)
 
