@@ -193,6 +193,42 @@ def test_gated_pointwise_equals_gating_then_matmul(n, h, w, c, d):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
 
 
+CONV_ACT_CASES = [  # (n, h, w, c, d, k, stride, padding, silu)
+    (1, 16, 16, 3, 32, 3, 2, "SAME", True),  # EfficientNet's stem
+    (2, 9, 11, 3, 48, 3, 2, 1, True),  # MobileViT's
+    (1, 7, 6, 5, 24, 3, 1, 1, False),  # a panel of 24 columns
+    (3, 5, 5, 40, 70, 1, 1, 0, False),  # MobileViT's 1x1 ConvNormActs
+]
+
+
+@pytest.mark.parametrize("case", CONV_ACT_CASES)
+def test_conv_bn_act_equals_the_layers(case):
+    from hsemo_jax.models import fused_conv
+
+    n, h, w, c, d, k, stride, padding, silu = case
+    rng = np.random.default_rng(5)
+    conv = layers.Conv2d(c, d, k, stride=stride, padding=padding, rng=rng)
+    bn = layers.BatchNorm(d)
+    bn.mean[...] = jnp.asarray(rng.standard_normal(d), jnp.float32)
+    bn.var[...] = jnp.asarray(rng.uniform(0.5, 2, d), jnp.float32)
+    bn.scale[...] = jnp.asarray(rng.uniform(0.5, 2, d), jnp.float32)
+    bn.use_running_average = True
+    x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
+    fused = jax.jit(lambda x: fused_conv.conv_bn_act(conv, bn, x, silu=silu))
+    assert "hsemo_conv_act" in fused.lower(x).as_text()
+
+    def plain(x):
+        y = bn(conv(x))
+        return jax.nn.silu(y) if silu else y
+
+    with jax.default_matmul_precision("float32"):
+        y1, y0 = fused(x), jax.jit(plain)(x)
+        g1 = jax.grad(lambda x: jnp.sum(fused_conv.conv_bn_act(conv, bn, x, silu=silu) ** 2))(x)
+        g0 = jax.grad(lambda x: jnp.sum(plain(x) ** 2))(x)
+    np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5 * np.abs(y0).max())
+    np.testing.assert_allclose(g1, g0, rtol=1e-5, atol=1e-5 * np.abs(g0).max())
+
+
 BN_SHAPES = [(4, 9, 9, 24), (64, 32), (3, 5, 5, 1280), (2, 17, 13, 40)]  # channels not all x16
 
 
