@@ -195,4 +195,4 @@ def conv_act(xp, kernel_hwio, scale, shift, *, stride: int, silu: bool):
     pad = lambda v: jnp.pad(v, (0, p * PANEL - d))  # noqa: E731
     call = jax.ffi.ffi_call("hsemo_conv_act", _like(xp, out), vmap_method="sequential")
     return call(xp, pack_panels(kernel_hwio.reshape(k * k * c, d)), pad(scale), pad(shift),
-                stride=np.int64(stride), act=np.int64(silu))
+                k=np.int64(k), stride=np.int64(stride), act=np.int64(silu))

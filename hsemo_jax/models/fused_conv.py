@@ -8,11 +8,8 @@ Training, other dtypes and other backends use the plain layers; gradients come f
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from hsemo_jax.models import cpu_kernels, layers
 
@@ -27,24 +24,6 @@ def _kernel(x, kernel_hwio, scale, shift, strides, pads, silu):
     return cpu_kernels.conv_act(xp, kernel_hwio, scale, shift, stride=strides[0], silu=silu)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _fused(x, kernel_hwio, scale, shift, strides, pads, silu):
-    return lax.platform_dependent(x, kernel_hwio, scale, shift,
-                                  cpu=lambda *a: _kernel(*a, strides, pads, silu),
-                                  default=lambda *a: _reference(*a, strides, pads, silu))
-
-
-def _fused_fwd(x, kernel_hwio, scale, shift, strides, pads, silu):
-    return _fused(x, kernel_hwio, scale, shift, strides, pads, silu), (x, kernel_hwio, scale, shift)
-
-
-def _fused_bwd(strides, pads, silu, residuals, g):
-    return jax.vjp(lambda *a: _reference(*a, strides, pads, silu), *residuals)[1](g)
-
-
-_fused.defvjp(_fused_fwd, _fused_bwd)
-
-
 def conv_bn_act(conv: layers.Conv2d, bn: layers.BatchNorm, x, *, silu: bool = True):
     """silu?(bn(conv(x))) for a dense, bias-free `conv` with equal strides; one CPU kernel in
     eval mode (float32, the kernels built), else the plain layers."""
@@ -54,6 +33,8 @@ def conv_bn_act(conv: layers.Conv2d, bn: layers.BatchNorm, x, *, silu: bool = Tr
         k = conv.kernel.shape[:2]
         pads = tuple(tuple(p) for p in layers._explicit_padding(conv.padding, x.shape[1:3], k, strides))
         scale, shift = bn.affine()
-        return _fused(x, conv.kernel[...], scale.astype(x.dtype), shift.astype(x.dtype), strides, pads, silu)
+        static = (strides, pads, silu)
+        return layers.kernel_with_xla_gradient(lambda *a: _kernel(*a, *static), lambda *a: _reference(*a, *static),
+                                               x, conv.kernel[...], scale.astype(x.dtype), shift.astype(x.dtype))
     y = bn(conv(x))
     return jax.nn.silu(y) if silu else y

@@ -54,26 +54,6 @@ def _kernel_applies(x, kernel_hhc, strides) -> bool:
     return cpu_kernels.depthwise_applies(x, kernel_hhc, strides, sizes=(3, 5))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
-def _fused(x, kernel_hhc, in_scale, in_shift, out_scale, out_shift, strides, pads, in_act, out_act):
-    args = (x, kernel_hhc, in_scale, in_shift, out_scale, out_shift)
-    static = (strides, pads, in_act, out_act)
-    return lax.platform_dependent(*args, cpu=lambda *a: _kernel(*a, *static),
-                                  default=lambda *a: _reference(*a, *static))
-
-
-def _fused_fwd(*args):
-    return _fused(*args), args[:6]
-
-
-def _fused_bwd(strides, pads, in_act, out_act, residuals, cotangents):
-    _, vjp = jax.vjp(lambda *a: _reference(*a, strides, pads, in_act, out_act), *residuals)
-    return vjp(cotangents)
-
-
-_fused.defvjp(_fused_fwd, _fused_bwd)
-
-
 def depthwise_bn_act(x, kernel_hwio, strides, padding, out_affine, *, in_affine=None,
                      act: bool = True):
     """`(y, sums)`: y = act(depthwise(silu(x*s_in+b_in) or x) * s_out + b_out), sums over H, W.
@@ -92,7 +72,8 @@ def depthwise_bn_act(x, kernel_hwio, strides, padding, out_affine, *, in_affine=
     args = (x, kernel_hhc, *_in_dtype(in_affine, x), *_in_dtype(out_affine, x))
     static = (strides, pads, in_act, act)
     if _kernel_applies(x, kernel_hhc, strides):
-        return _fused(*args, *static)
+        return layers.kernel_with_xla_gradient(lambda *a: _kernel(*a, *static),
+                                               lambda *a: _reference(*a, *static), *args)
     return _reference(*args, *static)
 
 

@@ -14,8 +14,6 @@
 // time). A register tile of up to 12 rows x 32 columns (24 accumulators) runs over all of K: the
 // 32-column panel streams from L2 while each row's x is broadcast from L1, so there is no K
 // blocking and no packing of x. Work is split over XLA's intra-op pool.
-#include <cmath>
-#include <vector>
 
 #include "cpu_kernels.h"
 
@@ -97,6 +95,13 @@ static void rows(Operand a, const float* wp, const float* gate, const Epilogue& 
   }
 }
 
+// Groups of panels per row block: 1 when the row blocks alone give at least 4 units per thread,
+// else enough groups (at most one per panel) for that (small images: few rows, wide layers).
+static int64_t panel_groups(int64_t blocks, int64_t panels, int64_t threads) {
+  if (blocks >= 4 * threads) return 1;
+  return std::min<int64_t>(panels, (4 * threads + blocks - 1) / std::max<int64_t>(blocks, 1));
+}
+
 ffi::Error Run(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& wp,
                const float* gate, int64_t S, ffi::Result<ffi::Buffer<ffi::F32>>& y) {
   auto xd = x.dimensions(), wd = wp.dimensions(), yd = y->dimensions();
@@ -116,8 +121,7 @@ ffi::Error Run(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x, const ffi:
   const int64_t l2_rows = std::max<int64_t>(kRows, 65536 / std::max<int64_t>(K, 1));
   const int64_t block = std::min(per_sample, (l2_rows + kRows - 1) / kRows * kRows);
   const int64_t sample_blocks = block ? (per_sample + block - 1) / block : 0, blocks = S * sample_blocks;
-  const int64_t groups =
-      blocks >= 4 * threads ? 1 : std::min<int64_t>(P, (4 * threads + blocks - 1) / std::max<int64_t>(blocks, 1));
+  const int64_t groups = panel_groups(blocks, P, threads);
   parallel_units(pool, blocks * groups, [&](int64_t, int64_t u) {
     const int64_t b = u / groups, g = u % groups, s = b / sample_blocks;
     const int64_t m0 = s * per_sample + (b % sample_blocks) * block, m = std::min(block, (s + 1) * per_sample - m0);
@@ -143,14 +147,13 @@ ffi::Error Gated(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi:
 }
 
 ffi::Error ConvAct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<ffi::F32> wp,
-                   ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> shift, int64_t stride, int64_t act,
-                   ffi::ResultBuffer<ffi::F32> y) {
+                   ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> shift, int64_t k, int64_t stride,
+                   int64_t act, ffi::ResultBuffer<ffi::F32> y) {
   auto xd = xp.dimensions(), wd = wp.dimensions(), yd = y->dimensions();
   if (xd.size() != 4 || wd.size() != 3 || yd.size() != 4 || wd[2] != kPanel)
     return ffi::Error::InvalidArgument("expected xp (N, H, W, C), wp (P, k * k * C, 32), y (N, OH, OW, D)");
   const int64_t N = xd[0], H = xd[1], W = xd[2], C = xd[3], OH = yd[1], OW = yd[2], D = yd[3], P = wd[0];
-  const int64_t k = (stride >= 1 && C >= 1) ? int64_t(std::lround(std::sqrt(double(wd[1] / C)))) : 0;
-  if (k < 1 || k * k * C != wd[1] || yd[0] != N || P != (D + kPanel - 1) / kPanel ||
+  if (k < 1 || stride < 1 || k * k * C != wd[1] || yd[0] != N || P != (D + kPanel - 1) / kPanel ||
       (OH - 1) * stride + k > H || (OW - 1) * stride + k > W ||
       scale.element_count() != P * kPanel || shift.element_count() != P * kPanel)
     return ffi::Error::InvalidArgument("shapes of xp, wp, scale, shift and y do not agree");
@@ -161,7 +164,7 @@ ffi::Error ConvAct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<f
   // panels when there are fewer than 4 rows per thread (a 7x7 map: 7 rows).
   const int64_t out_rows = N * OH, threads = std::max<int64_t>(1, pool.num_threads());
   const int64_t blocks = std::min<int64_t>(out_rows, 8 * threads);
-  const int64_t groups = blocks >= 4 * threads ? 1 : std::min<int64_t>(P, (4 * threads + blocks - 1) / std::max<int64_t>(blocks, 1));
+  const int64_t groups = panel_groups(blocks, P, threads);
   parallel_units(pool, blocks * groups, [&](int64_t, int64_t u) {
     const int64_t b = u / groups, g = u % groups;
     for (int64_t r = b * out_rows / blocks; r < (b + 1) * out_rows / blocks; ++r) {
@@ -189,5 +192,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HsemoPointwiseGated, Gated,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HsemoConvAct, ConvAct,
     ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
-    .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Attr<int64_t>("stride").Attr<int64_t>("act")
+    .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Attr<int64_t>("k").Attr<int64_t>("stride")
+    .Attr<int64_t>("act")
     .Ret<ffi::Buffer<ffi::F32>>());

@@ -340,6 +340,17 @@ def _on_cpu(kernel, xla_form, *args):
     return lax.platform_dependent(*args, cpu=cpu, default=xla_form)
 
 
+def kernel_with_xla_gradient(kernel, xla_form, *args):
+    """`kernel(*args)` on CPU, `xla_form(*args)` elsewhere; differentiated, always through
+    `xla_form` (the kernels have no VJP of their own). The caller checks that the kernel applies."""
+    @jax.custom_vjp
+    def op(*a):
+        return lax.platform_dependent(*a, cpu=kernel, default=xla_form)
+
+    op.defvjp(lambda *a: (op(*a), a), lambda a, g: jax.vjp(xla_form, *a)[1](g))
+    return op(*args)
+
+
 @jax.custom_vjp
 def batch_moments(x):
     """`(mean, biased variance)` per channel of float32 `x` over all but its last axis, on CPU in
