@@ -292,6 +292,17 @@ def test_off_switch_and_broken_compiler_fall_back(monkeypatch, tmp_path):
     assert ck.available()
 
 
+def test_kernels_only_for_x86_with_avx2(monkeypatch):
+    monkeypatch.setattr(ck.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(ck, "_cpu_signature", lambda: "aarch64Features\t: fp asimd")
+    assert not ck._cpu_supported()
+    monkeypatch.setattr(ck.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(ck, "_cpu_signature", lambda: "x86_64flags\t: fpu sse4_2 avx")  # no AVX2
+    assert not ck._cpu_supported()
+    monkeypatch.setattr(ck, "_cpu_signature", lambda: "x86_64flags\t: fpu fma avx avx2")
+    assert ck._cpu_supported()
+
+
 def test_build_is_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("HSEMO_JAX_CACHE", str(tmp_path))
     first = ck._build(ck._compiler())

@@ -34,7 +34,7 @@ static void moments_rows(const float* x, int64_t C, int64_t r0, int64_t r1, floa
     for (int64_t r = b0; r < b1; ++r) {
       const float* row = x + r * C;
       int64_t c = 0;
-      for (; c + 16 <= C; c += 16) st(&bm[c], ld(&bm[c]) + ld(row + c));
+      for (; c + kLanes <= C; c += kLanes) st(&bm[c], ld(&bm[c]) + ld(row + c));
       for (; c < C; ++c) bm[c] += row[c];
     }
     const float inv_nb = 1.0f / float(nb);
@@ -42,8 +42,8 @@ static void moments_rows(const float* x, int64_t C, int64_t r0, int64_t r1, floa
     for (int64_t r = b0; r < b1; ++r) {
       const float* row = x + r * C;
       int64_t c = 0;
-      for (; c + 16 <= C; c += 16) {
-        v16 d = ld(row + c) - ld(&bm[c]);
+      for (; c + kLanes <= C; c += kLanes) {
+        vf d = ld(row + c) - ld(&bm[c]);
         st(&bs[c], ld(&bs[c]) + d * d);
       }
       for (; c < C; ++c) { float d = row[c] - bm[c]; bs[c] += d * d; }
@@ -112,8 +112,8 @@ static void grad_sums_rows(const float* g, const float* x, const float* mean, in
     for (int64_t r = b0; r < b1; ++r) {
       const float *gr = g + r * C, *xr = x + r * C;
       int64_t c = 0;
-      for (; c + 16 <= C; c += 16) {
-        v16 gv = ld(gr + c);
+      for (; c + kLanes <= C; c += kLanes) {
+        vf gv = ld(gr + c);
         st(&bg[c], ld(&bg[c]) + gv);
         st(&bgx[c], ld(&bgx[c]) + gv * (ld(xr + c) - ld(mean + c)));
       }

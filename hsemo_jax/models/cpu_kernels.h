@@ -1,6 +1,6 @@
-// Shared by the hand-written XLA:CPU kernels (built and loaded by cpu_kernels.py): 16-float
-// vectors (GCC/Clang vector extensions; the build compiles for the host, -march=native), SiLU, and
-// the split of a kernel's work over XLA's intra-op thread pool.
+// Shared by the hand-written XLA:CPU kernels (built and loaded by cpu_kernels.py): the host's
+// native float vectors (GCC/Clang vector extensions; the build compiles for the host,
+// -march=native), SiLU, and the split of a kernel's work over XLA's intra-op thread pool.
 #pragma once
 
 #include <algorithm>
@@ -11,7 +11,7 @@
 #include <memory>
 #include <thread>
 
-#if defined(__AVX512F__)
+#if defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -19,48 +19,76 @@
 
 namespace ffi = xla::ffi;
 
-typedef float v16 __attribute__((vector_size(64), aligned(4), may_alias));
-typedef int32_t vi16 __attribute__((vector_size(64), aligned(4), may_alias));
-static inline v16 ld(const float* p) { v16 v; std::memcpy(&v, p, 64); return v; }
-static inline void st(float* p, v16 v) { std::memcpy(p, &v, 64); }
+// vf: the widest float vector the host has registers for, kLanes floats: 16 with AVX-512, else 8
+// (AVX2). Channel layouts stay in blocks of 16 (a multiple of kLanes). A vector wider than the
+// registers has no machine mode in GCC and lives on the stack: 16-float vectors on a Zen 3 core
+// (AVX2) made these kernels 3-20x slower than XLA's own forms.
+#if defined(__AVX512F__)
+constexpr int kLanes = 16, kVectorRegisters = 32;
+#else
+constexpr int kLanes = 8, kVectorRegisters = 16;
+#endif
+typedef float vf __attribute__((vector_size(4 * kLanes), aligned(4), may_alias));
+typedef int32_t vi __attribute__((vector_size(4 * kLanes), aligned(4), may_alias));
+// Unaligned loads and stores, and a scalar broadcast, as single instructions (GCC expands a 32-byte
+// memcpy for Zen 3 as two 16-byte moves through the stack, and `vf{} + x` as an add and a
+// broadcast).
+#if defined(__AVX512F__)
+static inline vf ld(const float* p) { return (vf)_mm512_loadu_ps(p); }
+static inline void st(float* p, vf v) { _mm512_storeu_ps(p, (__m512)v); }
+static inline vf splat(float x) { return (vf)_mm512_set1_ps(x); }
+#elif defined(__AVX__)
+static inline vf ld(const float* p) { return (vf)_mm256_loadu_ps(p); }
+static inline void st(float* p, vf v) { _mm256_storeu_ps(p, (__m256)v); }
+static inline vf splat(float x) { return (vf)_mm256_set1_ps(x); }
+#else
+static inline vf ld(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
+static inline void st(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+static inline vf splat(float x) { return vf{} + x; }
+#endif
 
 // 2^t, t clamped to [-126, 126]: 2^n * 2^f with n = round(t), f in [-0.5, 0.5] by the degree-6
 // Taylor polynomial of 2^f (relative error ~1.3e-7). AVX-512: vroundscaleps / vscalefps.
-static inline v16 exp2_clamped(v16 t) {
-  t = t < -126.0f ? v16{} - 126.0f : t;
-  t = t > 126.0f ? v16{} + 126.0f : t;
+static inline vf exp2_clamped(vf t) {
+  t = t < -126.0f ? splat(-126.0f) : t;
+  t = t > 126.0f ? splat(126.0f) : t;
 #if defined(__AVX512F__)
-  const v16 n = (v16)_mm512_roundscale_ps((__m512)t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const vf n = (vf)_mm512_roundscale_ps((__m512)t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 #else
-  const v16 n = (t + 12582912.0f) - 12582912.0f;
+  const vf n = (t + 12582912.0f) - 12582912.0f;
 #endif
-  const v16 f = t - n;
-  v16 p = v16{} + 1.5403530e-4f;
+  const vf f = t - n;
+  vf p = splat(1.5403530e-4f);
   p = p * f + 1.3333558e-3f; p = p * f + 9.6181291e-3f; p = p * f + 5.5504109e-2f;
   p = p * f + 2.4022651e-1f; p = p * f + 6.9314718e-1f; p = p * f + 1.0f;
 #if defined(__AVX512F__)
-  return (v16)_mm512_scalef_ps((__m512)p, (__m512)n);
+  return (vf)_mm512_scalef_ps((__m512)p, (__m512)n);
 #else
-  vi16 e = (__builtin_convertvector(n, vi16) + 127) << 23;
-  v16 scale; std::memcpy(&scale, &e, 64);
+  vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf scale; std::memcpy(&scale, &e, sizeof scale);
   return p * scale;
 #endif
 }
 
-// 1 / d for d >= 1: AVX-512's 14-bit estimate and one Newton step (~1e-8 relative), no division.
-static inline v16 reciprocal(v16 d) {
+// 1 / d for d >= 1: the hardware's estimate (AVX-512 14 bits, AVX 12) and one Newton step
+// (~1e-8 and ~2e-7 relative), no division.
+static inline vf reciprocal(vf d) {
 #if defined(__AVX512F__)
-  const v16 r = (v16)_mm512_rcp14_ps((__m512)d);
-  return r * (2.0f - d * r);
+  const vf r = (vf)_mm512_rcp14_ps((__m512)d);
+#elif defined(__AVX__)
+  const vf r = (vf)_mm256_rcp_ps((__m256)d);
 #else
   return 1.0f / d;
+#endif
+#if defined(__AVX__)
+  return r * (2.0f - d * r);
 #endif
 }
 
 // 1 / (1 + exp(-v)), finite for any v (the clamp of exp2_clamped).
-static inline v16 sigmoid(v16 v) { return reciprocal(1.0f + exp2_clamped(v * -1.44269504088896341f)); }
+static inline vf sigmoid(vf v) { return reciprocal(1.0f + exp2_clamped(v * -1.44269504088896341f)); }
 
-static inline v16 silu(v16 v) { return v * sigmoid(v); }
+static inline vf silu(vf v) { return v * sigmoid(v); }
 
 // Workers for `units` independent units on `pool`: the calling thread and up to threads-1 tasks.
 static inline int64_t num_workers(const ffi::ThreadPool& pool, int64_t units) {

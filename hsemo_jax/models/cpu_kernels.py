@@ -5,7 +5,8 @@ convolution (`models/fused_conv.py`);
 `fused_depthwise.cc` is the MBConv middle of EfficientNet and MobileViT (`models/fused_depthwise.py`);
 `depthwise_grad.cc` is the gradient of any depthwise convolution (`layers.conv2d_shift`'s VJP);
 `channel_stats.cc` gives batch norm's training statistics and their gradient sums
-(`layers.BatchNorm`). They are compiled into one library for the host CPU (`-march=native`) with the system C++
+(`layers.BatchNorm`). They are for x86-64 with AVX2 (8-float vectors) or AVX-512 (16-float), and
+are compiled into one library for the host CPU (`-march=native`) with the system C++
 compiler against jaxlib's FFI headers (`jax.ffi.include_dir()`), about 10 s, cached under
 `<cache>/kernels/` keyed by sources, compiler, jaxlib, flags and CPU, written atomically, and
 registered once per process. Nothing compiled ships with the package.
@@ -53,6 +54,13 @@ def _cpu_signature() -> str:
     return platform.machine() + flags
 
 
+def _cpu_supported() -> bool:
+    """x86-64 with AVX2 and FMA (the kernels' vectors are sized for AVX2 or AVX-512 registers;
+    elsewhere XLA's forms run)."""
+    flags = _cpu_signature().split()
+    return platform.machine().lower() in ("x86_64", "amd64") and "avx2" in flags and "fma" in flags
+
+
 def _compiler() -> str | None:
     for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
         if name and shutil.which(name):
@@ -89,7 +97,7 @@ def _build(cxx: str) -> Path:
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
     """Build, load and register the kernels once per process; False (and why, once) if not."""
-    if os.environ.get(ENV, "1") == "0":
+    if os.environ.get(ENV, "1") == "0" or not _cpu_supported():
         return False
     cxx = _compiler()
     if cxx is None:

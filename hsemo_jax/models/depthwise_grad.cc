@@ -51,7 +51,7 @@ static void grad_image(const GradArgs& a, int64_t n, float* dk, float* dsc, floa
         std::memset(r + pl * C, 0, W * C * sizeof(float));
       } else {
         const float* src = hn + ih * W * C;
-        for (int64_t i = 0; i < W * C; i += 16)
+        for (int64_t i = 0; i < W * C; i += kLanes)
           st(r + pl * C + i, silu(ld(src + i) * ld(a.isc + i % C) + ld(a.ish + i % C)));
       }
     }
@@ -69,11 +69,11 @@ static void grad_image(const GradArgs& a, int64_t n, float* dk, float* dsc, floa
           const float* hr = hn + ih * W * C;
           float* out = dxn + ih * W * C;
           for (int64_t iw = 0; iw < W; ++iw)
-            for (int64_t c0 = 0; c0 < C; c0 += 16) {
-              const v16 hv = ld(hr + iw * C + c0), sc = ld(a.isc + c0);
-              const v16 u = hv * sc + ld(a.ish + c0);
-              const v16 sig = sigmoid(u);
-              const v16 gu = ld(slot + (pl + iw) * C + c0) * sig * (1.0f + u * (1.0f - sig));
+            for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+              const vf hv = ld(hr + iw * C + c0), sc = ld(a.isc + c0);
+              const vf u = hv * sc + ld(a.ish + c0);
+              const vf sig = sigmoid(u);
+              const vf gu = ld(slot + (pl + iw) * C + c0) * sig * (1.0f + u * (1.0f - sig));
               st(out + iw * C + c0, gu * sc);
               st(dsc + c0, ld(dsc + c0) + gu * hv);
               st(dsh + c0, ld(dsh + c0) + gu);
@@ -91,16 +91,16 @@ static void grad_image(const GradArgs& a, int64_t n, float* dk, float* dsc, floa
       xrows[p] = xrow(oh * S + p);
       drows[p] = ring.data() + ((oh * S + p) % K) * RW * C;
     }
-    for (int64_t c0 = 0; c0 < C; c0 += 16) {
-      v16 wv[K * K], dka[K * K];
-      for (int t = 0; t < K * K; ++t) { wv[t] = ld(a.w + t * C + c0); dka[t] = v16{}; }
+    for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+      vf wv[K * K], dka[K * K];
+      for (int t = 0; t < K * K; ++t) { wv[t] = ld(a.w + t * C + c0); dka[t] = vf{}; }
       for (int64_t ow0 = 0; ow0 < OW; ow0 += OWB) {
         const int nb = int(std::min<int64_t>(OWB, OW - ow0));
-        v16 gv[OWB];
-        for (int b = 0; b < OWB; ++b) gv[b] = b < nb ? ld(grow + (ow0 + b) * C + c0) : v16{};
+        vf gv[OWB];
+        for (int b = 0; b < OWB; ++b) gv[b] = b < nb ? ld(grow + (ow0 + b) * C + c0) : vf{};
         for (int p = 0; p < K; ++p) {
-          v16 acc[R];
-          for (int r = 0; r < R; ++r) acc[r] = v16{};
+          vf acc[R];
+          for (int r = 0; r < R; ++r) acc[r] = vf{};
           for (int q = 0; q < K; ++q)
             for (int b = 0; b < OWB; ++b) acc[b * S + q] += gv[b] * wv[p * K + q];
           float* dr = drows[p] + ow0 * S * C + c0;
@@ -108,7 +108,7 @@ static void grad_image(const GradArgs& a, int64_t n, float* dk, float* dsc, floa
           const float* xr = xrows[p] + ow0 * S * C + c0;
           if (nb == OWB) {
             for (int q = 0; q < K; ++q) {
-              v16 t = ld(xr + q * C) * gv[0];
+              vf t = ld(xr + q * C) * gv[0];
               for (int b = 1; b < OWB; ++b) t += ld(xr + (b * S + q) * C) * gv[b];
               dka[p * K + q] += t;
             }

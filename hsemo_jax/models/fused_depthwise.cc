@@ -24,8 +24,8 @@ struct Args {
 // into sums[C] (image n's row).
 template <int K, int S>
 static void run(const Args& a, int64_t n, int64_t cb_begin, int64_t cb_end, float* sums) {
-  // output columns per register block (accumulators of 16 channels): single-core timings of B0's
-  // layers favoured 4 for 3x3 kernels (10-25% faster than 8) and 8 for 5x5 ones
+  // output columns per register block (accumulators of kLanes channels): single-core timings of
+  // B0's layers with AVX-512 favoured 4 for 3x3 kernels (10-25% faster than 8) and 8 for 5x5 ones
   constexpr int OWB = K == 3 ? 4 : 8;
   const float *x = a.x, *isc = a.isc, *ish = a.ish, *w = a.w, *osc = a.osc, *osh = a.osh;
   float* y = a.y;
@@ -59,29 +59,31 @@ static void run(const Args& a, int64_t n, int64_t cb_begin, int64_t cb_end, floa
       const float* src = x + ((n * H + ih) * W) * C;
       for (int64_t iw = 0; iw < W; ++iw)
         for (int64_t cb = 0; cb < CB; ++cb) {
-          v16 v = ld(src + iw * C + cb * 16);
-          if (in_act) v = silu(v * ld(isc + cb * 16) + ld(ish + cb * 16));
-          st(r + (cb * RW + pl + iw) * 16, v);
+          for (int j = 0; j < 16; j += kLanes) {
+            vf v = ld(src + iw * C + cb * 16 + j);
+            if (in_act) v = silu(v * ld(isc + cb * 16 + j) + ld(ish + cb * 16 + j));
+            st(r + (cb * RW + pl + iw) * 16 + j, v);
+          }
         }
     }
     float* yrow = y + (n * OH + oh) * OW * C;
-    for (int64_t cb = 0; cb < CB; ++cb) {
-      const int64_t c0 = cb * 16;
-      const v16 sc = ld(osc + c0), sf = ld(osh + c0);
-      v16 wv[K * K];
+    for (int64_t c0 = 0; c0 < CB * 16; c0 += kLanes) {  // kLanes channels of block c0 / 16
+      const int64_t cb = c0 / 16, j = c0 % 16;
+      const vf sc = ld(osc + c0), sf = ld(osh + c0);
+      vf wv[K * K];
       for (int t = 0; t < K * K; ++t) wv[t] = ld(w + t * C + c0);
-      v16 total = ld(sums + c0);
+      vf total = ld(sums + c0);
       for (int64_t ow0 = 0; ow0 < OW; ow0 += OWB) {
-        v16 acc[OWB];
-        for (int b = 0; b < OWB; ++b) acc[b] = v16{};
+        vf acc[OWB];
+        for (int b = 0; b < OWB; ++b) acc[b] = vf{};
         for (int kh = 0; kh < K; ++kh) {
-          const float* r = rows[kh] + (cb * RW + ow0 * S) * 16;
+          const float* r = rows[kh] + (cb * RW + ow0 * S) * 16 + j;
           for (int kw = 0; kw < K; ++kw)
             for (int b = 0; b < OWB; ++b) acc[b] += ld(r + (b * S + kw) * 16) * wv[kh * K + kw];
         }
         const int nb = int(std::min<int64_t>(OWB, OW - ow0));
         for (int b = 0; b < nb; ++b) {
-          v16 v = acc[b] * sc + sf;
+          vf v = acc[b] * sc + sf;
           if (out_act) v = silu(v);
           total += v;
           st(yrow + (ow0 + b) * C + c0, v);
