@@ -165,7 +165,9 @@ def test_conv1x1_runs_the_kernel_where_no_gradient_is_taken():
     text = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, np.zeros((1, 32, 32, 3), np.float32)).as_text()
     # the 16 projections take the squeeze-excite gate on their weights (the gated kernel)
     assert text.count(f"@{POINTWISE}_gated(") == 16
-    assert text.count(f"@{POINTWISE}(") == convs - 16 > 40  # expansions, SE convolutions, head
+    # the first five expansions run inside the depthwise kernel (tests/test_fused_depthwise.py)
+    assert text.count("@hsemo_expand_depthwise(") == 5
+    assert text.count(f"@{POINTWISE}(") == convs - 16 - 5 > 40  # expansions, SE convolutions, head
     assert text.count("@hsemo_conv_act(") == 1  # the stem, with its batch norm and SiLU
 
 

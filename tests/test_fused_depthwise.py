@@ -1,5 +1,6 @@
-"""The fused CPU depthwise kernel (models/fused_depthwise.py) equals the same arithmetic in XLA
-ops, is what eval-mode EfficientNet runs on CPU, and falls back cleanly when it cannot be built."""
+"""The fused CPU depthwise kernels (models/fused_depthwise.py), with and without the expansion
+convolution inside, equal the same arithmetic in XLA ops, are what eval-mode EfficientNet runs on
+CPU, and fall back cleanly when they cannot be built."""
 import contextlib
 
 import numpy as np
@@ -81,11 +82,56 @@ def test_gradients_and_vmap_follow_the_xla_form():
     np.testing.assert_allclose(batched[:, 0], fd.depthwise_bn_act(x, kern, 1, 1, out_aff)[0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("arch,eval_calls,train_calls", [
-    ("tf_efficientnet_b0", 16, 15),  # eval: one per block; training: the 15 inverted residuals
-    ("mobilevitv2_150", 6, 6),  # the bottleneck blocks
+EXPAND_CASES = [  # (n, h, cin, c, k, stride)
+    (1, 24, 16, 96, 3, 2),  # one image: channel blocks split over threads, 3 of 6 in odd halves
+    (2, 14, 24, 144, 5, 2),  # 144: 4.5 panels of 32
+    (9, 7, 8, 48, 3, 1),  # enough images for one unit each
+    (1, 9, 20, 16, 5, 1),  # one block, one unit
+]
+
+
+@pytest.mark.parametrize("case", EXPAND_CASES)
+def test_expansion_kernel_equals_xla_form(case):
+    n, h, cin, c, k, stride = case
+    x, kern, out_aff, in_aff = _inputs(n, h, h, c, k)
+    xin = jnp.asarray(np.random.default_rng(1).standard_normal((n, h, h, cin)).astype(np.float32))
+    w = jnp.asarray(np.random.default_rng(2).standard_normal((cin, c)).astype(np.float32) / np.sqrt(cin))
+    pads = tuple(tuple(q) for q in fd.layers._explicit_padding("SAME", (h, h), (k, k), (stride, stride)))
+    static = ((stride, stride), pads, True)
+    args = (xin, w, *in_aff, kern[:, :, 0], *out_aff)
+    assert ck.available()
+    with jax.default_matmul_precision("float32"):
+        kernel = jax.jit(lambda *a: fd._expand_kernel(*a, *static))
+        assert "hsemo_expand_depthwise" in kernel.lower(*args).as_text()
+        y1, s1 = kernel(*args)
+        y0, s0 = jax.jit(lambda *a: fd._expand_reference(*a, *static))(*args)
+    np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5 * np.abs(y0).max())
+    np.testing.assert_allclose(s1, s0, rtol=1e-5, atol=1e-5 * np.abs(s0).max())
+
+
+def test_efficientnet_block_with_fused_expansion_equals_the_layers(monkeypatch):
+    m = registry.build("tf_efficientnet_b0", 10, seed=0)
+    m.eval()
+    block = m.blocks[1][0]  # 16 -> 96 channels, 3x3 stride 2
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 20, 20, 16)).astype(np.float32))
+    loss = lambda x: (block(x) ** 2).sum()  # noqa: E731
+    with jax.default_matmul_precision("float32"):
+        assert "hsemo_expand_depthwise" in jax.jit(lambda x: block(x)).lower(x).as_text()
+        y1, g1 = block(x), jax.grad(loss)(x)
+        monkeypatch.setattr(fd, "_EXPAND_MAX_BYTES", 0)  # the expansion as its own GEMM
+        assert "hsemo_expand_depthwise" not in jax.jit(lambda x: block(x)).lower(x).as_text()
+        y0, g0 = block(x), jax.grad(loss)(x)
+    np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5 * np.abs(y0).max())
+    np.testing.assert_allclose(g1, g0, rtol=1e-4, atol=1e-5 * np.abs(g0).max())
+
+
+@pytest.mark.parametrize("arch,eval_calls,expand_calls,train_calls", [
+    # eval: one per block, B0's first five inverted residuals (expansion weights <= 64 KB) with
+    # their expansion inside; training: the 15 inverted residuals
+    ("tf_efficientnet_b0", 11, 5, 15),
+    ("mobilevitv2_150", 6, 0, 6),  # the bottleneck blocks
 ])
-def test_models_run_the_kernel_in_eval_and_training(arch, eval_calls, train_calls):
+def test_models_run_the_kernel_in_eval_and_training(arch, eval_calls, expand_calls, train_calls):
     m = registry.build(arch, 10, seed=0)
     x = np.zeros((2, 64, 64, 3), np.float32)
 
@@ -94,9 +140,11 @@ def test_models_run_the_kernel_in_eval_and_training(arch, eval_calls, train_call
         return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)).lower(state, x).as_text()
 
     m.eval()
-    assert lowered().count(TARGET) == eval_calls
+    text = lowered()
+    assert (text.count(TARGET), text.count("hsemo_expand_depthwise")) == (eval_calls, expand_calls)
     m.train()  # depthwise(silu(bn1(.))) on batch statistics
-    assert lowered().count(TARGET) == train_calls
+    text = lowered()
+    assert (text.count(TARGET), text.count("hsemo_expand_depthwise")) == (train_calls, 0)
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])

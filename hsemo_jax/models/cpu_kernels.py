@@ -2,7 +2,8 @@
 
 `gemm.cc` is the GEMM of every 1x1 convolution (`layers.conv1x1`'s forward) and the stems'
 convolution (`models/fused_conv.py`);
-`fused_depthwise.cc` is the MBConv middle of EfficientNet and MobileViT (`models/fused_depthwise.py`);
+`fused_depthwise.cc` is the MBConv middle of EfficientNet and MobileViT, with or without the
+expansion convolution before it (`models/fused_depthwise.py`);
 `depthwise_grad.cc` is the gradient of any depthwise convolution (`layers.conv2d_shift`'s VJP);
 `channel_stats.cc` gives batch norm's training statistics and their gradient sums
 (`layers.BatchNorm`). They are for x86-64 with AVX2 (8-float vectors) or AVX-512 (16-float), and
@@ -34,10 +35,11 @@ import numpy as np
 ENV = "HSEMO_JAX_FUSED_KERNELS"
 _DIR = Path(__file__).parent
 _SOURCES = ("fused_depthwise.cc", "depthwise_grad.cc", "channel_stats.cc", "gemm.cc")
-_HEADER = "cpu_kernels.h"
+_HEADERS = ("cpu_kernels.h", "gemm_tiles.h")
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-w")
 # ffi target name -> exported handler symbol
-TARGETS = {"hsemo_fused_depthwise": "HsemoFusedDepthwise", "hsemo_depthwise_grad": "HsemoDepthwiseGrad",
+TARGETS = {"hsemo_fused_depthwise": "HsemoFusedDepthwise", "hsemo_expand_depthwise": "HsemoExpandDepthwise",
+           "hsemo_depthwise_grad": "HsemoDepthwiseGrad",
            "hsemo_depthwise_grad_silu": "HsemoDepthwiseGradSilu",
            "hsemo_channel_moments": "HsemoChannelMoments", "hsemo_channel_grad_sums": "HsemoChannelGradSums",
            "hsemo_pointwise": "HsemoPointwise", "hsemo_pointwise_gated": "HsemoPointwiseGated",
@@ -73,7 +75,7 @@ def _build(cxx: str) -> Path:
     from hsemo_jax import hub  # late: hub imports the model registry
 
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
-    texts = [(_DIR / name).read_text() for name in (*_SOURCES, _HEADER)]
+    texts = [(_DIR / name).read_text() for name in (*_SOURCES, *_HEADERS)]
     key = hashlib.sha256("\0".join([
         *texts, version, jax.__version__, " ".join(_FLAGS), _cpu_signature(),
     ]).encode()).hexdigest()[:16]
@@ -131,6 +133,17 @@ def fused_depthwise(x, kernel_hhc, in_scale, in_shift, out_scale, out_shift, *, 
                 pt=np.int64(pt), pl=np.int64(pl), in_act=np.int64(in_act), out_act=np.int64(out_act))
 
 
+def expand_depthwise(x, w_kn, in_scale, in_shift, kernel_hhc, out_scale, out_shift, *, stride: int,
+                     pt: int, pl: int, out_hw, out_act: bool):
+    """`(y, sums)` of fused_depthwise.cc's HsemoExpandDepthwise: `fused_depthwise` (SiLU input)
+    of x @ w_kn, the expansion computed row by row inside the kernel."""
+    n, c = x.shape[0], w_kn.shape[1]
+    call = jax.ffi.ffi_call("hsemo_expand_depthwise", (_like(x, (n, *out_hw, c)), _like(x, (n, c))),
+                            vmap_method="sequential")
+    return call(x, pack_panels(w_kn), in_scale, in_shift, kernel_hhc, out_scale, out_shift,
+                stride=np.int64(stride), pt=np.int64(pt), pl=np.int64(pl), out_act=np.int64(out_act))
+
+
 def depthwise_grad(xp, g, kernel_hhc, *, stride: int, pt: int, pl: int, in_hw):
     """`(dx, dkernel)` of depthwise_grad.cc: xp the padded input, g the output gradient."""
     n, _, _, c = xp.shape
@@ -148,10 +161,11 @@ def depthwise_grad_silu(h, in_scale, in_shift, g, kernel_hhc, *, stride: int, pt
 
 
 def depthwise_applies(x, kernel_hhc, strides, sizes=(3, 5)) -> bool:
-    """Whether a kernel handles this depthwise convolution: float32, channels a multiple of 16,
-    a square kernel of one of `sizes`, equal strides of 1 or 2, and the library built."""
+    """Whether a kernel handles this depthwise convolution (of x, or of an expansion of x): float32,
+    channels a multiple of 16, a square kernel of one of `sizes`, equal strides of 1 or 2, and the
+    library built."""
     k = kernel_hhc.shape
-    return (x.dtype == np.float32 and kernel_hhc.dtype == np.float32 and x.shape[-1] % 16 == 0
+    return (x.dtype == np.float32 and kernel_hhc.dtype == np.float32 and k[-1] % 16 == 0
             and k[0] == k[1] and k[0] in sizes and strides[0] == strides[1] in (1, 2) and available())
 
 

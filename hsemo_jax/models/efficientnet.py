@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 
 from hsemo_jax.models.fused_conv import conv_bn_act
-from hsemo_jax.models.fused_depthwise import depthwise_bn_silu
+from hsemo_jax.models.fused_depthwise import depthwise_bn_silu, expand_depthwise_bn_silu
 from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear, conv1x1_gated
 
 # (block type, repeats, kernel, stride, expansion, out channels); SE ratio 0.25 everywhere.
@@ -112,7 +112,7 @@ class InvertedResidual(nnx.Module):
         self.has_skip = stride == 1 and in_ch == out_ch
 
     def __call__(self, x):
-        y, sums = depthwise_bn_silu(self.conv_dw, self.bn2, self.conv_pw(x), in_bn=self.bn1)
+        y, sums = expand_depthwise_bn_silu(self.conv_pw, self.bn1, self.conv_dw, self.bn2, x)
         y = self.bn3(_project(self.conv_pwl, self.se, y, sums))
         return x + y if self.has_skip else y
 

@@ -9,15 +9,22 @@
 // into a ring of K zero-padded rows, so the activated input never goes back to memory, and XLA's
 // habit of recomputing the input activation once per tap is gone. Work is split over XLA's
 // intra-op thread pool (images, or blocks of channels when the batch is small).
+//
+// HsemoExpandDepthwise is the same with x = xin @ we, an expansion 1x1 convolution (xin (N, H, W,
+// Cin), we packed in 32-column panels as gemm_tiles.h takes them): each input row of the ring is
+// computed from xin by the GEMM tiles, its affine and SiLU applied before the store, so the
+// expanded tensor (B0's first block: 112 x 112 x 96 floats per image) never goes to memory.
 #include <vector>
 
-#include "cpu_kernels.h"
+#include "gemm_tiles.h"
 
 struct Args {
   const float *x, *isc, *ish, *w, *osc, *osh;
   float* y;
   int64_t N, H, W, C, OH, OW, pt, pl;
   bool in_act, out_act;
+  const float* we = nullptr;  // expansion weights (P, Cin, 32); x is then xin (N, H, W, Cin)
+  int64_t Cin = 0;
 };
 
 // Channel blocks [cb_begin, cb_end) (16 channels each) of image n, and their per-channel sums
@@ -40,7 +47,8 @@ static void run(const Args& a, int64_t n, int64_t cb_begin, int64_t cb_end, floa
   float* const base = reinterpret_cast<float*>((raw + 63) & ~uintptr_t(63));
   int64_t row_of[K];
   for (int k = 0; k < K; ++k) row_of[k] = INT64_MIN;
-  x += cb_begin * 16, isc += cb_begin * 16, ish += cb_begin * 16, w += cb_begin * 16;
+  if (!a.we) x += cb_begin * 16;
+  isc += cb_begin * 16, ish += cb_begin * 16, w += cb_begin * 16;
   osc += cb_begin * 16, osh += cb_begin * 16, y += cb_begin * 16, sums += cb_begin * 16;
   std::memset(sums, 0, CB * 64);
   for (int64_t oh = 0; oh < OH; ++oh) {
@@ -54,6 +62,16 @@ static void run(const Args& a, int64_t n, int64_t cb_begin, int64_t cb_end, floa
       row_of[slot] = ih;
       if (ih < 0 || ih >= H) {  // padding row (the padding columns are never written: zero)
         for (int64_t cb = 0; cb < CB; ++cb) std::memset(r + (cb * RW + pl) * 16, 0, W * 64);
+        continue;
+      }
+      if (a.we) {  // the row is xin's row times the unit's 16-column halves of the panels
+        const float* src = x + ((n * H + ih) * W) * a.Cin;
+        for (int64_t cb = 0; cb < CB; ++cb) {
+          const int64_t g = cb_begin + cb;
+          gemm::rows(gemm::Operand{src, a.Cin, a.Cin, 1, 0},
+                     a.we + (g / 2) * a.Cin * gemm::kPanel + (g % 2) * 16, nullptr,
+                     gemm::Epilogue{isc + cb * 16, ish + cb * 16, in_act}, r + (cb * RW + pl) * 16, 16, 16, W);
+        }
         continue;
       }
       const float* src = x + ((n * H + ih) * W) * C;
@@ -94,23 +112,23 @@ static void run(const Args& a, int64_t n, int64_t cb_begin, int64_t cb_end, floa
   }
 }
 
-static ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> isc,
-                       ffi::Buffer<ffi::F32> ish, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> osc,
-                       ffi::Buffer<ffi::F32> osh,
-                       int64_t stride, int64_t pt, int64_t pl, int64_t in_act, int64_t out_act,
-                       ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> sums) {
-  auto xd = x.dimensions(); auto wd = w.dimensions(); auto yd = y->dimensions();
-  if (xd.size() != 4 || wd.size() != 3 || yd.size() != 4)
-    return ffi::Error::InvalidArgument("expected x (N, H, W, C), w (K, K, C), y (N, OH, OW, C)");
-  int64_t N = xd[0], H = xd[1], W = xd[2], C = xd[3], K = wd[0], OH = yd[1], OW = yd[2];
+// Validates the output shapes against args (x's H, W, C given) and runs it over the pool.
+static ffi::Error Launch(ffi::ThreadPool& pool, Args args, int64_t K, int64_t stride,
+                         const ffi::Buffer<ffi::F32>& w, const ffi::Buffer<ffi::F32>& isc,
+                         const ffi::Buffer<ffi::F32>& ish, const ffi::Buffer<ffi::F32>& osc,
+                         const ffi::Buffer<ffi::F32>& osh, ffi::ResultBuffer<ffi::F32>& y,
+                         ffi::ResultBuffer<ffi::F32>& sums) {
+  auto wd = w.dimensions(); auto yd = y->dimensions();
+  if (wd.size() != 3 || yd.size() != 4) return ffi::Error::InvalidArgument("expected w (K, K, C), y (N, OH, OW, C)");
+  const int64_t N = args.N, C = args.C;
   if (C % 16) return ffi::Error::InvalidArgument("channels must be a multiple of 16");
-  if (wd[1] != K || wd[2] != C || yd[0] != N || yd[3] != C || pt < 0 || pl < 0 ||
+  if (wd[0] != K || wd[1] != K || wd[2] != C || yd[0] != N || yd[3] != C || args.pt < 0 || args.pl < 0 ||
       isc.element_count() != C || ish.element_count() != C || osc.element_count() != C ||
       osh.element_count() != C || sums->element_count() != N * C)
     return ffi::Error::InvalidArgument("shapes of x, w, scales, y and sums do not agree");
-  const Args args{x.typed_data(), isc.typed_data(), ish.typed_data(), w.typed_data(),
-                   osc.typed_data(), osh.typed_data(), y->typed_data(), N, H, W, C, OH, OW, pt, pl,
-                   in_act != 0, out_act != 0};
+  args.OH = yd[1], args.OW = yd[2];
+  args.isc = isc.typed_data(), args.ish = ish.typed_data(), args.w = w.typed_data();
+  args.osc = osc.typed_data(), args.osh = osh.typed_data(), args.y = y->typed_data();
   void (*fn)(const Args&, int64_t, int64_t, int64_t, float*);
 #define CASE(KK, SS) else if (K == KK && stride == SS) fn = run<KK, SS>;
   if (false) {}
@@ -130,9 +148,44 @@ static ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   return ffi::Error::Success();
 }
 
+static ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> isc,
+                       ffi::Buffer<ffi::F32> ish, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> osc,
+                       ffi::Buffer<ffi::F32> osh,
+                       int64_t stride, int64_t pt, int64_t pl, int64_t in_act, int64_t out_act,
+                       ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> sums) {
+  auto xd = x.dimensions();
+  if (xd.size() != 4) return ffi::Error::InvalidArgument("expected x (N, H, W, C)");
+  Args args{x.typed_data(), nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, xd[0], xd[1], xd[2],
+            xd[3], 0, 0, pt, pl, in_act != 0, out_act != 0};
+  return Launch(pool, args, w.dimensions()[0], stride, w, isc, ish, osc, osh, y, sums);
+}
+
+static ffi::Error ExpandImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xin, ffi::Buffer<ffi::F32> we,
+                             ffi::Buffer<ffi::F32> isc, ffi::Buffer<ffi::F32> ish, ffi::Buffer<ffi::F32> w,
+                             ffi::Buffer<ffi::F32> osc, ffi::Buffer<ffi::F32> osh,
+                             int64_t stride, int64_t pt, int64_t pl, int64_t out_act,
+                             ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> sums) {
+  auto xd = xin.dimensions(); auto ed = we.dimensions(); auto wd = w.dimensions();
+  if (xd.size() != 4 || ed.size() != 3 || wd.size() != 3)
+    return ffi::Error::InvalidArgument("expected xin (N, H, W, Cin), we (P, Cin, 32), w (K, K, C)");
+  const int64_t C = wd[2];
+  if (ed[1] != xd[3] || ed[2] != gemm::kPanel || ed[0] != (C + gemm::kPanel - 1) / gemm::kPanel)
+    return ffi::Error::InvalidArgument("shapes of xin, we and w do not agree");
+  Args args{xin.typed_data(), nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, xd[0], xd[1], xd[2],
+            C, 0, 0, pt, pl, true, out_act != 0, we.typed_data(), xd[3]};
+  return Launch(pool, args, wd[0], stride, w, isc, ish, osc, osh, y, sums);
+}
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HsemoFusedDepthwise, Impl,
     ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
     .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
     .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
     .Attr<int64_t>("stride").Attr<int64_t>("pt").Attr<int64_t>("pl").Attr<int64_t>("in_act")
     .Attr<int64_t>("out_act").Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HsemoExpandDepthwise, ExpandImpl,
+    ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+    .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+    .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+    .Attr<int64_t>("stride").Attr<int64_t>("pt").Attr<int64_t>("pl").Attr<int64_t>("out_act")
+    .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());

@@ -77,6 +77,49 @@ def depthwise_bn_act(x, kernel_hwio, strides, padding, out_affine, *, in_affine=
     return _reference(*args, *static)
 
 
+def _expand_reference(x, w_kn, in_scale, in_shift, kernel_hhc, out_scale, out_shift, strides, pads, act):
+    n, h, w, c = x.shape
+    e = layers._matmul(x.reshape(n * h * w, c), w_kn).reshape(n, h, w, -1)
+    return _reference(e, kernel_hhc, in_scale, in_shift, out_scale, out_shift, strides, pads, True, act)
+
+
+def _expand_kernel(x, w_kn, in_scale, in_shift, kernel_hhc, out_scale, out_shift, strides, pads, act):
+    _, h, w, _ = x.shape
+    k = kernel_hhc.shape[0]
+    out_hw = ((h + sum(pads[0]) - k) // strides[0] + 1, (w + sum(pads[1]) - k) // strides[1] + 1)
+    return cpu_kernels.expand_depthwise(x, w_kn, in_scale, in_shift, kernel_hhc, out_scale, out_shift,
+                                        stride=strides[0], pt=pads[0][0], pl=pads[1][0], out_hw=out_hw,
+                                        out_act=act)
+
+
+# Expansion weights up to this size are computed inside the depthwise kernel: they stay in L2
+# while the rows stream. Larger ones (B0's 14x14 and 7x7 stages, 150-880 KB) would be re-read from
+# memory for every input row, where the separate GEMM reads them once per block of rows.
+_EXPAND_MAX_BYTES = 64 * 1024
+
+
+def expand_depthwise_bn_silu(conv_pw: layers.Conv2d, bn1: layers.BatchNorm, conv_dw: layers.Conv2d,
+                             bn2: layers.BatchNorm, x):
+    """`(y, sums of y over H, W or None)` of an MBConv's expansion and middle,
+    y = silu(bn2(conv_dw(silu(bn1(conv_pw(x)))))). In CPU inference, where the expansion weights
+    are small (`_EXPAND_MAX_BYTES`: the high-resolution blocks), one kernel that computes the
+    expansion row by row into the depthwise convolution's input, so the expanded tensor is never
+    written; otherwise `depthwise_bn_silu` of `conv_pw(x)`."""
+    w_kn = conv_pw.kernel[...][0, 0]
+    kernel_hhc = conv_dw.kernel[...][:, :, 0, :]
+    strides = layers._pair(conv_dw.strides)
+    if (conv_pw.bias is None and conv_dw.bias is None and bn1.use_running_average
+            and bn2.use_running_average and conv_pw.kernel.shape[:2] == (1, 1)
+            and tuple(conv_pw.strides) == (1, 1) and w_kn.size * w_kn.dtype.itemsize <= _EXPAND_MAX_BYTES
+            and x.dtype == w_kn.dtype and _kernel_applies(x, kernel_hhc, strides)):
+        pads = layers._explicit_padding(conv_dw.padding, x.shape[1:3], kernel_hhc.shape[:2], strides)
+        static = (strides, tuple(tuple(q) for q in pads), True)
+        args = (x, w_kn, *_in_dtype(bn1.affine(), x), kernel_hhc, *_in_dtype(bn2.affine(), x))
+        return layers.kernel_with_xla_gradient(lambda *a: _expand_kernel(*a, *static),
+                                               lambda *a: _expand_reference(*a, *static), *args)
+    return depthwise_bn_silu(conv_dw, bn2, conv_pw(x), in_bn=bn1)
+
+
 def _silu_input_reference(h, kernel_hhc, in_scale, in_shift, strides, pads):
     a = _affine_act(h, in_scale, in_shift, True)
     return layers.conv2d(a, kernel_hhc[:, :, None, :], strides, pads, groups=h.shape[-1])
