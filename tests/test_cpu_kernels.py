@@ -162,7 +162,8 @@ def test_conv1x1_runs_the_kernel_where_no_gradient_is_taken():
     convs = sum(isinstance(v, layers.Conv2d) and v.kernel.shape[:2] == (1, 1) and v.groups == 1
                 for _, v in nnx.iter_graph(m))
     graphdef, state = nnx.split(m)
-    text = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, np.zeros((1, 32, 32, 3), np.float32)).as_text()
+    x = np.zeros((1, 224, 224, 3), np.float32)
+    text = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).as_text()
     # the 16 projections take the squeeze-excite gate on their weights (the gated kernel)
     assert text.count(f"@{POINTWISE}_gated(") == 16
     # the first five expansions run inside the depthwise kernel (tests/test_fused_depthwise.py)

@@ -92,25 +92,33 @@ def _expand_kernel(x, w_kn, in_scale, in_shift, kernel_hhc, out_scale, out_shift
                                         out_act=act)
 
 
-# Expansion weights up to this size are computed inside the depthwise kernel: they stay in L2
-# while the rows stream. Larger ones (B0's 14x14 and 7x7 stages, 150-880 KB) would be re-read from
-# memory for every input row, where the separate GEMM reads them once per block of rows.
-_EXPAND_MAX_BYTES = 64 * 1024
+# The expansion runs inside the depthwise kernel where the expanded activation of an image is at
+# least _EXPAND_MIN_RATIO times the expansion weights (B0's blocks at 112-28 pixels, MobileViT's at
+# 112-56) and the weights stay in L2 while the rows stream. Elsewhere (B0 from 14x14: ratio 2.5 and
+# less) the kernel would re-read the weights for every input row, against once per block of rows in
+# the separate GEMM: fusing all of B0's blocks ran batch 32 5% slower (hsemo_jax/bench/NOTES.md).
+_EXPAND_MIN_RATIO = 8
+_EXPAND_MAX_BYTES = 512 * 1024
+
+
+def _expansion_fuses(x, w_kn) -> bool:
+    _, h, w, cin = x.shape
+    return h * w >= _EXPAND_MIN_RATIO * cin and w_kn.size * w_kn.dtype.itemsize <= _EXPAND_MAX_BYTES
 
 
 def expand_depthwise_bn_silu(conv_pw: layers.Conv2d, bn1: layers.BatchNorm, conv_dw: layers.Conv2d,
                              bn2: layers.BatchNorm, x):
     """`(y, sums of y over H, W or None)` of an MBConv's expansion and middle,
-    y = silu(bn2(conv_dw(silu(bn1(conv_pw(x)))))). In CPU inference, where the expansion weights
-    are small (`_EXPAND_MAX_BYTES`: the high-resolution blocks), one kernel that computes the
-    expansion row by row into the depthwise convolution's input, so the expanded tensor is never
-    written; otherwise `depthwise_bn_silu` of `conv_pw(x)`."""
+    y = silu(bn2(conv_dw(silu(bn1(conv_pw(x)))))). In CPU inference of a high-resolution block
+    (`_expansion_fuses`), one kernel that computes the expansion row by row into the depthwise
+    convolution's input, so the expanded tensor is never written; otherwise `depthwise_bn_silu` of
+    `conv_pw(x)`."""
     w_kn = conv_pw.kernel[...][0, 0]
     kernel_hhc = conv_dw.kernel[...][:, :, 0, :]
     strides = layers._pair(conv_dw.strides)
     if (conv_pw.bias is None and conv_dw.bias is None and bn1.use_running_average
             and bn2.use_running_average and conv_pw.kernel.shape[:2] == (1, 1)
-            and tuple(conv_pw.strides) == (1, 1) and w_kn.size * w_kn.dtype.itemsize <= _EXPAND_MAX_BYTES
+            and tuple(conv_pw.strides) == (1, 1) and _expansion_fuses(x, w_kn)
             and x.dtype == w_kn.dtype and _kernel_applies(x, kernel_hhc, strides)):
         pads = layers._explicit_padding(conv_dw.padding, x.shape[1:3], kernel_hhc.shape[:2], strides)
         static = (strides, tuple(tuple(q) for q in pads), True)

@@ -21,7 +21,7 @@ from flax import nnx
 
 from hsemo_jax.models.efficientnet import round_channels as make_divisible
 from hsemo_jax.models.fused_conv import conv_bn_act
-from hsemo_jax.models.fused_depthwise import depthwise_bn_silu
+from hsemo_jax.models.fused_depthwise import expand_depthwise_bn_silu
 from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear
 
 # arch -> width multiplier of timm's `_mobilevitv2_cfg` (channels (64, 128, 256, 384, 512), stem 32).
@@ -58,9 +58,10 @@ class BottleneckBlock(nnx.Module):
         self.has_skip = stride == 1 and in_ch == out_ch
 
     def __call__(self, x):
-        # the middle, silu(bn2(dw(silu(bn1(.))))), as EfficientNet's: one CPU kernel in eval mode
-        y, _ = depthwise_bn_silu(self.conv2_kxk.conv, self.conv2_kxk.bn, self.conv1_1x1.conv(x),
-                                 in_bn=self.conv1_1x1.bn)
+        # expansion and middle, silu(bn2(dw(silu(bn1(conv1(.)))))), as EfficientNet's: in eval mode
+        # one CPU kernel (with the expansion inside where its weights are small)
+        y, _ = expand_depthwise_bn_silu(self.conv1_1x1.conv, self.conv1_1x1.bn, self.conv2_kxk.conv,
+                                        self.conv2_kxk.bn, x)
         y = self.conv3_1x1(y)
         return x + y if self.has_skip else y
 
