@@ -41,10 +41,14 @@ def _reference(x, kernel_hhc, in_scale, in_shift, out_scale, out_shift, strides,
     return y, y.sum(axis=(1, 2))
 
 
-def _kernel(x, kernel_hhc, in_scale, in_shift, out_scale, out_shift, strides, pads, in_act, out_act):
+def _out_hw(x, kernel_hhc, strides, pads):
     _, h, w, _ = x.shape
     k = kernel_hhc.shape[0]
-    out_hw = ((h + sum(pads[0]) - k) // strides[0] + 1, (w + sum(pads[1]) - k) // strides[1] + 1)
+    return (h + sum(pads[0]) - k) // strides[0] + 1, (w + sum(pads[1]) - k) // strides[1] + 1
+
+
+def _kernel(x, kernel_hhc, in_scale, in_shift, out_scale, out_shift, strides, pads, in_act, out_act):
+    out_hw = _out_hw(x, kernel_hhc, strides, pads)
     return cpu_kernels.fused_depthwise(x, kernel_hhc, in_scale, in_shift, out_scale, out_shift,
                                        stride=strides[0], pt=pads[0][0], pl=pads[1][0], out_hw=out_hw,
                                        in_act=in_act, out_act=out_act)
@@ -84,9 +88,7 @@ def _expand_reference(x, w_kn, in_scale, in_shift, kernel_hhc, out_scale, out_sh
 
 
 def _expand_kernel(x, w_kn, in_scale, in_shift, kernel_hhc, out_scale, out_shift, strides, pads, act):
-    _, h, w, _ = x.shape
-    k = kernel_hhc.shape[0]
-    out_hw = ((h + sum(pads[0]) - k) // strides[0] + 1, (w + sum(pads[1]) - k) // strides[1] + 1)
+    out_hw = _out_hw(x, kernel_hhc, strides, pads)
     return cpu_kernels.expand_depthwise(x, w_kn, in_scale, in_shift, kernel_hhc, out_scale, out_shift,
                                         stride=strides[0], pt=pads[0][0], pl=pads[1][0], out_hw=out_hw,
                                         out_act=act)
