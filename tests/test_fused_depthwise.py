@@ -96,7 +96,7 @@ def test_expansion_kernel_equals_xla_form(case):
     x, kern, out_aff, in_aff = _inputs(n, h, h, c, k)
     xin = jnp.asarray(np.random.default_rng(1).standard_normal((n, h, h, cin)).astype(np.float32))
     w = jnp.asarray(np.random.default_rng(2).standard_normal((cin, c)).astype(np.float32) / np.sqrt(cin))
-    pads = tuple(tuple(q) for q in fd.layers._explicit_padding("SAME", (h, h), (k, k), (stride, stride)))
+    pads = fd.layers._explicit_padding("SAME", (h, h), (k, k), (stride, stride))
     static = ((stride, stride), pads, True)
     args = (xin, w, *in_aff, kern[:, :, 0], *out_aff)
     assert ck.available()

@@ -31,7 +31,7 @@ def conv_bn_act(conv: layers.Conv2d, bn: layers.BatchNorm, x, *, silu: bool = Tr
     if (conv.groups == 1 and conv.bias is None and bn.use_running_average and strides[0] == strides[1]
             and x.dtype == conv.kernel.dtype == jnp.float32 and cpu_kernels.available()):
         k = conv.kernel.shape[:2]
-        pads = tuple(tuple(p) for p in layers._explicit_padding(conv.padding, x.shape[1:3], k, strides))
+        pads = layers._explicit_padding(conv.padding, x.shape[1:3], k, strides)
         scale, shift = bn.affine()
         static = (strides, pads, silu)
         return layers.kernel_with_xla_gradient(lambda *a: _kernel(*a, *static), lambda *a: _reference(*a, *static),

@@ -68,7 +68,6 @@ def depthwise_bn_act(x, kernel_hwio, strides, padding, out_affine, *, in_affine=
     strides = layers._pair(strides)
     kernel_hhc = kernel_hwio[:, :, 0, :]
     pads = layers._explicit_padding(padding, x.shape[1:3], kernel_hhc.shape[:2], strides)
-    pads = tuple(tuple(p) for p in pads)
     c = x.shape[-1]
     in_act = in_affine is not None
     if not in_act:  # both forms ignore it then; it keeps one argument list
@@ -82,8 +81,7 @@ def depthwise_bn_act(x, kernel_hwio, strides, padding, out_affine, *, in_affine=
 
 
 def _expand_reference(x, w_kn, in_scale, in_shift, kernel_hhc, out_scale, out_shift, strides, pads, act):
-    n, h, w, c = x.shape
-    e = layers._matmul(x.reshape(n * h * w, c), w_kn).reshape(n, h, w, -1)
+    e = layers.conv1x1(x, w_kn[None, None], (1, 1))
     return _reference(e, kernel_hhc, in_scale, in_shift, out_scale, out_shift, strides, pads, True, act)
 
 
@@ -123,7 +121,7 @@ def expand_depthwise_bn_silu(conv_pw: layers.Conv2d, bn1: layers.BatchNorm, conv
             and tuple(conv_pw.strides) == (1, 1) and _expansion_fuses(x, w_kn)
             and x.dtype == w_kn.dtype and _kernel_applies(x, kernel_hhc, strides)):
         pads = layers._explicit_padding(conv_dw.padding, x.shape[1:3], kernel_hhc.shape[:2], strides)
-        static = (strides, tuple(tuple(q) for q in pads), True)
+        static = (strides, pads, True)
         args = (x, w_kn, *_in_dtype(bn1.affine(), x), kernel_hhc, *_in_dtype(bn2.affine(), x))
         return layers.kernel_with_xla_gradient(lambda *a: _expand_kernel(*a, *static),
                                                lambda *a: _expand_reference(*a, *static), *args)
@@ -176,7 +174,6 @@ def depthwise_silu_input(x, kernel_hwio, strides, padding, in_affine):
     strides = layers._pair(strides)
     kernel_hhc = kernel_hwio[:, :, 0, :]
     pads = layers._explicit_padding(padding, x.shape[1:3], kernel_hhc.shape[:2], strides)
-    pads = tuple(tuple(p) for p in pads)
     in_affine = _in_dtype(in_affine, x)
     if _kernel_applies(x, kernel_hhc, strides):
         return _silu_input(x, kernel_hhc, *in_affine, strides, pads)

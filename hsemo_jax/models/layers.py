@@ -30,15 +30,16 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def _explicit_padding(padding: Padding, in_hw, kernel_hw, strides) -> list[tuple[int, int]]:
-    """Padding as [(top, bottom), (left, right)]. "SAME" is TF/XLA same (extra pad bottom/right)."""
+def _explicit_padding(padding: Padding, in_hw, kernel_hw, strides) -> tuple[tuple[int, int], ...]:
+    """Padding as ((top, bottom), (left, right)), hashable (a static argument of the custom
+    VJPs). "SAME" is TF/XLA same (extra pad bottom/right)."""
     if isinstance(padding, str):
-        return list(lax.padtype_to_pads(in_hw, kernel_hw, strides, padding.upper()))
+        return tuple(tuple(p) for p in lax.padtype_to_pads(in_hw, kernel_hw, strides, padding.upper()))
     if isinstance(padding, int):
-        return [(padding, padding), (padding, padding)]
+        return ((padding, padding), (padding, padding))
     if isinstance(padding[0], int):
-        return [(padding[0], padding[0]), (padding[1], padding[1])]
-    return [tuple(p) for p in padding]
+        return ((padding[0], padding[0]), (padding[1], padding[1]))
+    return tuple(tuple(p) for p in padding)
 
 
 def _gemv_sum(v_mc):
@@ -167,7 +168,7 @@ def conv2d_shift(x_nhwc, kernel_hwio, strides, padding: Padding, groups: int):
     """
     n, h, w, cin = x_nhwc.shape
     kh, kw, cin_g, cout = kernel_hwio.shape
-    pads = tuple(tuple(p) for p in _explicit_padding(padding, (h, w), (kh, kw), strides))
+    pads = _explicit_padding(padding, (h, w), (kh, kw), strides)
     if cin_g == 1 and cout == cin:
         return _depthwise_shift(x_nhwc, kernel_hwio[:, :, 0, :], tuple(strides), pads)
     return _grouped_shift(x_nhwc, kernel_hwio, tuple(strides), pads, groups)

@@ -59,7 +59,7 @@ class BottleneckBlock(nnx.Module):
 
     def __call__(self, x):
         # expansion and middle, silu(bn2(dw(silu(bn1(conv1(.)))))), as EfficientNet's: in eval mode
-        # one CPU kernel (with the expansion inside where its weights are small)
+        # one CPU kernel (with the expansion inside in the high-resolution blocks)
         y, _ = expand_depthwise_bn_silu(self.conv1_1x1.conv, self.conv1_1x1.bn, self.conv2_kxk.conv,
                                         self.conv2_kxk.bn, x)
         y = self.conv3_1x1(y)
