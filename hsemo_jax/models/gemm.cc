@@ -40,20 +40,21 @@ ffi::Error Run(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x, const ffi:
   const float* ws = wp.typed_data();
   float* ys = y->typed_data();
   // Units: blocks of rows within one sample (one gate) whose x (rows x K floats) stays within
-  // ~256 KB of L2, each through all panels, so that x is read once; when that gives fewer than 4
-  // units per thread, each row block is split further into groups of panels (small images: few
-  // rows, wide layers).
+  // ~256 KB of L2, each through all panels (in passes of ~64 KB of weights, `rows`), so that x is
+  // read from memory once; when that gives fewer than 4 units per thread, each row block is split
+  // further into groups of panels (small images: few rows, wide layers).
   const int64_t threads = std::max<int64_t>(1, pool.num_threads()), per_sample = M / S;
   const int64_t l2_rows = std::max<int64_t>(kRows, 65536 / std::max<int64_t>(K, 1));
   const int64_t block = std::min(per_sample, (l2_rows + kRows - 1) / kRows * kRows);
   const int64_t sample_blocks = block ? (per_sample + block - 1) / block : 0, blocks = S * sample_blocks;
-  const int64_t groups = panel_groups(blocks, P, threads);
+  const int64_t groups = panel_groups(blocks, P, threads), pass = gemm::panels_per_pass(K);
   parallel_units(pool, blocks * groups, [&](int64_t, int64_t u) {
     const int64_t b = u / groups, g = u % groups, s = b / sample_blocks;
     const int64_t m0 = s * per_sample + (b % sample_blocks) * block, m = std::min(block, (s + 1) * per_sample - m0);
-    for (int64_t p = g * P / groups; p < (g + 1) * P / groups; ++p) {
-      rows(Operand{xs + m0 * K, K, K, 1, 0}, ws + p * K * kPanel, gate ? gate + s * K : nullptr,
-           Epilogue{}, ys + m0 * N + p * kPanel, N, std::min<int64_t>(kPanel, N - p * kPanel), m);
+    const int64_t p_end = (g + 1) * P / groups;
+    for (int64_t p = g * P / groups; p < p_end; p += pass) {
+      rows(Operand{xs + m0 * K, K, K, 1, 0}, ws + p * K * kPanel, std::min(pass, p_end - p),
+           gate ? gate + s * K : nullptr, Epilogue{}, ys + m0 * N + p * kPanel, N, N - p * kPanel, m);
     }
   });
   return ffi::Error::Success();
@@ -90,16 +91,17 @@ ffi::Error ConvAct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<f
   // panels when there are fewer than 4 rows per thread (a 7x7 map: 7 rows).
   const int64_t out_rows = N * OH, threads = std::max<int64_t>(1, pool.num_threads());
   const int64_t blocks = std::min<int64_t>(out_rows, 8 * threads);
-  const int64_t groups = panel_groups(blocks, P, threads);
+  const int64_t groups = panel_groups(blocks, P, threads), pass = gemm::panels_per_pass(k * k * C);
   parallel_units(pool, blocks * groups, [&](int64_t, int64_t u) {
     const int64_t b = u / groups, g = u % groups;
     for (int64_t r = b * out_rows / blocks; r < (b + 1) * out_rows / blocks; ++r) {
       const int64_t n = r / OH, oh = r % OH;
       const Operand a{xs + ((n * H + oh * stride) * W) * C, stride * C, k * C, k, W * C};
-      for (int64_t p = g * P / groups; p < (g + 1) * P / groups; ++p) {
+      const int64_t p_end = (g + 1) * P / groups;
+      for (int64_t p = g * P / groups; p < p_end; p += pass) {
         const Epilogue e{scale.typed_data() + p * kPanel, shift.typed_data() + p * kPanel, act != 0};
-        rows(a, ws + p * k * k * C * kPanel, nullptr, e, ys + r * OW * D + p * kPanel, D,
-             std::min<int64_t>(kPanel, D - p * kPanel), OW);
+        rows(a, ws + p * k * k * C * kPanel, std::min(pass, p_end - p), nullptr, e,
+             ys + r * OW * D + p * kPanel, D, D - p * kPanel, OW);
       }
     }
   });
