@@ -33,6 +33,15 @@ struct Epilogue {
   bool silu = false;
 };
 
+// The tile fetches its weights kPrefetchRows k-rows ahead of use (its V * kLanes floats: one 64-byte
+// line on AVX2, two with AVX-512 and V = 2). The hardware prefetcher misses these 64-128-byte
+// pieces 128 bytes apart, and at batch 1 the weights come from L3 or memory (MobileViT's 42 MB do
+// not fit 32 MB of L3): in-model A/B on AVX2, MobileViT batch 1 +14%, B0 batch 1 +7%, MobileViT
+// batch 32 +6%; 8 to 64 rows ahead measured alike.
+constexpr int64_t kPrefetchRows = 16;
+template <int V>
+constexpr int kPrefetchLines = (V * kLanes * 4 + 63) / 64;
+
 // Rows [0, R) of a tile, its first V vectors of columns: acc = x[R, :] @ (gate * wp[:, kLanes V])
 // (no gate: nullptr; wp at the tile's first column, rows 32 apart), through the epilogue, stored to
 // y (row stride ldy) for the `cols` valid columns.
@@ -47,6 +56,7 @@ static void tile(const Operand& a, const float* wp, const float* gate, const Epi
     const float* w = wp + j * a.K * kPanel;
     const float* g = gate ? gate + j * a.K : nullptr;
     for (int64_t k = 0; k < a.K; ++k) {
+      for (int l = 0; l < kPrefetchLines<V>; ++l) __builtin_prefetch(w + (k + kPrefetchRows) * kPanel + 16 * l, 0, 3);
       vf b[V];
       for (int v = 0; v < V; ++v) b[v] = ld(w + k * kPanel + kLanes * v);
       if (g)
