@@ -164,11 +164,10 @@ def test_conv1x1_runs_the_kernel_where_no_gradient_is_taken():
     graphdef, state = nnx.split(m)
     x = np.zeros((1, 224, 224, 3), np.float32)
     text = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).as_text()
-    # the 16 projections take the squeeze-excite gate on their weights (the gated kernel)
-    assert text.count(f"@{POINTWISE}_gated(") == 16
-    # the first five expansions run inside the depthwise kernel (tests/test_fused_depthwise.py)
+    # the first five expansions run inside the depthwise kernel (tests/test_fused_depthwise.py);
+    # the rest (expansions, SE convolutions, projections with their gate, the head) are the GEMM
     assert text.count("@hsemo_expand_depthwise(") == 5
-    assert text.count(f"@{POINTWISE}(") == convs - 16 - 5 > 40  # expansions, SE convolutions, head
+    assert text.count(f"@{POINTWISE}(") == convs - 5 > 50
     assert text.count("@hsemo_conv_act(") == 1  # the stem, with its batch norm and SiLU
 
 
@@ -183,7 +182,7 @@ def test_gated_pointwise_equals_gating_then_matmul(n, h, w, c, d):
     gate = jnp.asarray(rng.uniform(0, 1, (n, c)), jnp.float32)
     loss = lambda x, k, gate: jnp.sum(layers.conv1x1_gated(x, k, gate) ** 2)  # noqa: E731
     forward = jax.jit(layers.conv1x1_gated)
-    assert f"@{POINTWISE}_gated(" in forward.lower(x, k, gate).as_text()
+    assert f"@{POINTWISE}(" in forward.lower(x, k, gate).as_text()
     with jax.default_matmul_precision("float32"):
         y = forward(x, k, gate)
         want = np.einsum("nhwc,cd->nhwd", np.asarray(x, np.float64) * np.asarray(gate)[:, None, None], k[0, 0])
@@ -196,37 +195,99 @@ def test_gated_pointwise_equals_gating_then_matmul(n, h, w, c, d):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
 
 
-CONV_ACT_CASES = [  # (n, h, w, c, d, k, stride, padding, silu)
-    (1, 16, 16, 3, 32, 3, 2, "SAME", True),  # EfficientNet's stem
-    (2, 9, 11, 3, 48, 3, 2, 1, True),  # MobileViT's
-    (1, 7, 6, 5, 24, 3, 1, 1, False),  # a panel of 24 columns
-    (3, 5, 5, 40, 70, 1, 1, 0, False),  # MobileViT's 1x1 ConvNormActs
+EPILOGUE_CASES = [  # (samples, rows per sample, K, N, gate, affine, act, residual)
+    (1, 1, 48, 1152, False, True, "sigmoid", False),  # a squeeze-excite expansion (bias, sigmoid)
+    (2, 49, 1152, 320, True, True, None, True),  # B0's projection: gate, batch norm, skip
+    (1, 13, 7, 24, False, True, "silu", True),  # a panel of 24 valid columns: partial vectors
+    (3, 70, 16, 33, True, False, None, True),  # one column beyond a panel; several row blocks
+    (1, 5, 3, 20, False, False, "silu", False),
+]
+
+
+@pytest.mark.parametrize("s,rows,k,n,gated,affine,act,res", EPILOGUE_CASES)
+def test_pointwise_epilogue_equals_float64(s, rows, k, n, gated, affine, act, res):
+    """act(((x * gate) @ w) * scale + shift) + residual in one kernel pass equals the float64
+    arithmetic, each part on or off; differentiated, the gradient is the XLA form's."""
+    rng = np.random.default_rng(5)
+    m = s * rows
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32) / np.sqrt(k)
+    kw = dict(gate=rng.uniform(0, 1, (s, k)).astype(np.float32) if gated else None,
+              scale=rng.uniform(0.5, 1.5, n).astype(np.float32) if affine else None,
+              shift=rng.standard_normal(n).astype(np.float32) if affine else None,
+              residual=rng.standard_normal((m, n)).astype(np.float32) if res else None)
+    forward = jax.jit(lambda x, w: layers.pointwise(x, w, act=act, **kw))
+    assert f"@{POINTWISE}(" in forward.lower(x, w).as_text()
+    def plain(x, w, xp=jnp):
+        if gated:
+            x = (x.reshape(s, rows, k) * kw["gate"][:, None]).reshape(m, k)
+        y = x @ w
+        if affine:
+            y = y * kw["scale"] + kw["shift"]
+        y = {None: y, "silu": y / (1 + xp.exp(-y)), "sigmoid": 1 / (1 + xp.exp(-y))}[act]
+        return y + kw["residual"] if res else y
+
+    want = plain(np.float64(x), w, np)
+    np.testing.assert_allclose(forward(x, w), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+    grad = jax.jit(jax.grad(lambda x, w: jnp.sum(layers.pointwise(x, w, act=act, **kw) ** 2), argnums=(0, 1)))
+    assert POINTWISE not in grad.lower(x, w).as_text()
+    with jax.default_matmul_precision("float32"):
+        g1 = grad(x, w)
+        g0 = jax.grad(lambda x, w: jnp.sum(plain(x, w) ** 2), argnums=(0, 1))(x, w)
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
+def test_pointwise_kernel_rejects_mismatched_epilogue():
+    """A scale of the wrong length is an error from the kernel, not a read past the buffer."""
+    x, w = np.ones((4, 8), np.float32), np.ones((8, 16), np.float32)
+    bad = np.ones(15, np.float32)
+    with pytest.raises(Exception, match="do not agree"):
+        jax.block_until_ready(jax.jit(lambda x, w: ck.pointwise(x, w, scale=bad, shift=bad))(x, w))
+
+
+CONV_ACT_CASES = [  # (n, h, w, c, d, k, stride, padding, act, bias, bn, residual)
+    (1, 16, 16, 3, 32, 3, 2, "SAME", "silu", False, True, False),  # EfficientNet's stem
+    (2, 9, 11, 3, 48, 3, 2, 1, "silu", False, True, False),  # MobileViT's
+    (1, 7, 6, 5, 24, 3, 1, 1, None, False, True, False),  # a panel of 24 columns
+    (3, 5, 5, 40, 70, 1, 1, 0, None, False, True, False),  # MobileViT's 1x1 ConvNormActs
+    (2, 6, 6, 32, 32, 1, 1, 0, None, False, True, True),  # a projection with its skip connection
+    (2, 4, 3, 24, 40, 1, 1, 0, "silu", True, False, True),  # MobileViT's MLP: bias, SiLU, residual
+    (1, 1, 1, 40, 8, 1, 1, 0, "sigmoid", True, False, False),  # a squeeze-excite expansion
 ]
 
 
 @pytest.mark.parametrize("case", CONV_ACT_CASES)
 def test_conv_bn_act_equals_the_layers(case):
+    """conv_bn_act in eval mode (one kernel: HsemoConvAct for k > 1, the GEMM with its epilogue for
+    1x1) equals the layers it stands for, values and gradients."""
     from hsemo_jax.models import fused_conv
 
-    n, h, w, c, d, k, stride, padding, silu = case
+    n, h, w, c, d, k, stride, padding, act, bias, with_bn, with_res = case
     rng = np.random.default_rng(5)
-    conv = layers.Conv2d(c, d, k, stride=stride, padding=padding, rng=rng)
-    bn = layers.BatchNorm(d)
-    bn.mean[...] = jnp.asarray(rng.standard_normal(d), jnp.float32)
-    bn.var[...] = jnp.asarray(rng.uniform(0.5, 2, d), jnp.float32)
-    bn.scale[...] = jnp.asarray(rng.uniform(0.5, 2, d), jnp.float32)
-    bn.use_running_average = True
+    conv = layers.Conv2d(c, d, k, stride=stride, padding=padding, bias=bias, rng=rng)
+    bn = None
+    if with_bn:
+        bn = layers.BatchNorm(d)
+        bn.mean[...] = jnp.asarray(rng.standard_normal(d), jnp.float32)
+        bn.var[...] = jnp.asarray(rng.uniform(0.5, 2, d), jnp.float32)
+        bn.scale[...] = jnp.asarray(rng.uniform(0.5, 2, d), jnp.float32)
+        bn.use_running_average = True
     x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
-    fused = jax.jit(lambda x: fused_conv.conv_bn_act(conv, bn, x, silu=silu))
-    assert "hsemo_conv_act" in fused.lower(x).as_text()
+    oh, ow = -(-h // stride), -(-w // stride)
+    res = jnp.asarray(rng.standard_normal((n, oh, ow, d)), jnp.float32) if with_res else None
+    fused = lambda x: fused_conv.conv_bn_act(conv, bn, x, act=act, residual=res)  # noqa: E731
+    assert ("hsemo_conv_act" if k > 1 else "@hsemo_pointwise(") in jax.jit(fused).lower(x).as_text()
 
     def plain(x):
-        y = bn(conv(x))
-        return jax.nn.silu(y) if silu else y
+        y = conv(x)
+        y = layers.ACTIVATIONS[act](y if bn is None else bn(y))
+        return y if res is None else y + res
 
     with jax.default_matmul_precision("float32"):
-        y1, y0 = fused(x), jax.jit(plain)(x)
-        g1 = jax.grad(lambda x: jnp.sum(fused_conv.conv_bn_act(conv, bn, x, silu=silu) ** 2))(x)
+        y1, y0 = jax.jit(fused)(x), jax.jit(plain)(x)
+        g1 = jax.grad(lambda x: jnp.sum(fused(x) ** 2))(x)
         g0 = jax.grad(lambda x: jnp.sum(plain(x) ** 2))(x)
     np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5 * np.abs(y0).max())
     np.testing.assert_allclose(g1, g0, rtol=1e-5, atol=1e-5 * np.abs(g0).max())

@@ -9,12 +9,39 @@ TABLE_HEADER = ("| arch | batch | Flax (jit) img/s | PyTorch eager img/s | Flax 
 
 
 def torch_reference(arch: str):
-    """The PyTorch original of `arch` with 10 outputs (train mode, random init), or None when
-    torch/timm or the repository's spec-written references (`tests/reference/`) are missing."""
+    """The PyTorch original of `arch` with 10 outputs (train mode, random init, normalization
+    layers as trained: `_trained_like_norms`), or None when torch/timm or the repository's
+    spec-written references (`tests/reference/`) are missing."""
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError:
         return None
+    module = _random_reference(arch)
+    _trained_like_norms(module)
+    return module
+
+
+def _trained_like_norms(module, seed: int = 0):
+    """Seeded random affine parameters and running statistics for every normalization layer, in
+    place. At initialization they are all ones and zeros, which a compiler with the weights as
+    constants sees as one value per layer (XLA then broadcasts it anew on every call, ~30
+    broadcasts in a B0 call) and which no trained checkpoint has."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)):
+            with torch.no_grad():
+                if getattr(m, "weight", None) is not None:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+                if getattr(m, "running_mean", None) is not None:
+                    m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                    m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+
+
+def _random_reference(arch: str):
+    import torch
     if arch.startswith(("tf_efficientnet", "efficientnet", "mobilevit")):
         import timm
 

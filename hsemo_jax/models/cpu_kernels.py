@@ -42,7 +42,7 @@ TARGETS = {"hsemo_fused_depthwise": "HsemoFusedDepthwise", "hsemo_expand_depthwi
            "hsemo_depthwise_grad": "HsemoDepthwiseGrad",
            "hsemo_depthwise_grad_silu": "HsemoDepthwiseGradSilu",
            "hsemo_channel_moments": "HsemoChannelMoments", "hsemo_channel_grad_sums": "HsemoChannelGradSums",
-           "hsemo_pointwise": "HsemoPointwise", "hsemo_pointwise_gated": "HsemoPointwiseGated",
+           "hsemo_pointwise": "HsemoPointwise",
            "hsemo_conv_act": "HsemoConvAct"}
 
 
@@ -196,15 +196,20 @@ def pack_panels(w_kn):
     return w.reshape(k, p, PANEL).transpose(1, 0, 2)
 
 
-def pointwise(x_mk, w_kn, gate_sk=None):
-    """x @ w by gemm.cc (float32); with `gate_sk` (S, K), row i of x is first scaled by gate row
-    i // (M / S) (S samples of M / S rows each)."""
-    m, n = x_mk.shape[0], w_kn.shape[1]
-    if gate_sk is None:
-        call = jax.ffi.ffi_call("hsemo_pointwise", _like(x_mk, (m, n)), vmap_method="sequential")
-        return call(x_mk, pack_panels(w_kn))
-    call = jax.ffi.ffi_call("hsemo_pointwise_gated", _like(x_mk, (m, n)), vmap_method="sequential")
-    return call(x_mk, pack_panels(w_kn), gate_sk)
+ACTS = {None: 0, "silu": 1, "sigmoid": 2}  # gemm_tiles.h's Act
+
+
+def pointwise(x_mk, w_kn, gate_sk=None, *, scale=None, shift=None, residual=None, act=None):
+    """act((x @ w) * scale + shift) + residual by gemm.cc (float32), each part optional (scale and
+    shift (N,) both or neither); with `gate_sk` (S, K), row i of x is first scaled by gate row
+    i // (M / S) (S samples of M / S rows each). act: None, "silu" or "sigmoid"."""
+    (m, k), n = x_mk.shape, w_kn.shape[1]
+    none = np.zeros((0,), np.float32)
+    if scale is None:
+        scale = shift = none
+    call = jax.ffi.ffi_call("hsemo_pointwise", _like(x_mk, (m, n)), vmap_method="sequential")
+    return call(x_mk, pack_panels(w_kn), np.zeros((0, k), np.float32) if gate_sk is None else gate_sk,
+                scale, shift, none if residual is None else residual, act=np.int64(ACTS[act]))
 
 
 def conv_act(xp, kernel_hwio, scale, shift, *, stride: int, silu: bool):
@@ -212,9 +217,7 @@ def conv_act(xp, kernel_hwio, scale, shift, *, stride: int, silu: bool):
     input xp (no padding left to do), float32."""
     n, h, w, _ = xp.shape
     k, _, c, d = kernel_hwio.shape
-    p = -(-d // PANEL)
     out = (n, (h - k) // stride + 1, (w - k) // stride + 1, d)
-    pad = lambda v: jnp.pad(v, (0, p * PANEL - d))  # noqa: E731
     call = jax.ffi.ffi_call("hsemo_conv_act", _like(xp, out), vmap_method="sequential")
-    return call(xp, pack_panels(kernel_hwio.reshape(k * k * c, d)), pad(scale), pad(shift),
+    return call(xp, pack_panels(kernel_hwio.reshape(k * k * c, d)), scale, shift,
                 k=np.int64(k), stride=np.int64(stride), act=np.int64(silu))

@@ -7,14 +7,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from hsemo_jax.models.fused_conv import conv_bn_act
 from hsemo_jax.models.fused_depthwise import depthwise_bn_silu, expand_depthwise_bn_silu
-from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear, conv1x1_gated
+from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear, pointwise, spatial_mean
 
 # (block type, repeats, kernel, stride, expansion, out channels); SE ratio 0.25 everywhere.
 B0_BLOCKS = (
@@ -64,17 +63,20 @@ class SqueezeExcite(nnx.Module):
 
     def gate(self, x, sums=None):
         """The (N, C) gate of x; `sums`: x summed over H and W, if the caller has it (the fused
-        depthwise kernel's)."""
+        depthwise kernel's; the mean's division then scales the reduction's output). In CPU
+        inference two kernel calls (`layers.pointwise`), where XLA ran four small fusions more."""
+        reduce, expand = self.conv_reduce, self.conv_expand
         if sums is None:
-            s = jnp.mean(x, axis=(1, 2), keepdims=True)
+            s, scale = jnp.mean(x, axis=(1, 2)), None
         else:
-            s = (sums / (x.shape[1] * x.shape[2]))[:, None, None, :]
-        return jax.nn.sigmoid(self.conv_expand(jax.nn.silu(self.conv_reduce(s))))[:, 0, 0, :]
+            s, scale = sums, np.full(reduce.bias.shape, 1 / (x.shape[1] * x.shape[2]), np.float32)
+        r = pointwise(s, reduce.kernel[0, 0], scale=scale, shift=reduce.bias[...], act="silu")
+        return pointwise(r, expand.kernel[0, 0], shift=expand.bias[...], act="sigmoid")
 
 
-def _project(conv: Conv2d, se: SqueezeExcite, x, sums):
-    """conv(x * se.gate(x)), the gate applied to the 1x1 projection's weights (`conv1x1_gated`)."""
-    return conv1x1_gated(x, conv.kernel[...], se.gate(x, sums).astype(x.dtype))
+def _project(conv: Conv2d, bn: BatchNorm, se: SqueezeExcite, x, sums, residual):
+    """bn(conv(x * se.gate(x))) + residual, the gate applied to the 1x1 projection's weights."""
+    return conv_bn_act(conv, bn, x, act=None, gate=se.gate(x, sums).astype(x.dtype), residual=residual)
 
 
 class DepthwiseSeparable(nnx.Module):
@@ -91,8 +93,7 @@ class DepthwiseSeparable(nnx.Module):
 
     def __call__(self, x):
         y, sums = depthwise_bn_silu(self.conv_dw, self.bn1, x)
-        y = self.bn2(_project(self.conv_pw, self.se, y, sums))
-        return x + y if self.has_skip else y
+        return _project(self.conv_pw, self.bn2, self.se, y, sums, x if self.has_skip else None)
 
 
 class InvertedResidual(nnx.Module):
@@ -113,8 +114,7 @@ class InvertedResidual(nnx.Module):
 
     def __call__(self, x):
         y, sums = expand_depthwise_bn_silu(self.conv_pw, self.bn1, self.conv_dw, self.bn2, x)
-        y = self.bn3(_project(self.conv_pwl, self.se, y, sums))
-        return x + y if self.has_skip else y
+        return _project(self.conv_pwl, self.bn3, self.se, y, sums, x if self.has_skip else None)
 
 
 class EfficientNet(nnx.Module):
@@ -150,8 +150,7 @@ class EfficientNet(nnx.Module):
         for stage in self.blocks:
             for block in stage:
                 x = block(x)
-        x = jax.nn.silu(self.bn2(self.conv_head(x)))
-        return jnp.mean(x, axis=(1, 2))
+        return spatial_mean(conv_bn_act(self.conv_head, self.bn2, x))
 
     def head(self, features):
         """Embedding -> scores (the embedding itself when there is no classifier)."""

@@ -70,7 +70,8 @@ static void run(const Args& a, int64_t n, int64_t cb_begin, int64_t cb_end, floa
           const int64_t g = cb_begin + cb;
           gemm::rows(gemm::Operand{src, a.Cin, a.Cin, 1, 0},
                      a.we + (g / 2) * a.Cin * gemm::kPanel + (g % 2) * 16, 1, nullptr,
-                     gemm::Epilogue{isc + cb * 16, ish + cb * 16, in_act}, r + (cb * RW + pl) * 16, 16, 16, W);
+                     gemm::Epilogue{isc + cb * 16, ish + cb * 16, in_act ? gemm::kSilu : gemm::kNone},
+                     r + (cb * RW + pl) * 16, 16, 16, W);
         }
         continue;
       }

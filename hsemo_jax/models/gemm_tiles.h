@@ -25,12 +25,15 @@ struct Operand {
   int64_t ld, K, segs, seg;
 };
 
-// What a tile does to its sums before storing them: silu?(acc * scale + shift) per column; no
-// scale (nullptr): stored as they are. Pointers at the panel's first column, P * 32 long.
+// What a tile does to its sums before storing them: act(acc * scale + shift) + residual per
+// column; no scale (nullptr): no affine; no residual: none added. scale and shift at the panel's
+// first column (N long); residual at the output's first element, laid out like it.
+enum Act : int64_t { kNone = 0, kSilu = 1, kSigmoid = 2 };
 struct Epilogue {
   const float* scale = nullptr;
   const float* shift = nullptr;
-  bool silu = false;
+  int64_t act = kNone;
+  const float* residual = nullptr;
 };
 
 // The tile fetches its weights kPrefetchRows k-rows ahead of use (its V * kLanes floats: one 64-byte
@@ -70,13 +73,30 @@ static void tile(const Operand& a, const float* wp, const float* gate, const Epi
   for (int v = 0; v < V; ++v) {
     const int64_t c = kLanes * v, n = std::min<int64_t>(kLanes, cols - c);
     if (n <= 0) break;
-    const vf sc = e.scale ? ld(e.scale + c) : vf{}, sh = e.scale ? ld(e.shift + c) : vf{};
+    vf sc{}, sh{};
+    if (e.scale && n == kLanes) {
+      sc = ld(e.scale + c);
+      sh = ld(e.shift + c);
+    } else if (e.scale) {  // the last columns: scale and shift end with them
+      std::memcpy(&sc, e.scale + c, n * sizeof(float));
+      std::memcpy(&sh, e.shift + c, n * sizeof(float));
+    }
     for (int r = 0; r < R; ++r) {
       vf out = acc[r][v];
       if (e.scale) out = out * sc + sh;
-      if (e.silu) out = silu(out);
-      if (n == kLanes) st(y + r * ldy + c, out);
-      else std::memcpy(y + r * ldy + c, &out, n * sizeof(float));
+      if (e.act == kSilu) out = silu(out);
+      else if (e.act == kSigmoid) out = sigmoid(out);
+      if (n == kLanes) {
+        if (e.residual) out += ld(e.residual + r * ldy + c);
+        st(y + r * ldy + c, out);
+      } else {
+        if (e.residual) {
+          vf res{};
+          std::memcpy(&res, e.residual + r * ldy + c, n * sizeof(float));
+          out += res;
+        }
+        std::memcpy(y + r * ldy + c, &out, n * sizeof(float));
+      }
     }
   }
 }
@@ -102,7 +122,8 @@ static void rows(Operand a, const float* wp, int64_t panels, const float* gate, 
     const int64_t i = t * m / tiles, h = (t + 1) * m / tiles - i;
     a.x = x0 + i * a.ld;
     for (int64_t c = 0; c < last; c += kTileCols) {
-      const Epilogue ec{e.scale ? e.scale + c : nullptr, e.scale ? e.shift + c : nullptr, e.silu};
+      const Epilogue ec{e.scale ? e.scale + c : nullptr, e.scale ? e.shift + c : nullptr, e.act,
+                        e.residual ? e.residual + i * ldy + c : nullptr};
       const float* w = wp + (c / kPanel) * stride + c % kPanel;
       float* yt = y + i * ldy + c;
       switch (h * 2 + (last - c > kLanes)) {

@@ -60,6 +60,20 @@ def leading_sum(x, ndim: int = 1):
     return out.reshape(trailing)
 
 
+def spatial_mean(x_nhwc):
+    """Mean over H and W (global average pooling), on CPU as per-sample matrix-vector products
+    with ones, as `leading_sum` (EfficientNet's head, 7x7x1280: XLA's reduction took ~40 us of a
+    ~8 ms batch-1 call)."""
+    n, h, w, c = x_nhwc.shape
+    flat = x_nhwc.reshape(n, h * w, c)
+
+    def gemv(v):
+        ones = jnp.full((h * w,), 1 / (h * w), v.dtype)
+        return lax.dot_general(ones, v, (((0,), (1,)), ((), ())), precision=lax.Precision.HIGHEST)
+
+    return lax.platform_dependent(flat, cpu=gemv, default=lambda v: v.mean(axis=1))
+
+
 def broadcast_leading(v, shape):
     """`v` broadcast to `shape` along new leading axes; its gradient is a `leading_sum`. A
     per-channel parameter used through it (scale, bias, PReLU slope, tap weight) gets its
@@ -266,40 +280,66 @@ def _matmul_bwd(residuals, g_md):
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def _gated_xla(x_nhwc, w_cd, gate_nc):
-    n, h, w, c = x_nhwc.shape
-    return _matmul((x_nhwc * gate_nc[:, None, None, :]).reshape(n * h * w, c), w_cd)
+ACTIVATIONS = {None: lambda y: y, "silu": jax.nn.silu, "sigmoid": jax.nn.sigmoid}
 
 
-def _gated_kernel(x_nhwc, w_cd, gate_nc):
-    n, h, w, c = x_nhwc.shape
-    return cpu_kernels.pointwise(x_nhwc.reshape(n * h * w, c), w_cd, gate_nc)
+def _pointwise_xla(act, x_mk, w_kn, gate_sk, scale, shift, residual):
+    if gate_sk is not None:
+        x_mk = (x_mk.reshape(gate_sk.shape[0], -1, x_mk.shape[1]) * gate_sk[:, None]).reshape(x_mk.shape)
+    y = _matmul(x_mk, w_kn)
+    if scale is not None:
+        y = y * broadcast_leading(scale, y.shape)
+    if shift is not None:
+        y = y + broadcast_leading(shift, y.shape)
+    y = ACTIVATIONS[act](y)
+    return y if residual is None else y + residual
 
 
-@jax.custom_vjp
-def _gated_matmul(x_nhwc, w_cd, gate_nc):
-    if x_nhwc.dtype == w_cd.dtype == gate_nc.dtype == jnp.float32:
-        return _on_cpu(_gated_kernel, _gated_xla, x_nhwc, w_cd, gate_nc)
-    return _gated_xla(x_nhwc, w_cd, gate_nc)
+def _pointwise_kernel(act, x_mk, w_kn, gate_sk, scale, shift, residual):
+    if scale is None and shift is not None:  # numpy constants: XLA would compute a broadcast per call
+        scale = np.ones(shift.shape, np.float32)
+    elif scale is not None and shift is None:
+        shift = np.zeros(scale.shape, np.float32)
+    return cpu_kernels.pointwise(x_mk, w_kn, gate_sk, scale=scale, shift=shift, residual=residual, act=act)
 
 
-def _gated_matmul_fwd(x_nhwc, w_cd, gate_nc):  # differentiated: the XLA form, as `_matmul_fwd`
-    return _gated_xla(x_nhwc, w_cd, gate_nc), (x_nhwc, w_cd, gate_nc)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _pointwise(act, *args):
+    return _on_cpu(functools.partial(_pointwise_kernel, act), functools.partial(_pointwise_xla, act), *args)
 
 
-def _gated_matmul_bwd(residuals, g_md):
-    return jax.vjp(_gated_xla, *residuals)[1](g_md)
+def _pointwise_fwd(act, *args):  # differentiated: the XLA form (its matmul Eigen's, `_matmul_fwd`)
+    return jax.vjp(functools.partial(_pointwise_xla, act), *args)
 
 
-_gated_matmul.defvjp(_gated_matmul_fwd, _gated_matmul_bwd)
+def _pointwise_bwd(act, vjp, g):
+    return vjp(g)
+
+
+_pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+
+def pointwise(x_mk, w_kn, *, gate=None, scale=None, shift=None, residual=None, act=None):
+    """act(((x * gate) @ w) * scale + shift) + residual over the rows of x (M, K), each part
+    optional: gate (S, K) scales the rows of sample s (M / S rows each; squeeze-excite), scale and
+    shift (N,) are a folded batch norm or a bias (scale None: no affine; shift None: no shift),
+    act None / "silu" / "sigmoid", residual (M, N) a skip connection. In CPU inference (float32)
+    one pass of `gemm.cc` that applies the gate to the weights and the rest before its store, where
+    XLA made a pass over x for the gate and one more over the output for the rest; elsewhere and
+    differentiated, the XLA form. scale and shift compute in x's dtype (float32 batch-norm
+    statistics do not lift bfloat16 activations)."""
+    scale, shift = (None if v is None else v.astype(x_mk.dtype) for v in (scale, shift))
+    args = (x_mk, w_kn, gate, scale, shift, residual)
+    if any(a is not None and a.dtype != jnp.float32 for a in args):
+        return _pointwise_xla(act, *args)
+    return _pointwise(act, *args)
 
 
 def conv1x1_gated(x_nhwc, kernel_hwio, gate_nc):
-    """conv1x1(x * gate) for a per-sample, per-channel gate (N, C) (squeeze-excite), unstrided. In
-    CPU inference one pass of `gemm.cc`, which scales the weights by the gate instead of x (the
-    gating pass over x is gone); differentiated, the XLA form."""
-    n, h, w, _ = x_nhwc.shape
-    return _gated_matmul(x_nhwc, kernel_hwio[0, 0], gate_nc).reshape(n, h, w, -1)
+    """conv1x1(x * gate) for a per-sample, per-channel gate (N, C) (squeeze-excite), unstrided: in
+    CPU inference one pass of `gemm.cc` (`pointwise`)."""
+    n, h, w, c = x_nhwc.shape
+    return pointwise(x_nhwc.reshape(n * h * w, c), kernel_hwio[0, 0], gate=gate_nc).reshape(n, h, w, -1)
 
 
 def conv2d(x_nhwc, kernel_hwio, strides=(1, 1), padding: Padding = 0, groups: int = 1,

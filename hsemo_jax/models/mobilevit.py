@@ -22,7 +22,7 @@ from flax import nnx
 from hsemo_jax.models.efficientnet import round_channels as make_divisible
 from hsemo_jax.models.fused_conv import conv_bn_act
 from hsemo_jax.models.fused_depthwise import expand_depthwise_bn_silu
-from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear
+from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear, spatial_mean
 
 # arch -> width multiplier of timm's `_mobilevitv2_cfg` (channels (64, 128, 256, 384, 512), stem 32).
 CONFIGS = {"mobilevitv2_150": 1.5}
@@ -42,8 +42,8 @@ class ConvNormAct(nnx.Module):
         self.bn = BatchNorm(out_ch, eps=EPS)
         self.act = act
 
-    def __call__(self, x):
-        return conv_bn_act(self.conv, self.bn, x, silu=self.act)
+    def __call__(self, x, residual=None):
+        return conv_bn_act(self.conv, self.bn, x, act="silu" if self.act else None, residual=residual)
 
 
 class BottleneckBlock(nnx.Module):
@@ -62,8 +62,7 @@ class BottleneckBlock(nnx.Module):
         # one CPU kernel (with the expansion inside in the high-resolution blocks)
         y, _ = expand_depthwise_bn_silu(self.conv1_1x1.conv, self.conv1_1x1.bn, self.conv2_kxk.conv,
                                         self.conv2_kxk.bn, x)
-        y = self.conv3_1x1(y)
-        return x + y if self.has_skip else y
+        return self.conv3_1x1(y, x if self.has_skip else None)
 
 
 class GroupNorm1(nnx.Module):
@@ -94,12 +93,13 @@ class LinearSelfAttention(nnx.Module):
         self.out_proj = Conv2d(dim, dim, 1, bias=True, rng=rng)
         self.dim = dim
 
-    def __call__(self, x):
-        qkv = self.qkv_proj(x)
+    def __call__(self, x, residual):
+        """residual + attention(x)."""
+        qkv = conv_bn_act(self.qkv_proj, None, x, act=None)
         q, k, v = qkv[..., :1], qkv[..., 1:1 + self.dim], qkv[..., 1 + self.dim:]
         scores = jax.nn.softmax(q, axis=2)
         context = jnp.sum(k * scores, axis=2, keepdims=True)  # (B, P, 1, d)
-        return self.out_proj(jax.nn.relu(v) * context)
+        return conv_bn_act(self.out_proj, None, jax.nn.relu(v) * context, act=None, residual=residual)
 
 
 class ConvMlp(nnx.Module):
@@ -109,8 +109,9 @@ class ConvMlp(nnx.Module):
         self.fc1 = Conv2d(dim, hidden, 1, bias=True, rng=rng)
         self.fc2 = Conv2d(hidden, dim, 1, bias=True, rng=rng)
 
-    def __call__(self, x):
-        return self.fc2(jax.nn.silu(self.fc1(x)))
+    def __call__(self, x, residual):
+        """residual + mlp(x), the bias, SiLU and residual in the 1x1 convolutions' kernel."""
+        return conv_bn_act(self.fc2, None, conv_bn_act(self.fc1, None, x), act=None, residual=residual)
 
 
 class LinearTransformerBlock(nnx.Module):
@@ -123,8 +124,8 @@ class LinearTransformerBlock(nnx.Module):
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio), rng=rng)
 
     def __call__(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = self.attn(self.norm1(x), x)
+        return self.mlp(self.norm2(x), x)
 
 
 def _align_corners_taps(n_in: int, n_out: int):
@@ -215,7 +216,7 @@ class MobileViT(nnx.Module):
         for stage in self.stages:
             for block in stage:
                 x = block(x)
-        return jnp.mean(x, axis=(1, 2))
+        return spatial_mean(x)
 
     def head(self, features):
         """Embedding -> scores (the embedding itself when there is no classifier)."""
