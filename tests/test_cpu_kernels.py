@@ -173,15 +173,16 @@ def test_conv1x1_runs_the_kernel_where_no_gradient_is_taken():
 
 @pytest.mark.parametrize("n,h,w,c,d", [(1, 7, 7, 48, 40), (3, 5, 4, 24, 33), (2, 66, 66, 16, 20)])
 def test_gated_pointwise_equals_gating_then_matmul(n, h, w, c, d):
-    """conv1x1_gated(x, k, gate) = conv1x1(x * gate), the gate per sample (row blocks never span
+    """conv1x1_fused(x, k, gate=gate) = conv1x1(x * gate), the gate per sample (row blocks never span
     two samples, and a sample of 66x66 rows spans two blocks); differentiated, the gradient in
     x, k and the gate is the XLA form's."""
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((1, 1, c, d)), jnp.float32)
     gate = jnp.asarray(rng.uniform(0, 1, (n, c)), jnp.float32)
-    loss = lambda x, k, gate: jnp.sum(layers.conv1x1_gated(x, k, gate) ** 2)  # noqa: E731
-    forward = jax.jit(layers.conv1x1_gated)
+    gated = lambda x, k, gate: layers.conv1x1_fused(x, k, gate=gate)  # noqa: E731
+    loss = lambda x, k, gate: jnp.sum(gated(x, k, gate) ** 2)  # noqa: E731
+    forward = jax.jit(gated)
     assert f"@{POINTWISE}(" in forward.lower(x, k, gate).as_text()
     with jax.default_matmul_precision("float32"):
         y = forward(x, k, gate)

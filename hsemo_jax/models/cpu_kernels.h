@@ -46,6 +46,18 @@ static inline vf ld(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return
 static inline void st(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 static inline vf splat(float x) { return vf{} + x; }
 #endif
+// The first n <= kLanes floats at p (the rest zero), and their store: a vector's worth at a row's
+// end, where a full load or store would run past it.
+static inline vf ld_first(const float* p, int64_t n) {
+  if (n == kLanes) return ld(p);
+  vf v{};
+  std::memcpy(&v, p, n * sizeof(float));
+  return v;
+}
+static inline void st_first(float* p, vf v, int64_t n) {
+  if (n == kLanes) st(p, v);
+  else std::memcpy(p, &v, n * sizeof(float));
+}
 
 // 2^t, t clamped to [-126, 126]: 2^n * 2^f with n = round(t), f in [-0.5, 0.5] by the degree-6
 // Taylor polynomial of 2^f (relative error ~1.3e-7). AVX-512: vroundscaleps / vscalefps.

@@ -49,12 +49,9 @@ def conv_bn_act(conv: layers.Conv2d, bn: layers.BatchNorm | None, x, *, act: str
     (or absent), else the plain layers."""
     eval_mode = bn is None or bn.use_running_average
     if eval_mode and _is_1x1(conv):
-        n, h, w, c = x.shape
         scale, shift = _affine(conv, bn)
-        res = None if residual is None else residual.reshape(n * h * w, -1)
-        y = layers.pointwise(x.reshape(n * h * w, c), conv.kernel[0, 0], gate=gate, scale=scale, shift=shift,
-                             residual=res, act=act)
-        return y.reshape(n, h, w, -1)
+        return layers.conv1x1_fused(x, conv.kernel[...], gate=gate, scale=scale, shift=shift, residual=residual,
+                                    act=act)
     assert gate is None or _is_1x1(conv), "a gate only on a 1x1 convolution"
     strides = conv.strides
     if (eval_mode and bn is not None and conv.groups == 1 and conv.bias is None and strides[0] == strides[1]
@@ -68,8 +65,8 @@ def conv_bn_act(conv: layers.Conv2d, bn: layers.BatchNorm | None, x, *, act: str
     else:
         if gate is None:
             y = conv(x)
-        else:
-            y = layers.conv1x1_gated(x, conv.kernel[...], gate)
-            y = y if conv.bias is None else y + layers.broadcast_leading(conv.bias[...], y.shape)
+        else:  # training-mode batch norm after a gated 1x1 convolution
+            y = layers.conv1x1_fused(x, conv.kernel[...], gate=gate,
+                                      shift=None if conv.bias is None else conv.bias[...])
         y = layers.ACTIVATIONS[act](y if bn is None else bn(y))
     return y if residual is None else y + residual

@@ -27,7 +27,8 @@ struct Operand {
 
 // What a tile does to its sums before storing them: act(acc * scale + shift) + residual per
 // column; no scale (nullptr): no affine; no residual: none added. scale and shift at the panel's
-// first column (N long); residual at the output's first element, laid out like it.
+// first column (N long); residual at the output's first element, laid out like it. The last
+// vector of a row reads and writes only the valid columns.
 enum Act : int64_t { kNone = 0, kSilu = 1, kSigmoid = 2 };
 struct Epilogue {
   const float* scale = nullptr;
@@ -59,7 +60,8 @@ static void tile(const Operand& a, const float* wp, const float* gate, const Epi
     const float* w = wp + j * a.K * kPanel;
     const float* g = gate ? gate + j * a.K : nullptr;
     for (int64_t k = 0; k < a.K; ++k) {
-      for (int l = 0; l < kPrefetchLines<V>; ++l) __builtin_prefetch(w + (k + kPrefetchRows) * kPanel + 16 * l, 0, 3);
+      for (int l = 0; l < kPrefetchLines<V>; ++l)
+        __builtin_prefetch(w + (k + kPrefetchRows) * kPanel + 16 * l, 0, 3);
       vf b[V];
       for (int v = 0; v < V; ++v) b[v] = ld(w + k * kPanel + kLanes * v);
       if (g)
@@ -73,30 +75,14 @@ static void tile(const Operand& a, const float* wp, const float* gate, const Epi
   for (int v = 0; v < V; ++v) {
     const int64_t c = kLanes * v, n = std::min<int64_t>(kLanes, cols - c);
     if (n <= 0) break;
-    vf sc{}, sh{};
-    if (e.scale && n == kLanes) {
-      sc = ld(e.scale + c);
-      sh = ld(e.shift + c);
-    } else if (e.scale) {  // the last columns: scale and shift end with them
-      std::memcpy(&sc, e.scale + c, n * sizeof(float));
-      std::memcpy(&sh, e.shift + c, n * sizeof(float));
-    }
+    const vf sc = e.scale ? ld_first(e.scale + c, n) : vf{}, sh = e.scale ? ld_first(e.shift + c, n) : vf{};
     for (int r = 0; r < R; ++r) {
       vf out = acc[r][v];
       if (e.scale) out = out * sc + sh;
       if (e.act == kSilu) out = silu(out);
       else if (e.act == kSigmoid) out = sigmoid(out);
-      if (n == kLanes) {
-        if (e.residual) out += ld(e.residual + r * ldy + c);
-        st(y + r * ldy + c, out);
-      } else {
-        if (e.residual) {
-          vf res{};
-          std::memcpy(&res, e.residual + r * ldy + c, n * sizeof(float));
-          out += res;
-        }
-        std::memcpy(y + r * ldy + c, &out, n * sizeof(float));
-      }
+      if (e.residual) out += ld_first(e.residual + r * ldy + c, n);
+      st_first(y + r * ldy + c, out, n);
     }
   }
 }

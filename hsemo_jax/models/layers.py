@@ -335,11 +335,13 @@ def pointwise(x_mk, w_kn, *, gate=None, scale=None, shift=None, residual=None, a
     return _pointwise(act, *args)
 
 
-def conv1x1_gated(x_nhwc, kernel_hwio, gate_nc):
-    """conv1x1(x * gate) for a per-sample, per-channel gate (N, C) (squeeze-excite), unstrided: in
-    CPU inference one pass of `gemm.cc` (`pointwise`)."""
+def conv1x1_fused(x_nhwc, kernel_hwio, *, residual=None, **parts):
+    """An unstrided 1x1 convolution of NHWC x through `pointwise` with its optional parts (gate
+    (N, C) per sample, scale, shift, act; residual shaped like the output)."""
     n, h, w, c = x_nhwc.shape
-    return pointwise(x_nhwc.reshape(n * h * w, c), kernel_hwio[0, 0], gate=gate_nc).reshape(n, h, w, -1)
+    res = None if residual is None else residual.reshape(n * h * w, -1)
+    y = pointwise(x_nhwc.reshape(n * h * w, c), kernel_hwio[0, 0], residual=res, **parts)
+    return y.reshape(n, h, w, -1)
 
 
 def conv2d(x_nhwc, kernel_hwio, strides=(1, 1), padding: Padding = 0, groups: int = 1,
