@@ -59,23 +59,27 @@ static inline void st_first(float* p, vf v, int64_t n) {
   else std::memcpy(p, &v, n * sizeof(float));
 }
 
-// 2^t, t clamped to [-126, 126]: 2^n * 2^f with n = round(t), f in [-0.5, 0.5] by the degree-6
-// Taylor polynomial of 2^f (relative error ~1.3e-7). AVX-512: vroundscaleps / vscalefps.
+// 2^t, t clamped above at 126 (1 + 2^t stays finite). AVX-512: f = t - floor(t) in [0, 1] in one
+// vreduceps, 2^f by a degree-5 minimax polynomial (float32 relative error 1.6e-7), times
+// 2^floor(t) by vscalefps, which floors t itself and underflows to 0 for any t far below (-inf
+// included, where f is 0): 9 vector operations. AVX2: t clamped below at -126 too, f = t - round(t)
+// in [-0.5, 0.5], its own degree-5 polynomial (2.3e-7), 2^round(t) from exponent bits. (The degree-6
+// Taylor form with vroundscaleps, a subtraction and both clamps took 12 on AVX-512.)
 static inline vf exp2_clamped(vf t) {
-  t = t < -126.0f ? splat(-126.0f) : t;
   t = t > 126.0f ? splat(126.0f) : t;
 #if defined(__AVX512F__)
-  const vf n = (vf)_mm512_roundscale_ps((__m512)t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const vf f = (vf)_mm512_reduce_ps((__m512)t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  vf p = splat(1.8775770e-3f);
+  p = p * f + 8.9893406e-3f; p = p * f + 5.5826318e-2f; p = p * f + 2.4015361e-1f;
+  p = p * f + 6.9315308e-1f; p = p * f + 9.9999994e-1f;
+  return (vf)_mm512_scalef_ps((__m512)p, (__m512)t);
 #else
+  t = t < -126.0f ? splat(-126.0f) : t;
   const vf n = (t + 12582912.0f) - 12582912.0f;
-#endif
   const vf f = t - n;
-  vf p = splat(1.5403530e-4f);
-  p = p * f + 1.3333558e-3f; p = p * f + 9.6181291e-3f; p = p * f + 5.5504109e-2f;
-  p = p * f + 2.4022651e-1f; p = p * f + 6.9314718e-1f; p = p * f + 1.0f;
-#if defined(__AVX512F__)
-  return (vf)_mm512_scalef_ps((__m512)p, (__m512)n);
-#else
+  vf p = splat(1.3276475e-3f);
+  p = p * f + 9.6755419e-3f; p = p * f + 5.5507131e-2f; p = p * f + 2.4022120e-1f;
+  p = p * f + 6.9314694e-1f; p = p * f + 1.0000001f;
   vi e = (__builtin_convertvector(n, vi) + 127) << 23;
   vf scale; std::memcpy(&scale, &e, sizeof scale);
   return p * scale;
