@@ -120,6 +120,7 @@ POINTWISE_CASES = [  # (M, K, N)
     (5, 3, 16),  # fewer rows than a register tile
     (13, 7, 24),  # a tile and one row; a panel of 24 valid columns
     (12, 16, 33),  # one column beyond a panel
+    (25, 9, 56),  # a second panel of 24 valid columns (a vector and a half with AVX-512)
     (49, 1152, 320),  # B0's 7x7 stage: one row block, panels split over threads
     (5000, 16, 96),  # several row blocks
     (3, 200, 5),

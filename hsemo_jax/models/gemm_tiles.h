@@ -37,47 +37,72 @@ struct Epilogue {
   const float* residual = nullptr;
 };
 
-// The tile fetches its weights kPrefetchRows k-rows ahead of use (its V * kLanes floats: one 64-byte
-// line on AVX2, two with AVX-512 and V = 2). The hardware prefetcher misses these 64-128-byte
+// The tile fetches its weights kPrefetchRows k-rows ahead of use (its V * kLanes + 8 H floats: one
+// 64-byte line on AVX2, up to two with AVX-512). The hardware prefetcher misses these 64-128-byte
 // pieces 128 bytes apart, and at batch 1 the weights come from L3 or memory (MobileViT's 42 MB do
 // not fit 32 MB of L3): in-model A/B on AVX2, MobileViT batch 1 +14%, B0 batch 1 +7%, MobileViT
 // batch 32 +6%; 8 to 64 rows ahead measured alike.
 constexpr int64_t kPrefetchRows = 16;
-template <int V>
-constexpr int kPrefetchLines = (V * kLanes * 4 + 63) / 64;
+template <int V, int H>
+constexpr int kPrefetchLines = ((V * kLanes + 8 * H) * 4 + 63) / 64;
 
-// Rows [0, R) of a tile, its first V vectors of columns: acc = x[R, :] @ (gate * wp[:, kLanes V])
-// (no gate: nullptr; wp at the tile's first column, rows 32 apart), through the epilogue, stored to
-// y (row stride ldy) for the `cols` valid columns.
-template <int R, int V>
+// An 8-float vector: with AVX-512, the last 8 of a tile's 24 columns (N = 24: EfficientNet's narrow
+// projections) in the lower half of a register. One core, cached operands: 24 columns as 1.5
+// vectors ran 41-48 GFMA/s of useful work, as two full ones (a quarter wasted) 39-43.
+typedef float vh __attribute__((vector_size(32), aligned(4), may_alias));
+static inline vh lower_half(vf v) {
+#if defined(__AVX512F__)
+  return (vh)_mm512_castps512_ps256((__m512)v);
+#else
+  return (vh)v;
+#endif
+}
+static inline vf widen(vh v) {
+  vf out{};
+  std::memcpy(&out, &v, sizeof v);
+  return out;
+}
+
+// Rows [0, R) of a tile, its first V vectors of columns and, with H, 8 more: acc = x[R, :] @
+// (gate * wp[:, kLanes V + 8 H]) (no gate: nullptr; wp at the tile's first column, rows 32 apart),
+// through the epilogue, stored to y (row stride ldy) for the `cols` valid columns.
+template <int R, int V, int H>
 static void tile(const Operand& a, const float* wp, const float* gate, const Epilogue& e, float* y,
                  int64_t ldy, int64_t cols) {
-  vf acc[R][V];
-  for (int r = 0; r < R; ++r)
+  vf acc[R][V + 1];
+  vh acc_h[R][H + 1];
+  for (int r = 0; r < R; ++r) {
     for (int v = 0; v < V; ++v) acc[r][v] = vf{};
+    if (H) acc_h[r][0] = vh{};
+  }
   for (int64_t j = 0; j < a.segs; ++j) {
     const float* x = a.x + j * a.seg;
     const float* w = wp + j * a.K * kPanel;
     const float* g = gate ? gate + j * a.K : nullptr;
     for (int64_t k = 0; k < a.K; ++k) {
-      for (int l = 0; l < kPrefetchLines<V>; ++l)
+      for (int l = 0; l < kPrefetchLines<V, H>; ++l)
         __builtin_prefetch(w + (k + kPrefetchRows) * kPanel + 16 * l, 0, 3);
-      vf b[V];
+      vf b[V + 1];
+      vh bh{};
       for (int v = 0; v < V; ++v) b[v] = ld(w + k * kPanel + kLanes * v);
-      if (g)
+      if (H) std::memcpy(&bh, w + k * kPanel + kLanes * V, sizeof bh);
+      if (g) {
         for (int v = 0; v < V; ++v) b[v] *= g[k];
+        if (H) bh *= g[k];
+      }
       for (int r = 0; r < R; ++r) {
         const vf xr = splat(x[r * a.ld + k]);
         for (int v = 0; v < V; ++v) acc[r][v] += xr * b[v];
+        if (H) acc_h[r][0] += lower_half(xr) * bh;
       }
     }
   }
-  for (int v = 0; v < V; ++v) {
+  for (int v = 0; v < V + H; ++v) {
     const int64_t c = kLanes * v, n = std::min<int64_t>(kLanes, cols - c);
     if (n <= 0) break;
     const vf sc = e.scale ? ld_first(e.scale + c, n) : vf{}, sh = e.scale ? ld_first(e.shift + c, n) : vf{};
     for (int r = 0; r < R; ++r) {
-      vf out = acc[r][v];
+      vf out = v < V ? acc[r][v] : widen(acc_h[r][0]);
       if (e.scale) out = out * sc + sh;
       if (e.act == kSilu) out = silu(out);
       else if (e.act == kSigmoid) out = sigmoid(out);
@@ -112,10 +137,16 @@ static void rows(Operand a, const float* wp, int64_t panels, const float* gate, 
                         e.residual ? e.residual + i * ldy + c : nullptr};
       const float* w = wp + (c / kPanel) * stride + c % kPanel;
       float* yt = y + i * ldy + c;
-      switch (h * 2 + (last - c > kLanes)) {
+      // the tile's width: one or two full vectors, or with AVX-512 one and a half for 17-24 columns
+      // (a half vector alone, for up to 8, ran slower than a full one: 19-24 against 28 GFMA/s of
+      // useful work, one core, cached operands)
+      const int64_t width = std::min<int64_t>(kTileCols, last - c);
+      const int64_t shape = width <= kLanes ? 0 : kLanes == 16 && width <= 24 ? 1 : 2;
+      switch (h * 3 + shape) {
 #define TILE(RR) \
-        case 2 * RR: tile<RR, 1>(a, w, gate, ec, yt, ldy, last - c); break; \
-        case 2 * RR + 1: tile<RR, 2>(a, w, gate, ec, yt, ldy, last - c); break;
+        case 3 * RR: tile<RR, 1, 0>(a, w, gate, ec, yt, ldy, last - c); break; \
+        case 3 * RR + 1: tile<RR, 1, 1>(a, w, gate, ec, yt, ldy, last - c); break; \
+        case 3 * RR + 2: tile<RR, 2, 0>(a, w, gate, ec, yt, ldy, last - c); break;
         TILE(1) TILE(2) TILE(3) TILE(4) TILE(5) TILE(6) TILE(7) TILE(8) TILE(9) TILE(10) TILE(11) TILE(12)
 #undef TILE
         default: break;
