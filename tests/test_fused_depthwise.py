@@ -125,6 +125,29 @@ def test_efficientnet_block_with_fused_expansion_equals_the_layers(monkeypatch):
     np.testing.assert_allclose(g1, g0, rtol=1e-4, atol=1e-5 * np.abs(g0).max())
 
 
+@pytest.mark.parametrize("kernel", [True, False])
+def test_projection_composed_into_the_next_expansion_equals_both(kernel, monkeypatch):
+    """MobileViT's first block's projection (1x1 conv + BN, read by the next block alone) goes into
+    the next block's expansion in eval mode: one 1x1 convolution instead of two, the same output."""
+    m = registry.build("mobilevitv2_150", 10, seed=0)
+    m.eval()
+    first, second = m.stages[0][0], m.stages[1][0]
+    assert first.projection_composes(second) and not second.projection_composes(m.stages[1][1])
+    rng = np.random.default_rng(0)
+    for bn in (first.conv3_1x1.bn, second.conv1_1x1.bn):  # trained-like statistics
+        for name, lo, hi in (("scale", 0.5, 1.5), ("bias", -0.3, 0.3), ("mean", -0.3, 0.3), ("var", 0.5, 2.0)):
+            getattr(bn, name).value = jnp.asarray(rng.uniform(lo, hi, bn.mean.shape).astype(np.float32))
+    if not kernel:
+        monkeypatch.setattr(fd, "_kernel_applies", lambda *a: False)
+    x = jnp.asarray(rng.standard_normal((2, 32, 32, 48)).astype(np.float32))
+    composed = jax.jit(lambda x: second(first.middle(x), first.conv3_1x1))
+    text = composed.lower(x).as_text()
+    assert ("hsemo_expand_depthwise" in text) == kernel
+    with jax.default_matmul_precision("float32"):
+        y1, y0 = composed(x), jax.jit(lambda x: second(first(x)))(x)
+    np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5 * np.abs(y0).max())
+
+
 @pytest.mark.parametrize("arch,eval_calls,expand_calls,train_calls", [
     # eval: one per block, B0's first five inverted residuals (expansion weights <= 64 KB) with
     # their expansion inside; training: the 15 inverted residuals

@@ -36,7 +36,7 @@ def _affine(conv: layers.Conv2d, bn: layers.BatchNorm | None):
     return scale, shift if bias is None else shift + bias * scale
 
 
-def _is_1x1(conv: layers.Conv2d) -> bool:
+def is_1x1(conv: layers.Conv2d) -> bool:
     return (conv.kernel.shape[:2] == (1, 1) and conv.groups == 1 and conv.strides == (1, 1)
             and conv.padding in (0, (0, 0), "SAME", "VALID"))
 
@@ -48,11 +48,11 @@ def conv_bn_act(conv: layers.Conv2d, bn: layers.BatchNorm | None, x, *, act: str
     a skip connection, both for 1x1 convolutions only. One CPU kernel where `bn` is in eval mode
     (or absent), else the plain layers."""
     eval_mode = bn is None or bn.use_running_average
-    if eval_mode and _is_1x1(conv):
+    if eval_mode and is_1x1(conv):
         scale, shift = _affine(conv, bn)
         return layers.conv1x1_fused(x, conv.kernel[...], gate=gate, scale=scale, shift=shift, residual=residual,
                                     act=act)
-    assert gate is None or _is_1x1(conv), "a gate only on a 1x1 convolution"
+    assert gate is None or is_1x1(conv), "a gate only on a 1x1 convolution"
     strides = conv.strides
     if (eval_mode and bn is not None and conv.groups == 1 and conv.bias is None and strides[0] == strides[1]
             and act in (None, "silu") and x.dtype == conv.kernel.dtype == jnp.float32 and cpu_kernels.available()):

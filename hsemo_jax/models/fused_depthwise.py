@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from hsemo_jax.models import cpu_kernels, layers
+from hsemo_jax.models import cpu_kernels, fused_conv, layers
 
 
 def _in_dtype(affine, x):
@@ -106,26 +106,52 @@ def _expansion_fuses(x, w_kn) -> bool:
     return h * w >= _EXPAND_MIN_RATIO * cin and w_kn.size * w_kn.dtype.itemsize <= _EXPAND_MAX_BYTES
 
 
+def _linear_1x1(conv: layers.Conv2d) -> bool:
+    """An unstrided bias-free 1x1 convolution: a matrix product over channels."""
+    return conv.bias is None and fused_conv.is_1x1(conv)
+
+
+def _composed(before, w_kn, scale, shift):
+    """The expansion (w_kn, then bn1's scale and shift) of x0 @ w0 * s0 + t0, `before` = (conv,
+    bn) in eval mode, as one map of x0: (w0 * s0) @ w_kn, shift + (t0 @ w_kn) * scale. Two linear
+    1x1 convolutions in a row are one; from constant weights XLA computes it at compile time."""
+    conv0, bn0 = before
+    s0, t0 = bn0.affine()
+    dot = functools.partial(jnp.matmul, precision=lax.Precision.HIGHEST)
+    return dot(conv0.kernel[...][0, 0] * s0, w_kn), shift + dot(t0, w_kn) * scale
+
+
 def expand_depthwise_bn_silu(conv_pw: layers.Conv2d, bn1: layers.BatchNorm, conv_dw: layers.Conv2d,
-                             bn2: layers.BatchNorm, x):
+                             bn2: layers.BatchNorm, x, *, before=None):
     """`(y, sums of y over H, W or None)` of an MBConv's expansion and middle,
     y = silu(bn2(conv_dw(silu(bn1(conv_pw(x)))))). In CPU inference of a high-resolution block
     (`_expansion_fuses`), one kernel that computes the expansion row by row into the depthwise
     convolution's input, so the expanded tensor is never written; otherwise `depthwise_bn_silu` of
-    `conv_pw(x)`."""
+    `conv_pw(x)`. `before`: (conv, bn), a 1x1 convolution and batch norm without activation that x
+    has yet to go through (the previous block's projection, when nothing else reads its output);
+    in eval mode composed with the expansion into one 1x1 convolution, so that neither the
+    projection's pass nor its output exist (MobileViT's 112x112x96 after its first block)."""
+    eval_mode = (bn1.use_running_average and bn2.use_running_average and _linear_1x1(conv_pw)
+                 and conv_dw.bias is None)
+    if before is not None and not (eval_mode and before[1].use_running_average and _linear_1x1(before[0])):
+        x, before = fused_conv.conv_bn_act(*before, x, act=None), None
+    if not eval_mode:
+        return depthwise_bn_silu(conv_dw, bn2, conv_pw(x), in_bn=bn1)
     w_kn = conv_pw.kernel[...][0, 0]
+    scale, shift = bn1.affine()
+    if before is not None:
+        w_kn, shift = _composed(before, w_kn, scale, shift)
     kernel_hhc = conv_dw.kernel[...][:, :, 0, :]
     strides = layers._pair(conv_dw.strides)
-    if (conv_pw.bias is None and conv_dw.bias is None and bn1.use_running_average
-            and bn2.use_running_average and conv_pw.kernel.shape[:2] == (1, 1)
-            and tuple(conv_pw.strides) == (1, 1) and _expansion_fuses(x, w_kn)
-            and x.dtype == w_kn.dtype and _kernel_applies(x, kernel_hhc, strides)):
+    in_affine = _in_dtype((scale, shift), x)
+    if _expansion_fuses(x, w_kn) and x.dtype == w_kn.dtype and _kernel_applies(x, kernel_hhc, strides):
         pads = layers._explicit_padding(conv_dw.padding, x.shape[1:3], kernel_hhc.shape[:2], strides)
         static = (strides, pads, True)
-        args = (x, w_kn, *_in_dtype(bn1.affine(), x), kernel_hhc, *_in_dtype(bn2.affine(), x))
+        args = (x, w_kn, *in_affine, kernel_hhc, *_in_dtype(bn2.affine(), x))
         return layers.kernel_with_xla_gradient(lambda *a: _expand_kernel(*a, *static),
                                                lambda *a: _expand_reference(*a, *static), *args)
-    return depthwise_bn_silu(conv_dw, bn2, conv_pw(x), in_bn=bn1)
+    return depthwise_bn_act(layers.conv1x1(x, w_kn[None, None], (1, 1)), conv_dw.kernel[...], conv_dw.strides,
+                            conv_dw.padding, bn2.affine(), in_affine=in_affine)
 
 
 def _silu_input_reference(h, kernel_hhc, in_scale, in_shift, strides, pads):

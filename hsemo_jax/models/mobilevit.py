@@ -57,12 +57,24 @@ class BottleneckBlock(nnx.Module):
         self.conv3_1x1 = ConvNormAct(mid, out_ch, 1, act=False, rng=rng)
         self.has_skip = stride == 1 and in_ch == out_ch
 
-    def __call__(self, x):
-        # expansion and middle, silu(bn2(dw(silu(bn1(conv1(.)))))), as EfficientNet's: in eval mode
-        # one CPU kernel (with the expansion inside in the high-resolution blocks)
+    def __call__(self, x, before: ConvNormAct | None = None):
+        """`before`: a previous block's projection that x has yet to go through (`middle`)."""
+        assert before is None or not self.has_skip, "the skip connection needs the projected input"
+        return self.conv3_1x1(self.middle(x, before), x if self.has_skip else None)
+
+    def middle(self, x, before: ConvNormAct | None = None):
+        """The block up to its projection: silu(bn2(dw(silu(bn1(conv1(before(x))))))), as
+        EfficientNet's: in eval mode one CPU kernel (with the expansion inside in the
+        high-resolution blocks, and `before` composed with it)."""
         y, _ = expand_depthwise_bn_silu(self.conv1_1x1.conv, self.conv1_1x1.bn, self.conv2_kxk.conv,
-                                        self.conv2_kxk.bn, x)
-        return self.conv3_1x1(y, x if self.has_skip else None)
+                                        self.conv2_kxk.bn, x,
+                                        before=None if before is None else (before.conv, before.bn))
+        return y
+
+    def projection_composes(self, after) -> bool:
+        """Whether `after` (the next block) alone reads this block's output, a projection without
+        activation or skip connection, which can then go into `after`'s expansion."""
+        return isinstance(after, BottleneckBlock) and not (self.has_skip or after.has_skip)
 
 
 class GroupNorm1(nnx.Module):
@@ -212,10 +224,13 @@ class MobileViT(nnx.Module):
         self.fc = Linear(self.num_features, num_classes, rng=rng) if num_classes else None
 
     def features(self, x_nhwc):
-        x = self.stem(x_nhwc)
-        for stage in self.stages:
-            for block in stage:
-                x = block(x)
+        x, pending = self.stem(x_nhwc), None  # pending: a projection x has yet to go through
+        blocks = [block for stage in self.stages for block in stage]
+        for block, after in zip(blocks, blocks[1:] + [None]):
+            if isinstance(block, BottleneckBlock) and block.projection_composes(after):
+                x, pending = block.middle(x, pending), block.conv3_1x1
+            else:
+                x, pending = block(x, pending) if pending is not None else block(x), None
         return spatial_mean(x)
 
     def head(self, features):
