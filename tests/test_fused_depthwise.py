@@ -152,7 +152,9 @@ def test_projection_composed_into_the_next_expansion_equals_both(kernel, monkeyp
     # eval: one per block, B0's first five inverted residuals (expansion weights <= 64 KB) with
     # their expansion inside; training: the 15 inverted residuals
     ("tf_efficientnet_b0", 11, 5, 15),
-    ("mobilevitv2_150", 2, 4, 6),  # the bottleneck blocks, the four at 112 and 56 pixels with their expansion
+    # the bottleneck blocks (the four at 112 and 56 pixels with their expansion) and the three
+    # MobileViT blocks' depthwise ConvNormActs
+    ("mobilevitv2_150", 5, 4, 6),
 ])
 def test_models_run_the_kernel_in_eval_and_training(arch, eval_calls, expand_calls, train_calls):
     m = registry.build(arch, 10, seed=0)

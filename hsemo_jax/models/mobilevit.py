@@ -21,7 +21,7 @@ from flax import nnx
 
 from hsemo_jax.models.efficientnet import round_channels as make_divisible
 from hsemo_jax.models.fused_conv import conv_bn_act
-from hsemo_jax.models.fused_depthwise import expand_depthwise_bn_silu
+from hsemo_jax.models.fused_depthwise import depthwise_bn_silu, expand_depthwise_bn_silu
 from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear, spatial_mean
 
 # arch -> width multiplier of timm's `_mobilevitv2_cfg` (channels (64, 128, 256, 384, 512), stem 32).
@@ -43,6 +43,8 @@ class ConvNormAct(nnx.Module):
         self.act = act
 
     def __call__(self, x, residual=None):
+        if self.act and residual is None and self.conv.groups == self.conv.kernel.shape[-1] == x.shape[-1] > 1:
+            return depthwise_bn_silu(self.conv, self.bn, x)[0]  # depthwise: in eval mode one CPU kernel
         return conv_bn_act(self.conv, self.bn, x, act="silu" if self.act else None, residual=residual)
 
 
