@@ -136,7 +136,7 @@ def test_projection_composed_into_the_next_expansion_equals_both(kernel, monkeyp
     rng = np.random.default_rng(0)
     for bn in (first.conv3_1x1.bn, second.conv1_1x1.bn):  # trained-like statistics
         for name, lo, hi in (("scale", 0.5, 1.5), ("bias", -0.3, 0.3), ("mean", -0.3, 0.3), ("var", 0.5, 2.0)):
-            getattr(bn, name).value = jnp.asarray(rng.uniform(lo, hi, bn.mean.shape).astype(np.float32))
+            getattr(bn, name)[...] = jnp.asarray(rng.uniform(lo, hi, bn.mean.shape).astype(np.float32))
     if not kernel:
         monkeypatch.setattr(fd, "_kernel_applies", lambda *a: False)
     x = jnp.asarray(rng.standard_normal((2, 32, 32, 48)).astype(np.float32))

@@ -37,6 +37,7 @@ def _affine(conv: layers.Conv2d, bn: layers.BatchNorm | None):
 
 
 def is_1x1(conv: layers.Conv2d) -> bool:
+    """An unstrided, unpadded, ungrouped 1x1 convolution (a GEMM over channels, bias aside)."""
     return (conv.kernel.shape[:2] == (1, 1) and conv.groups == 1 and conv.strides == (1, 1)
             and conv.padding in (0, (0, 0), "SAME", "VALID"))
 

@@ -131,11 +131,12 @@ def expand_depthwise_bn_silu(conv_pw: layers.Conv2d, bn1: layers.BatchNorm, conv
     has yet to go through (the previous block's projection, when nothing else reads its output);
     in eval mode composed with the expansion into one 1x1 convolution, so that neither the
     projection's pass nor its output exist (MobileViT's 112x112x96 after its first block)."""
-    eval_mode = (bn1.use_running_average and bn2.use_running_average and _linear_1x1(conv_pw)
-                 and conv_dw.bias is None)
-    if before is not None and not (eval_mode and before[1].use_running_average and _linear_1x1(before[0])):
+    # the eval-mode forms: batch norms folded into per-channel affines, the expansion a matrix
+    folded = (bn1.use_running_average and bn2.use_running_average and _linear_1x1(conv_pw)
+              and conv_dw.bias is None)
+    if before is not None and not (folded and before[1].use_running_average and _linear_1x1(before[0])):
         x, before = fused_conv.conv_bn_act(*before, x, act=None), None
-    if not eval_mode:
+    if not folded:
         return depthwise_bn_silu(conv_dw, bn2, conv_pw(x), in_bn=bn1)
     w_kn = conv_pw.kernel[...][0, 0]
     scale, shift = bn1.affine()
