@@ -1,9 +1,7 @@
-"""The hand-written CPU kernels (models/cpu_kernels.py): the 1x1-convolution GEMM, the
+"""The hand-written CPU kernels (ops/cpu_kernels): the 1x1-convolution GEMM, the
 depthwise-convolution gradient and batch norm's training statistics and gradient equal their XLA
 forms and are what CPU inference and training run; the library is built once, cached, and falls back cleanly when it cannot be built. (The
-fused inference kernel: test_fused_depthwise.py.)"""
-import contextlib
-
+fused inference kernel: test_ops_fused.py.)"""
 import numpy as np
 import pytest
 
@@ -11,8 +9,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hsemo_jax.models import cpu_kernels as ck
-from hsemo_jax.models import layers, registry
+from hsemo_jax import ops
+from hsemo_jax.models import conv_bn, layers, registry
+from hsemo_jax.ops import cpu_kernels as ck
 
 pytestmark = pytest.mark.skipif(ck._compiler() is None, reason="no C++ compiler to build the kernels")
 GRAD = "hsemo_depthwise_grad"
@@ -29,17 +28,10 @@ GRAD_CASES = [  # (n, h, w, c, k, stride, padding)
 ]
 
 
-@contextlib.contextmanager
-def _xla_form():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ck, "depthwise_applies", lambda *a, **k: False)
-        yield
-
-
 def _grads(x, kern, g, stride, padding):
     """(dx, dkernel, lowered text) of the jitted VJP of a depthwise conv2d_shift."""
     c = x.shape[-1]
-    fn = jax.jit(lambda x, k, g: jax.vjp(lambda x, k: layers.conv2d_shift(x, k, stride, padding, c), x, k)[1](g))
+    fn = jax.jit(lambda x, k, g: jax.vjp(lambda x, k: ops.conv2d_shift(x, k, stride, padding, c), x, k)[1](g))
     return (*fn(x, kern, g), fn.lower(x, kern, g).as_text())
 
 
@@ -49,11 +41,11 @@ def test_depthwise_grad_equals_shift_form(case):
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
     kern = jnp.asarray(rng.standard_normal((k, k, 1, c)), jnp.float32)
-    y = layers.conv2d_shift(x, kern, (stride, stride), padding, c)
+    y = ops.conv2d_shift(x, kern, (stride, stride), padding, c)
     g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
     with jax.default_matmul_precision("float32"):
         dx1, dk1, text = _grads(x, kern, g, (stride, stride), padding)
-        with _xla_form():
+        with ops.xla_forms():
             dx0, dk0, ref_text = _grads(x, kern, g, (stride, stride), padding)
     assert GRAD in text and GRAD not in ref_text
     np.testing.assert_allclose(dx1, dx0, rtol=1e-5, atol=1e-5 * np.abs(dx0).max())
@@ -64,22 +56,19 @@ def test_depthwise_grad_equals_shift_form(case):
 def test_depthwise_silu_input_equals_xla_form(case):
     """depthwise(silu(h * s + b)): the fused forward and the gradient kernel that rebuilds the
     activation from h give what the XLA form gives, for h, the kernel, s and b."""
-    from hsemo_jax.models import fused_depthwise as fd
-
     n, h, w, c, k, stride, padding = case
     rng = np.random.default_rng(3)
     f32 = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)  # noqa: E731
     x, kern, sc, sh = f32(n, h, w, c) * 2, f32(k, k, 1, c), f32(c) * 0.3 + 1, f32(c) * 0.2
 
     def run():
-        fn = lambda x, kern, sc, sh: fd.depthwise_silu_input(x, kern, stride, padding, (sc, sh))  # noqa: E731
+        fn = lambda x, kern, sc, sh: ops.depthwise_silu_input(x, kern, stride, padding, (sc, sh))  # noqa: E731
         y, vjp = jax.vjp(fn, x, kern, sc, sh)
         return y, vjp(jnp.cos(y))
 
     with jax.default_matmul_precision("float32"):
         got, text = jax.jit(run)(), jax.jit(run).lower().as_text()
-        with _xla_form(), pytest.MonkeyPatch.context() as mp:
-            mp.setattr(fd, "_kernel_applies", lambda *a: False)
+        with ops.xla_forms():
             want = jax.jit(run)()
     assert GRAD + "_silu" in text
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -104,7 +93,7 @@ def test_training_step_gradients_use_the_kernel():
     assert text.count(f"@{GRAD}_silu(") == 15 and text.count(f"@{GRAD}(") == 1
     with jax.default_matmul_precision("float32"):
         g1 = grad(params, rest, x)
-        with _xla_form():
+        with ops.xla_forms():
             g0 = jax.jit(jax.grad(loss))(params, rest, x)
     # tolerance on the scale of all gradients: the biases of batch norms followed by another one
     # have gradients of zero up to rounding; through 16 blocks the two forms' float32 roundings
@@ -140,7 +129,7 @@ def test_pointwise_equals_matmul(m, k, n):
 
 
 def _conv1x1_loss(x, k):
-    return jnp.sum(layers.conv2d(x, k) ** 2)
+    return jnp.sum(ops.conv2d(x, k) ** 2)
 
 
 def test_conv1x1_runs_the_kernel_where_no_gradient_is_taken():
@@ -149,7 +138,7 @@ def test_conv1x1_runs_the_kernel_where_no_gradient_is_taken():
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.standard_normal((2, 5, 6, 40)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((1, 1, 40, 24)), jnp.float32)
-    forward = jax.jit(layers.conv2d)
+    forward = jax.jit(ops.conv2d)
     grad = jax.jit(jax.value_and_grad(_conv1x1_loss, argnums=(0, 1)))
     assert POINTWISE in forward.lower(x, k).as_text() and POINTWISE not in grad.lower(x, k).as_text()
     with jax.default_matmul_precision("float32"):
@@ -165,7 +154,7 @@ def test_conv1x1_runs_the_kernel_where_no_gradient_is_taken():
     graphdef, state = nnx.split(m)
     x = np.zeros((1, 224, 224, 3), np.float32)
     text = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).as_text()
-    # the first five expansions run inside the depthwise kernel (tests/test_fused_depthwise.py);
+    # the first five expansions run inside the depthwise kernel (tests/test_ops_fused.py);
     # the rest (expansions, SE convolutions, projections with their gate, the head) are the GEMM
     assert text.count("@hsemo_expand_depthwise(") == 5
     assert text.count(f"@{POINTWISE}(") == convs - 5 > 50
@@ -181,7 +170,7 @@ def test_gated_pointwise_equals_gating_then_matmul(n, h, w, c, d):
     x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((1, 1, c, d)), jnp.float32)
     gate = jnp.asarray(rng.uniform(0, 1, (n, c)), jnp.float32)
-    gated = lambda x, k, gate: layers.conv1x1_fused(x, k, gate=gate)  # noqa: E731
+    gated = lambda x, k, gate: ops.conv1x1_fused(x, k, gate=gate)  # noqa: E731
     loss = lambda x, k, gate: jnp.sum(gated(x, k, gate) ** 2)  # noqa: E731
     forward = jax.jit(gated)
     assert f"@{POINTWISE}(" in forward.lower(x, k, gate).as_text()
@@ -190,7 +179,7 @@ def test_gated_pointwise_equals_gating_then_matmul(n, h, w, c, d):
         want = np.einsum("nhwc,cd->nhwd", np.asarray(x, np.float64) * np.asarray(gate)[:, None, None], k[0, 0])
         np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
         v1, g1 = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, k, gate)
-        v0, g0 = jax.value_and_grad(lambda x, k, gate: jnp.sum(layers.conv2d(x * gate[:, None, None], k) ** 2),
+        v0, g0 = jax.value_and_grad(lambda x, k, gate: jnp.sum(ops.conv2d(x * gate[:, None, None], k) ** 2),
                                     argnums=(0, 1, 2))(x, k, gate)
     np.testing.assert_allclose(v1, v0, rtol=1e-5)
     for a, b in zip(g1, g0):
@@ -218,7 +207,7 @@ def test_pointwise_epilogue_equals_float64(s, rows, k, n, gated, affine, act, re
               scale=rng.uniform(0.5, 1.5, n).astype(np.float32) if affine else None,
               shift=rng.standard_normal(n).astype(np.float32) if affine else None,
               residual=rng.standard_normal((m, n)).astype(np.float32) if res else None)
-    forward = jax.jit(lambda x, w: layers.pointwise(x, w, act=act, **kw))
+    forward = jax.jit(lambda x, w: ops.pointwise(x, w, act=act, **kw))
     assert f"@{POINTWISE}(" in forward.lower(x, w).as_text()
     def plain(x, w, xp=jnp):
         if gated:
@@ -232,7 +221,7 @@ def test_pointwise_epilogue_equals_float64(s, rows, k, n, gated, affine, act, re
     want = plain(np.float64(x), w, np)
     np.testing.assert_allclose(forward(x, w), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
-    grad = jax.jit(jax.grad(lambda x, w: jnp.sum(layers.pointwise(x, w, act=act, **kw) ** 2), argnums=(0, 1)))
+    grad = jax.jit(jax.grad(lambda x, w: jnp.sum(ops.pointwise(x, w, act=act, **kw) ** 2), argnums=(0, 1)))
     assert POINTWISE not in grad.lower(x, w).as_text()
     with jax.default_matmul_precision("float32"):
         g1 = grad(x, w)
@@ -264,8 +253,6 @@ CONV_ACT_CASES = [  # (n, h, w, c, d, k, stride, padding, act, bias, bn, residua
 def test_conv_bn_act_equals_the_layers(case):
     """conv_bn_act in eval mode (one kernel: HsemoConvAct for k > 1, the GEMM with its epilogue for
     1x1) equals the layers it stands for, values and gradients."""
-    from hsemo_jax.models import fused_conv
-
     n, h, w, c, d, k, stride, padding, act, bias, with_bn, with_res = case
     rng = np.random.default_rng(5)
     conv = layers.Conv2d(c, d, k, stride=stride, padding=padding, bias=bias, rng=rng)
@@ -279,12 +266,12 @@ def test_conv_bn_act_equals_the_layers(case):
     x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
     oh, ow = -(-h // stride), -(-w // stride)
     res = jnp.asarray(rng.standard_normal((n, oh, ow, d)), jnp.float32) if with_res else None
-    fused = lambda x: fused_conv.conv_bn_act(conv, bn, x, act=act, residual=res)  # noqa: E731
+    fused = lambda x: conv_bn.conv_bn_act(conv, bn, x, act=act, residual=res)  # noqa: E731
     assert ("hsemo_conv_act" if k > 1 else "@hsemo_pointwise(") in jax.jit(fused).lower(x).as_text()
 
     def plain(x):
         y = conv(x)
-        y = layers.ACTIVATIONS[act](y if bn is None else bn(y))
+        y = ops.ACTIVATIONS[act](y if bn is None else bn(y))
         return y if res is None else y + res
 
     with jax.default_matmul_precision("float32"):
@@ -319,11 +306,11 @@ def test_batch_norm_statistics_and_gradient(shape):
 
     with jax.default_matmul_precision("float32"):
         want = jax.jit(lambda: run(_plain_batch_norm))()
-        got = jax.jit(lambda: run(layers.batch_norm_train))()
-        text = jax.jit(lambda: run(layers.batch_norm_train)).lower().as_text()
+        got = jax.jit(lambda: run(ops.batch_norm_train))()
+        text = jax.jit(lambda: run(ops.batch_norm_train)).lower().as_text()
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(ck, "available", lambda: False)
-            xla = jax.jit(lambda: run(layers.batch_norm_train))()
+            xla = jax.jit(lambda: run(ops.batch_norm_train))()
     assert "hsemo_channel_moments" in text and "hsemo_channel_grad_sums" in text
     for form in (got, xla):
         for a, b in zip(jax.tree.leaves(form), jax.tree.leaves(want)):

@@ -6,7 +6,8 @@ import torch
 import jax
 import jax.numpy as jnp
 
-from hsemo_jax.models.layers import BatchNorm, conv2d, conv2d_lax, conv2d_shift
+from hsemo_jax.models.layers import BatchNorm
+from hsemo_jax.ops import conv2d, conv2d_lax, conv2d_shift
 
 
 CONV_CASES = [
@@ -141,7 +142,7 @@ def test_batchnorm_and_prelu_gradients_match_torch():
 
 @pytest.mark.parametrize("shape,ndim", [((4, 9, 7, 5), 1), ((3, 8, 2, 6), 2), ((10, 3), 1)])
 def test_leading_sum_equals_numpy(shape, ndim):
-    from hsemo_jax.models.layers import leading_sum
+    from hsemo_jax.ops import leading_sum
 
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     out = jax.jit(lambda v: leading_sum(v, ndim))(jnp.asarray(x))

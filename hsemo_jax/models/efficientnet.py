@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hsemo_jax.models.fused_conv import conv_bn_act
-from hsemo_jax.models.fused_depthwise import depthwise_bn_silu, expand_depthwise_bn_silu
-from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear, pointwise, spatial_mean
+from hsemo_jax import ops
+from hsemo_jax.models.conv_bn import conv_bn_act, depthwise_bn_silu, expand_depthwise_bn_silu
+from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear
 
 # (block type, repeats, kernel, stride, expansion, out channels); SE ratio 0.25 everywhere.
 B0_BLOCKS = (
@@ -57,26 +57,23 @@ def _padding(cfg: EfficientNetConfig, k: int, stride: int):
 
 
 class SqueezeExcite(nnx.Module):
+    """The per-channel gate sigmoid(expand(silu(reduce(mean over H, W of x)))), (N, C); applied
+    by the block's projection."""
+
     def __init__(self, ch: int, rd_ch: int, *, rng):
         self.conv_reduce = Conv2d(ch, rd_ch, 1, bias=True, rng=rng)
         self.conv_expand = Conv2d(rd_ch, ch, 1, bias=True, rng=rng)
 
-    def gate(self, x, sums=None):
-        """The (N, C) gate of x; `sums`: x summed over H and W, if the caller has it (the fused
-        depthwise kernel's; the mean's division then scales the reduction's output). In CPU
-        inference two kernel calls (`layers.pointwise`), where XLA ran four small fusions more."""
+    def __call__(self, x, sums=None):
+        """`sums`: x summed over H and W where the op before computed them (the mean's division
+        then scales the reduction's output)."""
         reduce, expand = self.conv_reduce, self.conv_expand
         if sums is None:
             s, scale = jnp.mean(x, axis=(1, 2)), None
         else:
             s, scale = sums, np.full(reduce.bias.shape, 1 / (x.shape[1] * x.shape[2]), np.float32)
-        r = pointwise(s, reduce.kernel[0, 0], scale=scale, shift=reduce.bias[...], act="silu")
-        return pointwise(r, expand.kernel[0, 0], shift=expand.bias[...], act="sigmoid")
-
-
-def _project(conv: Conv2d, bn: BatchNorm, se: SqueezeExcite, x, sums, residual):
-    """bn(conv(x * se.gate(x))) + residual, the gate applied to the 1x1 projection's weights."""
-    return conv_bn_act(conv, bn, x, act=None, gate=se.gate(x, sums).astype(x.dtype), residual=residual)
+        r = ops.pointwise(s, reduce.kernel[0, 0], scale=scale, shift=reduce.bias[...], act="silu")
+        return ops.pointwise(r, expand.kernel[0, 0], shift=expand.bias[...], act="sigmoid").astype(x.dtype)
 
 
 class DepthwiseSeparable(nnx.Module):
@@ -92,8 +89,11 @@ class DepthwiseSeparable(nnx.Module):
         self.has_skip = stride == 1 and in_ch == out_ch
 
     def __call__(self, x):
-        y, sums = depthwise_bn_silu(self.conv_dw, self.bn1, x)
-        return _project(self.conv_pw, self.bn2, self.se, y, sums, x if self.has_skip else None)
+        # kxk depthwise -> BN -> SiLU (and the result's sums over H, W for the gate)
+        h, sums = depthwise_bn_silu(self.conv_dw, self.bn1, x)
+        # squeeze-excite gate; 1x1 pointwise of the gated activation -> BN; skip connection
+        return conv_bn_act(self.conv_pw, self.bn2, h, act=None, gate=self.se(h, sums),
+                           residual=x if self.has_skip else None)
 
 
 class InvertedResidual(nnx.Module):
@@ -113,8 +113,11 @@ class InvertedResidual(nnx.Module):
         self.has_skip = stride == 1 and in_ch == out_ch
 
     def __call__(self, x):
-        y, sums = expand_depthwise_bn_silu(self.conv_pw, self.bn1, self.conv_dw, self.bn2, x)
-        return _project(self.conv_pwl, self.bn3, self.se, y, sums, x if self.has_skip else None)
+        # 1x1 expansion -> BN -> SiLU -> kxk depthwise -> BN -> SiLU (and the sums over H, W)
+        h, sums = expand_depthwise_bn_silu(self.conv_pw, self.bn1, self.conv_dw, self.bn2, x)
+        # squeeze-excite gate; 1x1 linear projection of the gated activation -> BN; skip connection
+        return conv_bn_act(self.conv_pwl, self.bn3, h, act=None, gate=self.se(h, sums),
+                           residual=x if self.has_skip else None)
 
 
 class EfficientNet(nnx.Module):
@@ -146,11 +149,12 @@ class EfficientNet(nnx.Module):
         self.classifier = Linear(self.num_features, num_classes, rng=rng) if num_classes else None
 
     def features(self, x_nhwc):
-        x = conv_bn_act(self.conv_stem, self.bn1, x_nhwc)
+        x = conv_bn_act(self.conv_stem, self.bn1, x_nhwc)  # 3x3 stride-2 stem -> BN -> SiLU
         for stage in self.blocks:
             for block in stage:
                 x = block(x)
-        return spatial_mean(conv_bn_act(self.conv_head, self.bn2, x))
+        x = conv_bn_act(self.conv_head, self.bn2, x)  # 1x1 head -> BN -> SiLU
+        return ops.spatial_mean(x)  # global average pooling
 
     def head(self, features):
         """Embedding -> scores (the embedding itself when there is no classifier)."""

@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hsemo_jax import ops
+from hsemo_jax.models.conv_bn import conv_bn_act, depthwise_bn_silu, expand_depthwise_bn_silu
 from hsemo_jax.models.efficientnet import round_channels as make_divisible
-from hsemo_jax.models.fused_conv import conv_bn_act
-from hsemo_jax.models.fused_depthwise import depthwise_bn_silu, expand_depthwise_bn_silu
-from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear, spatial_mean
+from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear
 
 # arch -> width multiplier of timm's `_mobilevitv2_cfg` (channels (64, 128, 256, 384, 512), stem 32).
 CONFIGS = {"mobilevitv2_150": 1.5}
@@ -233,7 +233,7 @@ class MobileViT(nnx.Module):
                 x, pending = block.middle(x, pending), block.conv3_1x1
             else:
                 x, pending = block(x, pending) if pending is not None else block(x), None
-        return spatial_mean(x)
+        return ops.spatial_mean(x)
 
     def head(self, features):
         """Embedding -> scores (the embedding itself when there is no classifier)."""

@@ -1,12 +1,14 @@
 """Hand-written XLA:CPU kernels, built on first use and called through `jax.ffi`.
 
-`gemm.cc` is the GEMM of every 1x1 convolution (`layers.conv1x1`'s forward) and the stems'
-convolution (`models/fused_conv.py`);
+Only `hsemo_jax.ops.dispatch` imports this package, when it lowers a program for CPU: tracing,
+lowering for GPU/TPU and exporting never build or load it.
+
+`gemm.cc` is the GEMM of every 1x1 convolution (`ops.pointwise`) and the stems' convolution
+(`ops.conv_affine_act`);
 `fused_depthwise.cc` is the MBConv middle of EfficientNet and MobileViT, with or without the
-expansion convolution before it (`models/fused_depthwise.py`);
-`depthwise_grad.cc` is the gradient of any depthwise convolution (`layers.conv2d_shift`'s VJP);
-`channel_stats.cc` gives batch norm's training statistics and their gradient sums
-(`layers.BatchNorm`). They are for x86-64 with AVX2 (8-float vectors) or AVX-512 (16-float), and
+expansion convolution before it (`ops.fused`);
+`depthwise_grad.cc` is the gradient of any depthwise convolution (`ops.conv`'s shift form);
+`channel_stats.cc` gives batch norm's training statistics and their gradient sums (`ops.norm`). They are for x86-64 with AVX2 (8-float vectors) or AVX-512 (16-float), and
 are compiled into one library for the host CPU (`-march=native`) with the system C++
 compiler against jaxlib's FFI headers (`jax.ffi.include_dir()`), about 10 s, cached under
 `<cache>/kernels/` keyed by sources, compiler, jaxlib, flags and CPU, written atomically, and
@@ -31,6 +33,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from hsemo_jax.paths import cache_dir
 
 ENV = "HSEMO_JAX_FUSED_KERNELS"
 _DIR = Path(__file__).parent
@@ -72,14 +76,12 @@ def _compiler() -> str | None:
 
 def _build(cxx: str) -> Path:
     """Compile the kernels (once per sources/compiler/jaxlib/CPU) and return the library path."""
-    from hsemo_jax import hub  # late: hub imports the model registry
-
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
     texts = [(_DIR / name).read_text() for name in (*_SOURCES, *_HEADERS)]
     key = hashlib.sha256("\0".join([
         *texts, version, jax.__version__, " ".join(_FLAGS), _cpu_signature(),
     ]).encode()).hexdigest()[:16]
-    out = hub.cache_dir() / "kernels" / f"cpu_kernels-{key}.so"
+    out = cache_dir() / "kernels" / f"cpu_kernels-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -158,15 +160,6 @@ def depthwise_grad_silu(h, in_scale, in_shift, g, kernel_hhc, *, stride: int, pt
     call = jax.ffi.ffi_call("hsemo_depthwise_grad_silu", (_like(h, h.shape), _like(h, kernel_hhc.shape),
                                                          _like(h, c), _like(h, c)), vmap_method="sequential")
     return call(h, in_scale, in_shift, g, kernel_hhc, stride=np.int64(stride), pt=np.int64(pt), pl=np.int64(pl))
-
-
-def depthwise_applies(x, kernel_hhc, strides, sizes=(3, 5)) -> bool:
-    """Whether a kernel handles this depthwise convolution (of x, or of an expansion of x): float32,
-    channels a multiple of 16, a square kernel of one of `sizes`, equal strides of 1 or 2, and the
-    library built."""
-    k = kernel_hhc.shape
-    return (x.dtype == np.float32 and kernel_hhc.dtype == np.float32 and k[-1] % 16 == 0
-            and k[0] == k[1] and k[0] in sizes and strides[0] == strides[1] in (1, 2) and available())
 
 
 def channel_moments(x_mc):

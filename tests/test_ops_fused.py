@@ -1,4 +1,4 @@
-"""The fused CPU depthwise kernels (models/fused_depthwise.py), with and without the expansion
+"""The fused CPU depthwise kernels (ops/fused.py), with and without the expansion
 convolution inside, equal the same arithmetic in XLA ops, are what eval-mode EfficientNet runs on
 CPU, and fall back cleanly when they cannot be built."""
 import contextlib
@@ -10,9 +10,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hsemo_jax.models import cpu_kernels as ck
-from hsemo_jax.models import fused_depthwise as fd
+from hsemo_jax import ops
 from hsemo_jax.models import registry
+from hsemo_jax.ops import cpu_kernels as ck
+from hsemo_jax.ops import fused as fd
+from hsemo_jax.ops.conv import depthwise_kernel_applies
 
 pytestmark = pytest.mark.skipif(ck._compiler() is None, reason="no C++ compiler to build the kernel")
 TARGET = "hsemo_fused_depthwise"
@@ -33,17 +35,9 @@ def _inputs(n, h, w, c, k, seed=0):
     return (f(n, h, w, c) * 2, f(k, k, 1, c) * 0.3, (f(c) * 0.3 + 1, f(c) * 0.2), (f(c) * 0.3 + 1, f(c) * 0.2))
 
 
-@contextlib.contextmanager
-def _xla_form():
-    """Trace with the kernel refused: the op's XLA form."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fd, "_kernel_applies", lambda *a: False)
-        yield
-
-
 def _run(x, kern, stride, padding, out_aff, in_aff, act, *, kernel: bool):
     """(y, sums, lowered text) of the jitted op, with the kernel allowed or not."""
-    with contextlib.nullcontext() if kernel else _xla_form():
+    with contextlib.nullcontext() if kernel else ops.xla_forms():
         fn = jax.jit(lambda x, k, oa, ia: fd.depthwise_bn_act(x, k, stride, padding, oa, in_affine=ia, act=act))
         text = fn.lower(x, kern, out_aff, in_aff).as_text()
         y, s = fn(x, kern, out_aff, in_aff)
@@ -72,9 +66,9 @@ def test_gradients_and_vmap_follow_the_xla_form():
         y, s = fd.depthwise_bn_act(x, kern, 1, 1, (sc, out_aff[1]), in_affine=in_aff)
         return (y ** 2).sum() + s.sum()
 
-    assert fd._kernel_applies(x, kern[:, :, 0], (1, 1))
+    assert depthwise_kernel_applies(x, kern[:, :, 0], (1, 1))
     g1 = jax.grad(loss, argnums=(0, 1, 2))(x, kern, out_aff[0])
-    with _xla_form():
+    with ops.xla_forms():
         g0 = jax.grad(loss, argnums=(0, 1, 2))(x, kern, out_aff[0])
     for a, b in zip(g1, g0):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
@@ -96,7 +90,7 @@ def test_expansion_kernel_equals_xla_form(case):
     x, kern, out_aff, in_aff = _inputs(n, h, h, c, k)
     xin = jnp.asarray(np.random.default_rng(1).standard_normal((n, h, h, cin)).astype(np.float32))
     w = jnp.asarray(np.random.default_rng(2).standard_normal((cin, c)).astype(np.float32) / np.sqrt(cin))
-    pads = fd.layers._explicit_padding("SAME", (h, h), (k, k), (stride, stride))
+    pads = ops.explicit_padding("SAME", (h, h), (k, k), (stride, stride))
     static = ((stride, stride), pads, True)
     args = (xin, w, *in_aff, kern[:, :, 0], *out_aff)
     assert ck.available()
@@ -126,7 +120,7 @@ def test_efficientnet_block_with_fused_expansion_equals_the_layers(monkeypatch):
 
 
 @pytest.mark.parametrize("kernel", [True, False])
-def test_projection_composed_into_the_next_expansion_equals_both(kernel, monkeypatch):
+def test_projection_composed_into_the_next_expansion_equals_both(kernel):
     """MobileViT's first block's projection (1x1 conv + BN, read by the next block alone) goes into
     the next block's expansion in eval mode: one 1x1 convolution instead of two, the same output."""
     m = registry.build("mobilevitv2_150", 10, seed=0)
@@ -137,14 +131,13 @@ def test_projection_composed_into_the_next_expansion_equals_both(kernel, monkeyp
     for bn in (first.conv3_1x1.bn, second.conv1_1x1.bn):  # trained-like statistics
         for name, lo, hi in (("scale", 0.5, 1.5), ("bias", -0.3, 0.3), ("mean", -0.3, 0.3), ("var", 0.5, 2.0)):
             getattr(bn, name)[...] = jnp.asarray(rng.uniform(lo, hi, bn.mean.shape).astype(np.float32))
-    if not kernel:
-        monkeypatch.setattr(fd, "_kernel_applies", lambda *a: False)
     x = jnp.asarray(rng.standard_normal((2, 32, 32, 48)).astype(np.float32))
-    composed = jax.jit(lambda x: second(first.middle(x), first.conv3_1x1))
-    text = composed.lower(x).as_text()
+    with contextlib.nullcontext() if kernel else ops.xla_forms():
+        composed = jax.jit(lambda x: second(first.middle(x), first.conv3_1x1))
+        text = composed.lower(x).as_text()
+        with jax.default_matmul_precision("float32"):
+            y1, y0 = composed(x), jax.jit(lambda x: second(first(x)))(x)
     assert ("hsemo_expand_depthwise" in text) == kernel
-    with jax.default_matmul_precision("float32"):
-        y1, y0 = composed(x), jax.jit(lambda x: second(first(x)))(x)
     np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5 * np.abs(y0).max())
 
 
