@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hsemo_jax import checks
 from hsemo_jax.errors import InputError
-from hsemo_jax.labels import MISSING_AU, MISSING_EXPR, MISSING_VA
-from hsemo_jax.postprocess import checks
+from hsemo_jax.labels import MISSING_EXPR, MISSING_VA
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,25 +201,6 @@ def accuracy(y_true, y_pred, num_classes: int = 8, *, mask=None) -> float:
     return float(np.asarray(class_counts(t, p, m, num_classes=num_classes)[0]).sum() / m.sum())
 
 
-def _au_inputs(y_true, probs, mask, name_true="y_true", name_probs="probs"):
-    t = checks.as_labels(y_true, name_true, low=MISSING_AU, high=1, ndim=2)
-    p = checks.as_float(probs, name_probs, ndim=2)
-    n = checks.same_length(**{name_true: t, name_probs: p})
-    if t.shape != p.shape:
-        raise InputError(f"shape mismatch: {name_true} {t.shape} vs {name_probs} {p.shape}")
-    if mask is None:
-        m = t.min(axis=1) >= 0
-    else:
-        m = checks.as_mask(mask, "mask", n)
-        bad = m[:, None] & (t < 0)
-        if bad.any():
-            i, j = np.argwhere(bad)[0]
-            raise InputError(f"{name_true} row {i}: label {t[i, j]} in a masked-in row (AU column {j})")
-    if not m.any():
-        raise InputError(f"{name_true}: no frame with all AU labels >= 0")
-    return t, p, m
-
-
 def au_f1(y_true, probs, thresholds=0.5, *, mask=None) -> np.ndarray:
     """Per-AU binary F1 (sklearn `f1_score(y[:, i], probs[:, i] >= t_i)`, zero_division=0).
 
@@ -227,7 +208,7 @@ def au_f1(y_true, probs, thresholds=0.5, *, mask=None) -> np.ndarray:
     mask: optional bool (N,); default: rows whose min label is >= 0 (spec §3.2).
     Prediction is `probs >= t` compared in float32. Returns float64 (A,); P_AU is its mean.
     """
-    t, p, m = _au_inputs(y_true, probs, mask)
+    t, p, m = checks.au_inputs(y_true, probs, mask)
     thr = np.asarray(thresholds, dtype=np.float32)
     if thr.ndim > 1 or thr.size not in (1, p.shape[1]) or not np.isfinite(thr).all():
         raise InputError(f"thresholds: expected a number or {p.shape[1]} numbers, got {np.asarray(thresholds).tolist()}")

@@ -16,10 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hsemo_jax import metrics
+from hsemo_jax import checks, metrics
 from hsemo_jax.errors import InputError
 from hsemo_jax.labels import CEXPR_PAIRS
-from hsemo_jax.postprocess import checks
 from hsemo_jax.postprocess.packing import pack_dense
 from hsemo_jax.postprocess.smoothing import DENSE, halo_bucket, interpolate_packed, layout_arrays, smooth_packed
 

@@ -33,10 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hsemo_jax import metrics
+from hsemo_jax import checks, metrics
 from hsemo_jax.errors import InputError
 from hsemo_jax.labels import AU_NAMES, MISSING_AU, MISSING_EXPR
-from hsemo_jax.postprocess import checks
 from hsemo_jax.postprocess.smoothing import apply_filter, filter_kind, inv_widths, layout, layout_arrays
 
 FILTERS = {
