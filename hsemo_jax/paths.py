@@ -1,4 +1,4 @@
-"""Where hsemo-jax keeps files of its own: the cache root (downloads, converted models, kernels)."""
+"""Where hsemo-jax keeps files between runs (a leaf module: imports nothing of the project)."""
 from __future__ import annotations
 
 import os
