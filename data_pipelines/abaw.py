@@ -29,7 +29,7 @@ import tensorflow_datasets as tfds
 from data_pipelines.annotations import Line
 from data_pipelines.builder_base import bytes_feature, tensor
 from data_pipelines.images import decode_bgr, read_bytes
-from data_pipelines.labels import AU_NAMES, MISSING_AU, MISSING_EXPR, MISSING_VA
+from hsemo_jax.labels import AU_NAMES, MISSING_AU, MISSING_EXPR, MISSING_VA
 
 IMAGE_DIRS = ("cropped_aligned", "cropped_aligned/cropped_aligned", "cropped_aligned_new_50_vids",
               "cropped_aligned/cropped_aligned_new_50_vids")

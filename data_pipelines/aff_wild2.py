@@ -27,8 +27,8 @@ from data_pipelines import abaw
 from data_pipelines.annotations import Line, read_lines
 from data_pipelines.builder_base import ManualBuilder
 from data_pipelines.images import BadImage
-from data_pipelines.labels import AU_NAMES
 from hsemo_jax.errors import InputError
+from hsemo_jax.labels import AU_NAMES
 
 CHALLENGES = {"expr": "EXPR_Recognition_Challenge", "va": "VA_Estimation_Challenge",
               "au": "AU_Detection_Challenge"}

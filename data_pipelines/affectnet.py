@@ -39,12 +39,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import labels
 from data_pipelines.annotations import Line, read_lines
 from data_pipelines.builder_base import ManualBuilder, bytes_feature, tensor
 from data_pipelines.images import IMAGE_SUFFIXES, BadImage, decode_bgr, encode, read_bytes
 from hsemo_jax.errors import InputError
-from hsemo_jax.models.registry import AFFECTNET_CODES_8, HSE_CLASSES_8
+from hsemo_jax.labels import AFFECTNET_CODE_TO_HSE, AFFECTNET_CODES_8, HSE_CLASSES_8, HSE_TO_AFFECTNET_CODE
 
 CSV_COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
                "facial_landmarks", "expression", "valence", "arousal")
@@ -52,6 +51,20 @@ CSV_SPLITS = {"train": "training.csv", "validation": "validation.csv"}
 FOLDER_SPLITS = {"train": ("train", "training"), "validation": ("val", "validation", "test")}
 NUM_LANDMARKS = 68
 EXCLUDED_CODES = {8: "None", 9: "Uncertain", 10: "No-Face"}
+# Folder names accepted for the folder-per-class layout besides codes and HSE class names.
+FOLDER_ALIASES = {"happy": "Happiness", "sad": "Sadness", "angry": "Anger", "surprised": "Surprise",
+                  "fearful": "Fear", "disgusted": "Disgust"}
+
+
+def folder_label(folder: str) -> int | None:
+    """HSE class index of a class folder ("0".."7", "Anger", "happy", ...), else None.
+    Digits are AffectNet codes (the DDAMFN layout); names are HSE's ImageFolder folders."""
+    if folder.isdigit():
+        code = int(folder)
+        return int(AFFECTNET_CODE_TO_HSE[code]) if 0 <= code < 8 else None
+    key = folder.lower()
+    name = FOLDER_ALIASES.get(key) or next((c for c in HSE_CLASSES_8 if c.lower() == key), None)
+    return HSE_CLASSES_8.index(name) if name else None
 
 
 @dataclass(frozen=True)
@@ -166,7 +179,7 @@ class Affectnet(ManualBuilder):
     def _folder_candidates(self, split_dir: Path) -> list[FolderFile]:
         files = []
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-            label = labels.affectnet_folder_label(class_dir.name)
+            label = folder_label(class_dir.name)
             if label is None:
                 raise InputError(
                     f"{class_dir}: unknown class folder {class_dir.name!r}; expected AffectNet "
@@ -183,7 +196,7 @@ class Affectnet(ManualBuilder):
         if isinstance(c, FolderFile):
             h, w = img.shape[:2]
             return {"image": data, "name": c.name, "label": c.label,
-                    "expression": int(labels.HSE_TO_AFFECTNET_CODE[c.label]),
+                    "expression": int(HSE_TO_AFFECTNET_CODE[c.label]),
                     "va": np.zeros(2, np.float32), "va_mask": False,
                     "face_box": np.array([0, 0, w, h], np.int32),
                     "landmarks": landmarks, "landmarks_mask": False}
@@ -195,7 +208,7 @@ class Affectnet(ManualBuilder):
         if c.landmarks is not None:
             landmarks = c.landmarks - np.array([x, y], np.float32)
         return {"image": encode(crop, ".jpg"), "name": c.name,
-                "label": int(labels.AFFECTNET_CODE_TO_HSE[c.code]), "expression": c.code,
+                "label": int(AFFECTNET_CODE_TO_HSE[c.code]), "expression": c.code,
                 "va": np.array(c.va, np.float32),
                 "va_mask": bool(all(-1.0 <= v <= 1.0 for v in c.va)),
                 "face_box": np.array(c.box, np.int32),

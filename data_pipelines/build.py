@@ -23,6 +23,7 @@ from pathlib import Path
 
 from data_pipelines import BUILDERS, builder_class
 from hsemo_jax.errors import InputError
+from hsemo_jax.fileio import replace_directory
 
 REPORT_FILE = "build_report.json"
 
@@ -97,10 +98,7 @@ def _build_one(base, config, manual_dir, data_dir, on_bad_image, overwrite, work
                                    f"the builder counted {report[split]['written']}")
         built = Path(builder.data_dir)
         (built / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            os.replace(final, tmp / "old")
-        os.replace(built, final)
+        replace_directory(built, final)
         return BuildResult(base + (f"/{config}" if config else ""), final, report)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_pipelines.extract import extract_features
+    from hsemo_jax.extract import extract_features
 
     s = extract_features(args.model_dir, args.out, dataset=args.dataset, split=args.split,
                          images=args.images, batch_size=args.batch_size, chunk_size=args.chunk_size,

@@ -23,12 +23,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from hsemo_jax.errors import InputError
+from hsemo_jax.fileio import atomic_directory, atomic_write
 
 FORMAT = "hsemo-jax-features/1"
 META = "features.json"
@@ -91,15 +91,10 @@ class FeatureWriter:
         if any(len(v) != n for v in arrays.values()):
             raise ValueError(f"chunk {chunk}: arrays of different lengths "
                              f"{ {k: len(v) for k, v in arrays.items()} }")
-        tmp = Path(tempfile.mkdtemp(prefix=f".chunk-{chunk:05d}.tmp-", dir=self.root))
-        try:
+        with atomic_directory(chunk_dir(self.root, chunk)) as tmp:
             for k, v in arrays.items():
                 np.save(tmp / f"{k}.npy", np.asarray(v), allow_pickle=False)
             (tmp / "skipped.json").write_text(json.dumps(skipped) + "\n")
-            os.replace(tmp, chunk_dir(self.root, chunk))
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def finish(self) -> None:
         if self.done_prefix() != self.num_chunks:
@@ -108,9 +103,7 @@ class FeatureWriter:
         self._write_meta()
 
     def _write_meta(self) -> None:
-        tmp = self.root / f".{META}.tmp"
-        tmp.write_text(json.dumps(self.meta, indent=1) + "\n")
-        os.replace(tmp, self.root / META)
+        atomic_write(self.root / META, json.dumps(self.meta, indent=1) + "\n")
 
 
 class FeatureDataset:

@@ -20,8 +20,8 @@ from pathlib import Path
 from data_pipelines import abaw
 from data_pipelines.annotations import Line, read_lines
 from data_pipelines.builder_base import ManualBuilder
-from data_pipelines.labels import AU_NAMES
 from hsemo_jax.errors import InputError
+from hsemo_jax.labels import AU_NAMES
 
 SPLIT_FILES = {"train": "training_set_annotations.txt",
                "validation": "validation_set_annotations.txt",

@@ -9,11 +9,8 @@ place only when complete, so a failed save leaves nothing at DIR.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from hsemo_jax.errors import CheckpointError
+from hsemo_jax.fileio import atomic_directory
 from hsemo_jax.models import registry
 
 META_FILE = "hsemo_model.json"
@@ -51,33 +49,14 @@ class ModelInfo:
                    a.mean, a.std, a.embedding_dim, class_order, num_heads, source or {})
 
 
-@contextlib.contextmanager
-def atomic_directory(out: str | os.PathLike, overwrite: bool = False):
-    """Yield a temporary directory beside `out`; on success rename it to `out`, else delete it."""
-    out = Path(out).absolute()
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise CheckpointError(f"{out} already exists and is not empty (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_model(model: nnx.Module, info: ModelInfo, out: str | os.PathLike, *,
                overwrite: bool = False) -> Path:
     import orbax.checkpoint as ocp
 
-    with atomic_directory(out, overwrite) as tmp:
+    path = Path(out).absolute()
+    if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
+        raise CheckpointError(f"{path} already exists and is not empty (pass --overwrite to replace it)")
+    with atomic_directory(path) as tmp:
         state = nnx.to_pure_dict(nnx.state(model))
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "state", state)

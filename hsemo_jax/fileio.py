@@ -1,27 +1,102 @@
-"""Atomic file output: nothing half-written is ever left at the destination."""
+"""Atomic file output: nothing half-written is ever left at the destination.
+
+Every output is written under a temporary name in the destination's folder and renamed onto the
+destination only when complete; on error the temporary file or folder is removed and an existing
+destination is left as it was. Outputs get the permissions the process's umask gives (as `open`
+would), not the 0600 / 0700 of `tempfile.mkstemp` / `mkdtemp`.
+
+    atomic_write(path, data)          a whole text or bytes payload
+    atomic_path(path)                 a temporary file path for writers that take a path or stream
+    atomic_directory(path)            a temporary folder that takes `path`'s place when complete
+    replace_directory(src, dest)      move a complete folder onto `dest`, replacing an old one
+"""
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
+import secrets
+import shutil
 from pathlib import Path
+from typing import Callable, Iterator
+
+_TRIES = 100
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     """Write `data` (text as UTF-8 with newlines kept) to a temporary file in the destination's
     folder (created if missing), then `os.replace` it onto `path`; on any error the temporary file
     is removed and an existing `path` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
+    with atomic_path(path) as tmp:
         if isinstance(data, str):
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
                 f.write(data)
         else:
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "wb") as f:
                 f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
+    """Yield the path of a new empty file beside `path` (its folder created if missing) to write
+    the output to; when the block ends without error the file replaces `path`, on error it is
+    removed and an existing `path` is left as it was. `suffix` ends the temporary name, for
+    writers that pick the format from it (".png")."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _fresh(path, suffix, lambda p: os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
+    try:
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty folder beside `path` (its parent created if missing) to build the output
+    in; when the block ends without error the folder takes `path`'s place (`replace_directory`),
+    on error it is deleted and an existing `path` is left as it was."""
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _fresh(path, "", lambda p: os.mkdir(p, 0o777))
+    try:
+        yield tmp
+        replace_directory(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_directory(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Rename the complete folder `src` to `dest` (same file system). An existing `dest` is first
+    renamed aside and deleted afterwards, so `dest` is the old folder or the new one, never a mix
+    (it is absent only between the two renames)."""
+    src, dest = Path(src), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not dest.exists():
+        os.replace(src, dest)
+        return
+    old = _fresh(dest, ".old", lambda p: os.mkdir(p, 0o700))
+    try:
+        os.replace(dest, old / dest.name)
+        try:
+            os.replace(src, dest)
+        except BaseException:
+            os.replace(old / dest.name, dest)  # the old folder goes back
+            raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fresh(path: Path, suffix: str, create: Callable[[Path], None]) -> Path:
+    """Create (with `create`, which must fail if the name exists) a new hidden sibling of `path`
+    with a random name; the umask applies to the mode `create` asks for."""
+    for _ in range(_TRIES):
+        tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}{suffix}")
+        try:
+            create(tmp)
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")

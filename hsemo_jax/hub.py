@@ -33,11 +33,11 @@ from hsemo_jax.checkpoint import META_FILE, read_info
 from hsemo_jax.errors import CheckpointError, InputError
 from hsemo_jax.fileio import atomic_write
 from hsemo_jax.models import registry
+from hsemo_jax.paths import cache_dir
 
 __all__ = ["KNOWN_SHA256", "cache_dir", "resolve_model", "load_published", "download",
            "published_names"]
 
-CACHE_ENV = "HSEMO_JAX_CACHE"
 BASE_URL_ENV = "HSEMO_JAX_BASE_URL"
 TORCH_SUFFIXES = (".pt", ".pth")
 DEFAULT_TIMEOUT = 60.0  # seconds without progress (connect or read) before giving up
@@ -47,12 +47,6 @@ _CHUNK = 1 << 16
 # the published files have been verified. Until then the hash of the first successful download
 # is recorded next to it (`<name>.pt.sha256`) and every later use is checked against that.
 KNOWN_SHA256: dict[str, str] = {}
-
-
-def cache_dir() -> Path:
-    """Root of the cache: `$HSEMO_JAX_CACHE`, else `~/.cache/hsemo-jax` (not created here)."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "hsemo-jax"
 
 
 def published_names() -> tuple[str, ...]:

@@ -18,15 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hsemo_jax import checks
 from hsemo_jax.errors import InputError
-from hsemo_jax.postprocess import checks
-
-AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
-#: Aff-Wild2 EXPR order (spec §7).
-EXPR_NAMES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
-VA_MISSING = -5.0
-EXPR_MISSING = -1
-AU_MISSING = -1
+from hsemo_jax.labels import MISSING_EXPR, MISSING_VA
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,25 +201,6 @@ def accuracy(y_true, y_pred, num_classes: int = 8, *, mask=None) -> float:
     return float(np.asarray(class_counts(t, p, m, num_classes=num_classes)[0]).sum() / m.sum())
 
 
-def _au_inputs(y_true, probs, mask, name_true="y_true", name_probs="probs"):
-    t = checks.as_labels(y_true, name_true, low=AU_MISSING, high=1, ndim=2)
-    p = checks.as_float(probs, name_probs, ndim=2)
-    n = checks.same_length(**{name_true: t, name_probs: p})
-    if t.shape != p.shape:
-        raise InputError(f"shape mismatch: {name_true} {t.shape} vs {name_probs} {p.shape}")
-    if mask is None:
-        m = t.min(axis=1) >= 0
-    else:
-        m = checks.as_mask(mask, "mask", n)
-        bad = m[:, None] & (t < 0)
-        if bad.any():
-            i, j = np.argwhere(bad)[0]
-            raise InputError(f"{name_true} row {i}: label {t[i, j]} in a masked-in row (AU column {j})")
-    if not m.any():
-        raise InputError(f"{name_true}: no frame with all AU labels >= 0")
-    return t, p, m
-
-
 def au_f1(y_true, probs, thresholds=0.5, *, mask=None) -> np.ndarray:
     """Per-AU binary F1 (sklearn `f1_score(y[:, i], probs[:, i] >= t_i)`, zero_division=0).
 
@@ -233,7 +208,7 @@ def au_f1(y_true, probs, thresholds=0.5, *, mask=None) -> np.ndarray:
     mask: optional bool (N,); default: rows whose min label is >= 0 (spec §3.2).
     Prediction is `probs >= t` compared in float32. Returns float64 (A,); P_AU is its mean.
     """
-    t, p, m = _au_inputs(y_true, probs, mask)
+    t, p, m = checks.au_inputs(y_true, probs, mask)
     thr = np.asarray(thresholds, dtype=np.float32)
     if thr.ndim > 1 or thr.size not in (1, p.shape[1]) or not np.isfinite(thr).all():
         raise InputError(f"thresholds: expected a number or {p.shape[1]} numbers, got {np.asarray(thresholds).tolist()}")
@@ -245,7 +220,7 @@ def au_f1(y_true, probs, thresholds=0.5, *, mask=None) -> np.ndarray:
 def va_mask(va_true) -> np.ndarray:
     """Valid VA rows: valence > -5 and arousal > -5 (spec §3.2)."""
     va = np.asarray(va_true)
-    return (va[:, 0] > VA_MISSING) & (va[:, 1] > VA_MISSING)
+    return (va[:, 0] > MISSING_VA) & (va[:, 1] > MISSING_VA)
 
 
 def abaw_mtl(*, va_true=None, va_pred=None, expr_true=None, expr_pred=None, au_true=None, au_probs=None,
@@ -274,8 +249,8 @@ def abaw_mtl(*, va_true=None, va_pred=None, expr_true=None, expr_pred=None, au_t
     if (expr_true is None) != (expr_pred is None):
         raise InputError("abaw_mtl: give both expr_true and expr_pred, or neither")
     if expr_true is not None:
-        t = checks.as_labels(expr_true, "expr_true", low=EXPR_MISSING, high=num_expr_classes - 1)
-        m = t > EXPR_MISSING
+        t = checks.as_labels(expr_true, "expr_true", low=MISSING_EXPR, high=num_expr_classes - 1)
+        m = t > MISSING_EXPR
         out.update(P_EXPR=macro_f1(t, expr_pred, num_expr_classes, mask=m),
                    EXPR_accuracy=accuracy(t, expr_pred, num_expr_classes, mask=m), n_EXPR=int(m.sum()))
     if (au_true is None) != (au_probs is None):
@@ -329,7 +304,7 @@ def cohen_kappa(a, b, num_classes: int | None = None) -> float:
 
 
 __all__: Sequence[str] = (
-    "AU_NAMES", "EXPR_NAMES", "ccc", "macro_f1", "accuracy", "au_f1", "abaw_mtl", "kl_divergence",
+    "ccc", "macro_f1", "accuracy", "au_f1", "abaw_mtl", "kl_divergence",
     "cohen_kappa", "va_mask", "class_counts", "binary_counts", "ccc_stats", "f1_from_counts",
     "macro_from_counts", "ccc_from_stats",
 )

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import data_fixtures as F
-from data_pipelines import labels
 from data_pipelines.build import build_dataset, open_dataset, read_report
+from hsemo_jax import labels
 from hsemo_jax.errors import InputError
-from hsemo_jax.models.registry import HSE_CLASSES_8
+from hsemo_jax.labels import HSE_CLASSES_8
 
 
 def _build(name, manual, out, **kw):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import data_fixtures as F
-from data_pipelines import extract as X
 from data_pipelines import features as FT
 from data_pipelines.images import decode_rgb
 from hsemo_jax import cli
+from hsemo_jax import extract as X
 from hsemo_jax.errors import InputError
 from hsemo_jax.models import preprocess
 

@@ -16,6 +16,7 @@ from hsemo_jax.intensity import labels as L
 from hsemo_jax.intensity import regressor as R
 from hsemo_jax.intensity.frames import FrameFeatures, load_source, video_features
 from hsemo_jax.intensity.stats import every_nth, video_statistics
+from hsemo_jax.labels import HUME_REACTION_7, HUME_VIDMIMIC_6, INTENSITY_TARGET_SETS
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,8 +110,8 @@ def test_weighted_pearson_loss_equals_numpy_transcription():
         assert float(R.weighted_pearson_loss(p, y, w)) == pytest.approx(ref, abs=2e-6)
         assert float(R.weighted_pearson_loss(p, y, 1 / inv)) == pytest.approx(ref, abs=2e-6)  # normalised inside
         assert float(R.weighted_pearson_loss(p, y, np.ones(6))) == pytest.approx(float(R.pearson_loss(p, y)), abs=1e-6)
-    assert R.default_weights(L.HUME_VIDMIMIC_6).tolist() == pytest.approx(w.tolist())
-    assert R.default_weights(L.HUME_REACTION_7).tolist() == pytest.approx([1 / 7] * 7)
+    assert R.default_weights(HUME_VIDMIMIC_6).tolist() == pytest.approx(w.tolist())
+    assert R.default_weights(HUME_REACTION_7).tolist() == pytest.approx([1 / 7] * 7)
 
 
 def test_metric_equals_scipy_and_constant_column_is_nan():
@@ -181,14 +182,14 @@ VM_HEADER = "Filename,Admiration,Amusement,Determination,Empathic Pain,Excitemen
 def test_read_labels_known_sets_and_ids(tmp_path):
     f = tmp_path / "train_split.csv"
     f.write_text(VM_HEADER + "\n00001,0.1,0.2,0.3,0.4,0.5,0.6\n\n12,0,0,0,0,0,1\n")
-    lab = L.read_labels(str(f), L.TARGET_SETS["vidmimic6"])
+    lab = L.read_labels(str(f), INTENSITY_TARGET_SETS["vidmimic6"])
     assert lab.ids == ["00001", "00012"] and lab.lines.tolist() == [2, 4]
     np.testing.assert_allclose(lab.values[0], [.1, .2, .3, .4, .5, .6])
     assert L.known_set(L.read_labels(str(f)).names) == "vidmimic6"
     g = tmp_path / "reaction.csv"
     g.write_text("File_ID,Adoration,Amusement,Anxiety,Disgust,Empathic_Pain,Fear,Surprise\n"
                  "00003," + ",".join(["0.5"] * 7))
-    assert L.read_labels(str(g), L.resolve_targets("reaction7")).names == L.HUME_REACTION_7
+    assert L.read_labels(str(g), L.resolve_targets("reaction7")).names == HUME_REACTION_7
 
 
 @pytest.mark.parametrize("text, targets, match", [
@@ -293,7 +294,7 @@ def synthetic_run(tmp_path_factory):
 def test_cli_train_then_predict_writes_submission(synthetic_run, capsys):
     d, labels, ids, out = synthetic_run
     meta = json.loads((d / "run" / "regressor.json").read_text())
-    assert meta["targets"] == list(L.HUME_VIDMIMIC_6) and meta["in_dim"] == 40 and meta["features"]["every"] == 2
+    assert meta["targets"] == list(HUME_VIDMIMIC_6) and meta["in_dim"] == 40 and meta["features"]["every"] == 2
     assert len(meta["training"]["history"]) == 20 and meta["training"]["videos"] == 80
     assert f"best epoch {meta['training']['best_epoch']}" in out
 
@@ -302,7 +303,7 @@ def test_cli_train_then_predict_writes_submission(synthetic_run, capsys):
     lines = (d / "sub.csv").read_text().splitlines()
     assert lines[0] == "Filename,Admiration,Amusement,Determination,Empathic Pain,Excitement,Joy"
     assert [r.split(",")[0] for r in lines[1:]] == ids[110:]
-    sub = L.read_submission(str(d / "sub.csv"), L.HUME_VIDMIMIC_6)
+    sub = L.read_submission(str(d / "sub.csv"), HUME_VIDMIMIC_6)
     assert ((sub.values > 0) & (sub.values < 1)).all()
     y = np.stack([labels[v] for v in sub.ids])
     assert R.mean_pearson(sub.values, y) > 0.8  # held-out test videos
@@ -373,7 +374,7 @@ def test_cli_from_face_folders_names_empty_video_folder(tmp_path, capsys):
     (faces / "00005").mkdir()  # a video without face crops
     rows.append("00005," + ",".join(["0.5"] * 7))
     lab = tmp_path / "train_split.csv"
-    lab.write_text("\n".join(["Filename," + ",".join(L.HUME_REACTION_7)] + rows) + "\n")
+    lab.write_text("\n".join(["Filename," + ",".join(HUME_REACTION_7)] + rows) + "\n")
     args = ["intensity", "train", "--labels", str(lab), "--faces", str(faces), "--model", str(model),
             "--every", "1", "--epochs", "2", "--extract-batch-size", "8", "--out", str(tmp_path / "run"),
             "--no-progress"]

@@ -9,6 +9,7 @@ import pytest
 from hsemo_jax.checkpoint import ModelInfo, save_model
 from hsemo_jax.cli import main as cli_main
 from hsemo_jax.errors import InputError
+from hsemo_jax.labels import AU_NAMES, HSE_CLASSES_8
 from hsemo_jax.models import registry
 from hsemo_jax.predict import predict
 
@@ -37,9 +38,9 @@ def test_video_to_csv_and_plot(model_dir, tmp_path, capsys):
     assert frames == set(range(48))  # every frame has a row, with or without a face
     faces = [r for r in rows if r["track_id"] != ""]
     assert len({int(r["frame"]) for r in faces}) >= 40  # the astronaut is found in most frames
-    p = np.array([[float(r[f"p_{c}"]) for c in registry.HSE_CLASSES_8] for r in faces])
+    p = np.array([[float(r[f"p_{c}"]) for c in HSE_CLASSES_8] for r in faces])
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
-    assert all(r["expression"] in registry.HSE_CLASSES_8 and r["compound"] for r in faces)
+    assert all(r["expression"] in HSE_CLASSES_8 and r["compound"] for r in faces)
     assert all(-10 < float(r["valence"]) < 10 for r in faces)
     assert not (tmp_path / "a.csv.partial").exists()
     assert png.stat().st_size > 10_000
@@ -142,7 +143,6 @@ def test_threaded_map_keeps_order_and_reraises():
 
 
 def test_multitask_head_adds_action_units(model_dir, tmp_path):
-    from hsemo_jax.metrics import AU_NAMES
     from hsemo_jax.train.head import MTLHead
     from hsemo_jax.train.runners import save_head
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from hsemo_jax.models.registry import ARCHS, CLASS_ORDERS
+from hsemo_jax.labels import CLASS_ORDERS
+from hsemo_jax.models.registry import ARCHS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

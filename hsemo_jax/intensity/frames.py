@@ -11,7 +11,7 @@ Sources of per-frame features (one or several, concatenated):
   and/or `scores` (N, 10);
 * FACES folders + a model (a published name, a converted model directory or a .pt file,
   `hsemo_jax.hub.resolve_model`): the features are extracted once with
-  `data_pipelines.extract.extract_features` into a cache folder and reused on the next run.
+  `hsemo_jax.extract.extract_features` into a cache folder and reused on the next run.
 
 The video id is the crop's parent folder name (digits are zero-padded to 5, as the label files'
 ids); the frame number is the file name's integer stem. `--input` picks the per-frame vector:
@@ -244,7 +244,7 @@ def cache_folder(cache: str | os.PathLike, faces: str | os.PathLike, model_dir: 
 def extract_faces(faces: str | os.PathLike, model: str, cache: str | os.PathLike, *, batch_size: int = 64,
                   progress: bool = True, log=print) -> Path:
     """Run `model` over every crop below FACES once (cached); returns the feature dataset folder."""
-    from data_pipelines.extract import extract_features
+    from hsemo_jax.extract import extract_features
     from hsemo_jax.hub import resolve_model
 
     faces = Path(faces)

@@ -8,7 +8,7 @@ The video id is an unsigned integer; it is normalised to the organisers' 5-digit
 (`1` and `00001` both become `00001`, `12660` stays `12660`), which is also the name of the
 video's face-crop folder. The K intensities are finite floats in the order of the header.
 
-Known target sets (spec §1.1):
+Known target sets (spec §1.1; names in `hsemo_jax.labels`):
 
 * `reaction7`  Hume-Reaction (ABAW-5 ERI): Adoration, Amusement, Anxiety, Disgust, Empathic-Pain,
   Fear, Surprise;
@@ -32,10 +32,7 @@ import numpy as np
 
 from hsemo_jax.errors import InputError
 from hsemo_jax.fileio import atomic_write
-
-HUME_REACTION_7 = ("Adoration", "Amusement", "Anxiety", "Disgust", "Empathic-Pain", "Fear", "Surprise")
-HUME_VIDMIMIC_6 = ("Admiration", "Amusement", "Determination", "Empathic Pain", "Excitement", "Joy")
-TARGET_SETS = {"reaction7": HUME_REACTION_7, "vidmimic6": HUME_VIDMIMIC_6}
+from hsemo_jax.labels import INTENSITY_TARGET_SETS
 SUBMISSION_ID = "Filename"
 _ID = re.compile(r"^\d+$")
 
@@ -48,7 +45,7 @@ def normalize_name(name: str) -> str:
 def known_set(names: Sequence[str]) -> str | None:
     """'reaction7' / 'vidmimic6' when `names` is that set in that order, else None."""
     key = [normalize_name(n) for n in names]
-    for set_name, ref in TARGET_SETS.items():
+    for set_name, ref in INTENSITY_TARGET_SETS.items():
         if key == [normalize_name(n) for n in ref]:
             return set_name
     return None
@@ -58,11 +55,12 @@ def resolve_targets(spec: str | None) -> tuple[str, ...] | None:
     """`--targets`: None/'auto' (from the header), a known set name, or comma-separated names."""
     if spec is None or spec == "auto":
         return None
-    if spec in TARGET_SETS:
-        return TARGET_SETS[spec]
+    if spec in INTENSITY_TARGET_SETS:
+        return INTENSITY_TARGET_SETS[spec]
     names = tuple(n.strip() for n in spec.split(",") if n.strip())
     if not names:
-        raise InputError(f"--targets {spec!r}: expected 'auto', {', '.join(TARGET_SETS)} or comma-separated names")
+        raise InputError(f"--targets {spec!r}: expected 'auto', {', '.join(INTENSITY_TARGET_SETS)} "
+                         "or comma-separated names")
     return names
 
 
@@ -109,8 +107,8 @@ def _read_text(path: str) -> list[str]:
 def read_labels(path: str, targets: Sequence[str] | None = None) -> VideoLabels:
     """Read a per-video label CSV.
 
-    targets: the expected K target names in order (a TARGET_SETS value or any names); the header
-    must list them after the id column. None: take the names from the header (K >= 1).
+    targets: the expected K target names in order (an INTENSITY_TARGET_SETS value or any names); the
+    header must list them after the id column. None: take the names from the header (K >= 1).
     Errors (InputError, `path:line: ...`): missing/empty file, header with the wrong number or
     names of targets, a row with the wrong number of fields, a bad or duplicate video id, a
     non-numeric or non-finite intensity, no data rows.

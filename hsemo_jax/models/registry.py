@@ -10,19 +10,12 @@ from dataclasses import dataclass
 
 from flax import nnx
 
+from hsemo_jax import labels
 from hsemo_jax.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
-
-# HSEmotion's class order: alphabetical ImageFolder order (spec §7).
-HSE_CLASSES_8 = ("Anger", "Contempt", "Disgust", "Fear", "Happiness", "Neutral", "Sadness", "Surprise")
-HSE_CLASSES_7 = ("Anger", "Disgust", "Fear", "Happiness", "Neutral", "Sadness", "Surprise")
-# AffectNet raw expression codes 0..7 = the original DDAMFN repository's order.
-AFFECTNET_CODES_8 = ("Neutral", "Happiness", "Sadness", "Surprise", "Fear", "Disgust", "Anger", "Contempt")
-VA = ("valence", "arousal")
-CLASS_ORDERS = {"hse": HSE_CLASSES_8, "affectnet": AFFECTNET_CODES_8}
 
 
 @dataclass(frozen=True)
@@ -74,11 +67,11 @@ def output_names(num_classes: int | None, class_order: str = "hse") -> tuple[str
     if not num_classes:
         return ()
     if num_classes == 7:
-        return HSE_CLASSES_7
+        return labels.HSE_CLASSES_7
     if num_classes == 8:
-        return CLASS_ORDERS[class_order]
+        return labels.CLASS_ORDERS[class_order]
     if num_classes == 10:
-        return CLASS_ORDERS[class_order] + VA
+        return labels.CLASS_ORDERS[class_order] + labels.VA_NAMES
     return tuple(f"score_{i}" for i in range(num_classes))
 
 

@@ -10,7 +10,8 @@ Stable API:
     compound_scores / aggregate_faces / video_tracks / kl_to_prior               [compound.py]
     pack / pack_dense -> Packed (lanes x T layout of ragged videos)              [packing.py]
     read_* / write_* / align (ABAW files)                                        [abaw_io.py]
-Metrics (CCC, F1s, P_MTL, KL, kappa) live in `hsemo_jax.metrics`.
+Metrics (CCC, F1s, P_MTL, KL, kappa) live in `hsemo_jax.metrics`; class and AU names, the C-EXPR
+classes and missing-label codes in `hsemo_jax.labels`.
 
 Names are imported lazily, so importing a submodule (e.g. the CLI glue) does not import JAX.
 """
@@ -30,7 +31,6 @@ _EXPORTS = {
     # compound.py
     "compound_scores": "compound", "aggregate_faces": "compound", "video_tracks": "compound",
     "logits_to_probs": "compound", "kl_to_prior": "compound", "CEXPR_PRIOR": "compound",
-    "CEXPR_PAIRS": "compound", "CEXPR_CLASSES": "compound",
     # sweeping.py
     "sweep": "sweeping", "SweepGrid": "sweeping", "SweepTable": "sweeping", "FILTERS": "sweeping",
     # abaw_io.py

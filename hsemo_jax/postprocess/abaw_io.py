@@ -32,11 +32,10 @@ import numpy as np
 
 from hsemo_jax.errors import InputError
 from hsemo_jax.fileio import atomic_write
-from hsemo_jax.metrics import AU_NAMES, EXPR_NAMES
-from hsemo_jax.postprocess.compound import CEXPR_SUBMISSION_NAMES
+from hsemo_jax.labels import AFFWILD_EXPR_8, AU_NAMES, CEXPR_SUBMISSION_NAMES, VA_NAMES
 
 SUBMISSION_HEADER = "image,valence,arousal,expression,aus"
-SCORES_HEADER = ",".join(["image", "valence", "arousal", *EXPR_NAMES, *AU_NAMES])
+SCORES_HEADER = ",".join(["image", *VA_NAMES, *AFFWILD_EXPR_8, *AU_NAMES])
 CE_HEADER = ",".join(["image_location", *CEXPR_SUBMISSION_NAMES])
 _IMAGE = re.compile(r"^(?P<video>[^,]+)/(?P<frame>\d+)\.jpg$")
 
@@ -203,7 +202,7 @@ def read_mtl_predictions(path: str) -> MTLPredictions:
             expr.append(np.eye(8, dtype=np.float32)[e])
             aus.append([_int_in(path, ln, AU_NAMES[j], x, 0, 1) for j, x in enumerate(f[4:])])
         else:
-            p = [_num(path, ln, EXPR_NAMES[j], x) for j, x in enumerate(f[3:11])]
+            p = [_num(path, ln, AFFWILD_EXPR_8[j], x) for j, x in enumerate(f[3:11])]
             q = [_num(path, ln, AU_NAMES[j], x) for j, x in enumerate(f[11:])]
             for name, x, raw in zip(AU_NAMES, q, f[11:]):
                 if not 0.0 <= x <= 1.0:

@@ -15,8 +15,8 @@ from typing import Mapping
 import jax
 import numpy as np
 
+from hsemo_jax import checks
 from hsemo_jax.errors import InputError
-from hsemo_jax.postprocess import checks
 
 NOTEBOOK_WEIGHTS = {"VA": 0.8, "EXPR": 0.5, "AU": 0.5}
 

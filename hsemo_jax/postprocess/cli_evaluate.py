@@ -40,6 +40,7 @@ def _run_ce(args) -> int:
 
     from hsemo_jax import metrics
     from hsemo_jax.errors import InputError
+    from hsemo_jax.labels import CEXPR_SUBMISSION_NAMES
     from hsemo_jax.postprocess import abaw_io, compound
 
     if args.gt:
@@ -47,8 +48,8 @@ def _run_ce(args) -> int:
     sub = abaw_io.read_ce_submission(args.pred)
     hist = np.bincount(sub.labels, minlength=7) / len(sub.labels)
     print(f"C-EXPR submission {args.pred}: {len(sub.labels)} frames, {len(set(sub.videos.tolist()))} videos")
-    print("class histogram: " + _fmt_row(compound.CEXPR_SUBMISSION_NAMES, hist))
-    print("prior:           " + _fmt_row(compound.CEXPR_SUBMISSION_NAMES, compound.CEXPR_PRIOR))
+    print("class histogram: " + _fmt_row(CEXPR_SUBMISSION_NAMES, hist))
+    print("prior:           " + _fmt_row(CEXPR_SUBMISSION_NAMES, compound.CEXPR_PRIOR))
     print(f"KL(prior || histogram) {compound.kl_to_prior(sub.labels):.4f}")
     if args.compare:
         other = abaw_io.read_ce_submission(args.compare)
@@ -76,6 +77,7 @@ def run(args) -> int:
 
     from hsemo_jax import metrics
     from hsemo_jax.errors import InputError
+    from hsemo_jax.labels import AFFWILD_EXPR_8, AU_NAMES
     from hsemo_jax.postprocess import abaw_io, blending
     from hsemo_jax.postprocess.thresholds import DEFAULT_GRID, search_au_thresholds
 
@@ -121,16 +123,16 @@ def run(args) -> int:
     per_class = metrics.f1_from_counts(tp, npred, ntrue)
     print(f"EXPR  P_EXPR {res['P_EXPR']:.4f}  (macro-F1 over the classes present; accuracy "
           f"{res['EXPR_accuracy']:.4f}; {res['n_EXPR']} frames)")
-    print("      F1 per class: " + _fmt_row(metrics.EXPR_NAMES, per_class))
+    print("      F1 per class: " + _fmt_row(AFFWILD_EXPR_8, per_class))
     thr = args.au_thresholds
     thr_txt = f"{thr}" if np.isscalar(thr) else ",".join(f"{t:g}" for t in thr)
     print(f"AU    P_AU {res['P_AU']:.4f}  at thresholds {thr_txt} ({res['n_AU']} frames)")
-    print("      F1 per AU: " + _fmt_row(metrics.AU_NAMES, res["AU_F1"]))
+    print("      F1 per AU: " + _fmt_row(AU_NAMES, res["AU_F1"]))
     if pred.kind == "scores" or args.blend_with:
         grid = DEFAULT_GRID if args.threshold_grid is None else args.threshold_grid
         t_best, f_best = search_au_thresholds(aus, al.au_true, grid)
         print(f"      best thresholds on this set ({len(grid)}-value grid {grid[0]:g}..{grid[-1]:g}): "
               f"P_AU {f_best.mean():.4f}")
-        print("      thresholds: " + "  ".join(f"{n} {t:g}" for n, t in zip(metrics.AU_NAMES, t_best)))
+        print("      thresholds: " + "  ".join(f"{n} {t:g}" for n, t in zip(AU_NAMES, t_best)))
     print(f"P_MTL {res['P_MTL']:.4f}  (= P_VA + P_EXPR + P_AU)")
     return 0

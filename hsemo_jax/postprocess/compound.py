@@ -16,18 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hsemo_jax import metrics
+from hsemo_jax import checks, metrics
 from hsemo_jax.errors import InputError
-from hsemo_jax.postprocess import checks
+from hsemo_jax.labels import CEXPR_PAIRS
 from hsemo_jax.postprocess.packing import pack_dense
 from hsemo_jax.postprocess.smoothing import DENSE, halo_bucket, interpolate_packed, layout_arrays, smooth_packed
 
-CEXPR_CLASSES = ("Fear Surprise", "Happy Surprise", "Sad Surprise", "Disgust Surprise", "Angry Surprise",
-                 "Sad Fear", "Sad Angry")
-CEXPR_SUBMISSION_NAMES = ("Fearfully_Surprised", "Happily_Surprised", "Sadly_Surprised", "Disgustedly_Surprised",
-                          "Angrily_Surprised", "Sadly_Fearful", "Sadly_Angry")
-#: class pairs as HSE 8-class indices (Anger, Contempt, Disgust, Fear, Happiness, Neutral, Sadness, Surprise)
-CEXPR_PAIRS = np.array([[3, 7], [4, 7], [6, 7], [2, 7], [0, 7], [6, 3], [6, 0]], dtype=np.int32)
 #: C-EXPR class frequencies from the C-EXPR paper (ce7#c72) and the prior used by the KL criterion.
 CEXPR_FREQS = np.array([14445, 24915, 10780, 10637, 10535, 10112, 8878], dtype=np.float64)
 CEXPR_PRIOR = CEXPR_FREQS / CEXPR_FREQS.sum()

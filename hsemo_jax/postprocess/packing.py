@@ -24,8 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
+from hsemo_jax import checks
 from hsemo_jax.errors import InputError
-from hsemo_jax.postprocess import checks
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hsemo_jax import checks
 from hsemo_jax.errors import InputError
-from hsemo_jax.postprocess import checks
 from hsemo_jax.postprocess.packing import Packed, pack, pack_dense
 
 # kinds of the banded engine

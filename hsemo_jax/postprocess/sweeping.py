@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hsemo_jax import metrics
+from hsemo_jax import checks, metrics
 from hsemo_jax.errors import InputError
-from hsemo_jax.postprocess import checks
+from hsemo_jax.labels import AU_NAMES, MISSING_AU, MISSING_EXPR
 from hsemo_jax.postprocess.smoothing import apply_filter, filter_kind, inv_widths, layout, layout_arrays
 
 FILTERS = {
@@ -91,9 +91,9 @@ class SweepTable:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["task", "filter", "blend_weight", "sigma", "k", "score", "ccc_v", "ccc_a"]
-                   + [f"f1_{a}" for a in metrics.AU_NAMES])
+                   + [f"f1_{a}" for a in AU_NAMES])
         for r in self.rows:
-            au = list(r.get("au_f1", [""] * len(metrics.AU_NAMES)))
+            au = list(r.get("au_f1", [""] * len(AU_NAMES)))
             w.writerow([r["task"], r["filter"], r["blend_weight"], r["sigma"], r["k"], repr(r["score"]),
                         r.get("ccc_v", ""), r.get("ccc_a", "")] + au)
         return buf.getvalue()
@@ -138,13 +138,13 @@ def _sweep_core(values_nc, layouts, invs, truths, masks, weights_w, au_thr, *, s
 
 def _truth_and_mask(task, truth, n):
     if task == "EXPR":
-        t = checks.as_labels(truth, "EXPR truth", low=metrics.EXPR_MISSING, high=7)
-        m = t > metrics.EXPR_MISSING
+        t = checks.as_labels(truth, "EXPR truth", low=MISSING_EXPR, high=7)
+        m = t > MISSING_EXPR
     elif task == "VA":
         t = checks.as_float(truth, "VA truth", ndim=2)
         m = metrics.va_mask(t)
     else:
-        t = checks.as_labels(truth, "AU truth", low=metrics.AU_MISSING, high=1, ndim=2)
+        t = checks.as_labels(truth, "AU truth", low=MISSING_AU, high=1, ndim=2)
         m = t.min(axis=1) >= 0
     if len(t) != n:
         raise InputError(f"length mismatch: {task} truth has {len(t)} rows, predictions {n}")

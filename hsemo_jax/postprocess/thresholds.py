@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from hsemo_jax import checks
 from hsemo_jax.errors import InputError
-from hsemo_jax.metrics import _au_inputs, f1_from_counts
+from hsemo_jax.metrics import f1_from_counts
 
 #: The notebook's grid, np.arange(0.1, 1, 0.1): 0.1, 0.2, 0.30000000000000004, ..., 0.9.
 DEFAULT_GRID = np.arange(0.1, 1, 0.1)
@@ -87,7 +88,7 @@ def search_au_thresholds(probs, labels, grid=None, *, mask=None, devices: Sequen
 
     Returns (thresholds (A,) float64, taken from `grid`; f1 (A,) float64 at those thresholds).
     """
-    t, p, m = _au_inputs(labels, probs, mask, name_true="labels", name_probs="probs")
+    t, p, m = checks.au_inputs(labels, probs, mask, name_true="labels", name_probs="probs")
     g = np.asarray(DEFAULT_GRID if grid is None else grid, dtype=np.float64)
     if g.ndim != 1 or g.size == 0 or not np.isfinite(g).all():
         raise InputError(f"grid: expected a non-empty 1-D array of finite thresholds, got {g!r}")

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from hsemo_jax import labels
 from hsemo_jax.errors import InputError
 from hsemo_jax.predict.detect import DETECT_WIDTH, crop, make_detector
 from hsemo_jax.predict.follow import FollowingDetector
@@ -116,7 +117,7 @@ def _expression_layout(models: list[_Model]) -> tuple[tuple[str, ...], bool]:
     """(expression class names, whether every model has valence/arousal). All models must agree."""
     layouts = []
     for m in models:
-        va = m.outputs[-2:] == ("valence", "arousal")
+        va = m.outputs[-2:] == labels.VA_NAMES
         classes = m.outputs[:-2] if va else m.outputs
         if not classes:
             raise InputError(f"model {m.name}: has no classifier (embedding only); it cannot predict emotions")
@@ -265,13 +266,11 @@ def rows_to_table(rows: list[dict], classes, with_va: bool, skipped) -> Predicti
     if with_va:
         cols["valence"], cols["arousal"] = va[:, 0], va[:, 1]
     if any(r["au"] is not None for r in rows):
-        from hsemo_jax.metrics import AU_NAMES
-
-        au = np.full((n, len(AU_NAMES)), np.nan)
+        au = np.full((n, len(labels.AU_NAMES)), np.nan)
         for i, r in enumerate(rows):
             if r["au"] is not None:
                 au[i] = r["au"]
-        for j, name in enumerate(AU_NAMES):
+        for j, name in enumerate(labels.AU_NAMES):
             cols[f"p_{name}"] = au[:, j]
     return Predictions(cols, tuple(classes), list(skipped))
 
@@ -283,7 +282,7 @@ def _smooth_tracks(table: Predictions, method: str, sigma: float, k: int) -> Non
     face = np.flatnonzero(table.has_face)
     if len(face) == 0:
         return
-    keys = [c for c in table.columns if c.startswith("p_")] + [c for c in ("valence", "arousal") if c in table.columns]
+    keys = [c for c in table.columns if c.startswith("p_")] + [c for c in labels.VA_NAMES if c in table.columns]
     values = np.stack([table[c][face] for c in keys], axis=1)
     # one "video" per (source, track); frames must be sorted within each
     track = np.array([f"{s}#{t}" for s, t in zip(table["source"][face], table["track_id"][face])])
@@ -298,27 +297,23 @@ def _smooth_tracks(table: Predictions, method: str, sigma: float, k: int) -> Non
 def _labels(table: Predictions, au_thresholds=None) -> None:
     """Expression label (argmax), AU labels (probability >= threshold) and, for 8 HSE classes,
     compound expression scores and label."""
-    from hsemo_jax.models.registry import HSE_CLASSES_8
-
     face = table.has_face
     if au_thresholds is not None:
-        from hsemo_jax.metrics import AU_NAMES
-
-        for name, t in zip(AU_NAMES, au_thresholds):
+        for name, t in zip(labels.AU_NAMES, au_thresholds):
             table.columns[name] = np.where(face, (table[f"p_{name}"] >= t).astype(np.int64), -1)
     probs = np.stack([table[f"p_{c}"] for c in table.expression_names], axis=1)
     label = np.full(len(table), "", dtype=object)
     label[face] = np.array(table.expression_names, dtype=object)[np.argmax(probs[face], axis=1)]
     table.columns["expression"] = label
-    if table.expression_names != HSE_CLASSES_8:
+    if table.expression_names != labels.HSE_CLASSES_8:
         return
-    from hsemo_jax.postprocess.compound import CEXPR_CLASSES, compound_scores
+    from hsemo_jax.postprocess.compound import compound_scores
 
-    comp = np.full((len(table), len(CEXPR_CLASSES)), np.nan)
+    comp = np.full((len(table), len(labels.CEXPR_CLASSES)), np.nan)
     if face.any():
         comp[face] = compound_scores(probs[face].astype(np.float32))
-    for j, name in enumerate(CEXPR_CLASSES):
+    for j, name in enumerate(labels.CEXPR_CLASSES):
         table.columns[f"c_{name}"] = comp[:, j]
     clabel = np.full(len(table), "", dtype=object)
-    clabel[face] = np.array(CEXPR_CLASSES, dtype=object)[np.argmax(comp[face], axis=1)]
+    clabel[face] = np.array(labels.CEXPR_CLASSES, dtype=object)[np.argmax(comp[face], axis=1)]
     table.columns["compound"] = clabel

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from hsemo_jax.fileio import atomic_path
 from hsemo_jax.predict.pipeline import Predictions, rows_to_table
 
 
@@ -45,14 +45,8 @@ class CsvOutput:
 
     def finalize(self, table: Predictions) -> Path:
         self._f.close()
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.", dir=self.out.parent)
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                _write_columns(f, table.columns, True)
-            os.replace(tmp, self.out)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic_path(self.out) as tmp, open(tmp, "w", newline="") as f:
+            _write_columns(f, table.columns, True)
         self.partial.unlink(missing_ok=True)
         return self.out
 
@@ -98,14 +92,9 @@ def plot(table: Predictions, out: str | os.PathLike) -> Path:
     if not tracks:
         axes[0, 0].text(0.5, 0.5, "no faces detected", ha="center", va="center")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent if str(out.parent) else ".")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        with atomic_path(out, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
     return out

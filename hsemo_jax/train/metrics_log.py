@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from hsemo_jax.fileio import atomic_path
 from hsemo_jax.train.events import EventWriter
 
 BASE_COLUMNS = ("step", "epoch", "wall_time", "lr", "images_per_s")
@@ -47,12 +48,10 @@ class MetricsLog:
             return
         self.columns = rows[0]
         keep = [r for r in rows[1:] if r and int(r[0]) <= step]
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(self.columns)
             w.writerows(keep)
-        os.replace(tmp, self.path)
 
     def write(self, rows: list[dict]) -> None:
         """rows: dicts with at least "step"; new keys after the first write are dropped from the CSV."""
@@ -82,10 +81,8 @@ class MetricsLog:
             rows = list(csv.reader(f))
         self.columns = self.columns + names
         rows[0] = self.columns
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(r + [""] * (len(self.columns) - len(r)) for r in rows)
-        os.replace(tmp, self.path)
 
     def close(self) -> None:
         if self.events is not None:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hsemo_jax import metrics as M
+from hsemo_jax.labels import MISSING_AU, MISSING_EXPR, MISSING_VA
 from hsemo_jax.train import losses
 from hsemo_jax.train.head import AUHead, ExprHead, MTLHead, VAHead
 
@@ -90,11 +91,11 @@ class HeadObjective:
         """ABAW metrics (spec §3.5) plus the validation losses, over the labelled validation rows."""
         kw = {}
         if "expr" in preds and data["expr_mask"].any():
-            kw.update(expr_true=np.where(data["expr_mask"], data["expr"], M.EXPR_MISSING), expr_pred=preds["expr"])
+            kw.update(expr_true=np.where(data["expr_mask"], data["expr"], MISSING_EXPR), expr_pred=preds["expr"])
         if "va" in preds and data["va_mask"].any():
-            kw.update(va_true=np.where(data["va_mask"][:, None], data["va"], M.VA_MISSING), va_pred=preds["va"])
+            kw.update(va_true=np.where(data["va_mask"][:, None], data["va"], MISSING_VA), va_pred=preds["va"])
         if "au" in preds and data["au_mask"].any():
-            kw.update(au_true=np.where(data["au_mask"][:, None], data["au"], M.AU_MISSING).astype(np.int32),
+            kw.update(au_true=np.where(data["au_mask"][:, None], data["au"], MISSING_AU).astype(np.int32),
                       au_probs=preds["au"])
         labels = {k: data[k] for k in ("expr", "expr_mask", "va", "va_mask", "au", "au_mask")}
         val_losses = _head_val_losses(preds, labels, self.class_weight, self.au_w0, self.au_w1)

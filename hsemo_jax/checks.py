@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from hsemo_jax.errors import InputError
+from hsemo_jax.labels import MISSING_AU
 
 
 def where(name: str, rows: Sequence[int] | None, i: int) -> str:
@@ -81,3 +82,27 @@ def as_mask(mask, name: str, n: int) -> np.ndarray:
     if m.shape != (n,):
         raise InputError(f"{name}: expected shape ({n},), got {m.shape}")
     return m.astype(bool)
+
+
+def au_inputs(y_true, probs, mask=None, name_true: str = "y_true", name_probs: str = "probs"):
+    """AU labels and scores of the same (N, A) shape -> (labels int32, scores float32, row mask).
+
+    Labels are in {0, 1} or MISSING_AU. Without `mask`, the rows whose labels are all given are used
+    (spec §3.2); a given mask must not select a row with a missing label. At least one row is used.
+    """
+    t = as_labels(y_true, name_true, low=MISSING_AU, high=1, ndim=2)
+    p = as_float(probs, name_probs, ndim=2)
+    n = same_length(**{name_true: t, name_probs: p})
+    if t.shape != p.shape:
+        raise InputError(f"shape mismatch: {name_true} {t.shape} vs {name_probs} {p.shape}")
+    if mask is None:
+        m = t.min(axis=1) >= 0
+    else:
+        m = as_mask(mask, "mask", n)
+        bad = m[:, None] & (t < 0)
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise InputError(f"{name_true} row {i}: label {t[i, j]} in a masked-in row (AU column {j})")
+    if not m.any():
+        raise InputError(f"{name_true}: no frame with all AU labels >= 0")
+    return t, p, m

@@ -1,4 +1,5 @@
-"""Run a converted model over a built dataset split or an image folder -> feature dataset.
+"""Run a converted model over a built dataset split or an image folder -> feature dataset
+(`hsemo-jax extract-features`).
 
 Batches have a fixed shape (the last one padded), so the jitted forward compiles once. The
 output is written chunk by chunk (``data_pipelines.features``); rerunning the same command
