@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from hsemo_jax.train.head_command import _quote_paths
+from hsemo_jax.commands.train_head import _quote_paths
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@
 FEATURES / VAL: feature datasets (.npz or a directory of .npy): x (N, D+10) = embedding ++ the
 backbone's 10 scores, and any of expr (N,), va (N, 2), au (N, 12) with the ABAW missing codes
 (-1, -5, -1) or explicit *_mask arrays (see hsemo_jax/train/data.py). Defaults follow the paper
-(configs/head_abaw7.toml): each head alone on its own rows, Keras Adam 1e-3, batch 512.
+(hsemo_jax/train/configs/head_abaw7.toml): each head alone on its own rows, Keras Adam 1e-3, batch 512.
 Writes RUN/head.npz + RUN/head.json; rerunning the same command resumes an interrupted run.
 """
 from __future__ import annotations
@@ -12,7 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "head_abaw7.toml"
+from hsemo_jax import train
+
+DEFAULT_CONFIG = Path(train.__file__).parent / "configs" / "head_abaw7.toml"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@ weights for EXPR, VA and AU in one compiled call; prints the best settings per t
 whole table as CSV."""
 from __future__ import annotations
 
-from hsemo_jax.postprocess import cli_common as cc
+from hsemo_jax.commands import arguments as cc
 
 
 def add_arguments(parser) -> None:

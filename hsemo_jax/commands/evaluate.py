@@ -9,7 +9,7 @@ A C-EXPR submission (no labels exist): class histogram, KL(prior || histogram), 
 """
 from __future__ import annotations
 
-from hsemo_jax.postprocess import cli_common as cc
+from hsemo_jax.commands import arguments as cc
 
 
 def add_arguments(parser) -> None:

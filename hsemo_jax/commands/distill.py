@@ -18,7 +18,7 @@ import dataclasses
 from pathlib import Path
 
 from hsemo_jax.errors import InputError
-from hsemo_jax.train.head_command import _quote_paths
+from hsemo_jax.commands.train_head import _quote_paths
 
 # config sections distill reads; the others must stay at their defaults
 SECTIONS = ("run_dir", "data.val", "data.synthetic_rows", "data.hflip", "optim", "train", "checkpoint",
