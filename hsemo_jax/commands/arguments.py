@@ -1,4 +1,10 @@
-"""Argument parsing shared by `hsemo-jax evaluate` and `hsemo-jax sweep`. Imports nothing heavy."""
+"""Argument types and argument blocks that several subcommands share. Imports nothing heavy.
+
+    add_config_arguments, load_run_config   train-head, pretrain, distill: a config file, --set, --out
+    add_scoring_arguments                   evaluate, sweep: a second model to blend, AU thresholds
+    add_dataset_writing_arguments           build-dataset, extract-features: bad images, overwrite, progress
+    float_list, smooth_spec, ...            argument types of evaluate and sweep
+"""
 from __future__ import annotations
 
 import argparse
@@ -71,6 +77,51 @@ def blend_weights(text: str) -> tuple[float, float, float]:
     return vals
 
 
-def is_ce_file(path: str) -> bool:
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
-        return f.readline().strip().startswith("image_location,Fearfully_Surprised")
+def add_config_arguments(p: argparse.ArgumentParser, *, set_example: str,
+                         describes: str = "every config field") -> None:
+    """`--out RUN`, `--set SECTION.KEY=VALUE` (repeatable) and `--describe-config` of the training commands."""
+    p.add_argument("--out", help="run directory (overrides run_dir)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help=f"override a config field (repeatable), e.g. --set {set_example}")
+    p.add_argument("--describe-config", action="store_true", help=f"print {describes} and exit")
+
+
+CONFIG_PATH_KEYS = ("data.train", "data.val", "run_dir", "model.init")
+
+
+def load_run_config(config, args: argparse.Namespace, flags, path_keys=CONFIG_PATH_KEYS):
+    """The training `Config` from the file `config` (None: defaults) with the `--set` overrides, then
+    the command's own flags as (config key, value) pairs, those given (not None or empty) winning."""
+    from hsemo_jax.train.config import load_config
+
+    overrides = list(args.overrides) + [f"{key}={value}" for key, value in flags if value]
+    return load_config(config, _quote_paths(overrides, path_keys))
+
+
+def _quote_paths(overrides: list[str], keys=CONFIG_PATH_KEYS) -> list[str]:
+    """Paths on the command line are strings, never TOML values ('1e-3' stays a number elsewhere)."""
+    out = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.strip() in keys and not value.startswith('"'):
+            value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        out.append(f"{key}={value}")
+    return out
+
+
+def add_scoring_arguments(p: argparse.ArgumentParser) -> None:
+    """`--blend-with`, `--au-thresholds`, `--allow-missing` of evaluate and sweep."""
+    p.add_argument("--blend-with", metavar="PRED_B",
+                   help="second model's MTL predictions of the same images to blend with (see --blend-weights)")
+    p.add_argument("--au-thresholds", type=au_thresholds, default=0.5, metavar="T|T1,...,T12",
+                   help="AU decision threshold(s) for P_AU (default 0.5)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="skip labelled ground-truth rows that have no prediction instead of failing")
+
+
+def add_dataset_writing_arguments(p: argparse.ArgumentParser) -> None:
+    """`--on-bad-image`, `--overwrite`, `--no-progress` of build-dataset and extract-features."""
+    p.add_argument("--on-bad-image", choices=("skip", "error"), default="skip",
+                   help="missing or undecodable image: skip it and report it (default), or stop")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from hsemo_jax.commands.arguments import add_config_arguments, load_run_config
 from hsemo_jax.errors import InputError
-from hsemo_jax.commands.train_head import _quote_paths
 
 # config sections distill reads; the others must stay at their defaults
 SECTIONS = ("run_dir", "data.val", "data.synthetic_rows", "data.hflip", "optim", "train", "checkpoint",
@@ -27,12 +27,9 @@ PATH_KEYS = ("run_dir", "data.val", "distill.expr", "distill.va", "distill.expr_
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="TOML/JSON config file")
-    p.add_argument("--out", help="run directory (overrides run_dir)")
     p.add_argument("--stage", choices=("both", "teacher", "student"), help="overrides distill.stage")
     p.add_argument("--teacher", help="finished teacher directory for --stage student (overrides distill.teacher_dir)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config field (repeatable), e.g. --set distill.expr=EXPR.npz")
-    p.add_argument("--describe-config", action="store_true", help="print every config field distill reads and exit")
+    add_config_arguments(p, set_example="distill.expr=EXPR.npz", describes="every config field distill reads")
 
 
 def _describe() -> str:
@@ -50,7 +47,6 @@ def _describe() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hsemo_jax.train.config import load_config
     from hsemo_jax.train.distill_runner import run_distill
 
     if args.describe_config:
@@ -58,11 +54,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.config:
         raise InputError("distill: give a CONFIG file (see hsemo_jax/train/configs/distill_*.toml)")
-    overrides = list(args.overrides)
-    for key, value in (("run_dir", args.out), ("distill.stage", args.stage), ("distill.teacher_dir", args.teacher)):
-        if value:
-            overrides.append(f"{key}={value}")
-    cfg = load_config(args.config, _quote_paths(overrides, PATH_KEYS))
+    cfg = load_run_config(args.config, args, [("run_dir", args.out), ("distill.stage", args.stage),
+                                              ("distill.teacher_dir", args.teacher)], PATH_KEYS)
     result = run_distill(cfg)
     for stage, metrics in result.items():
         if metrics:
