@@ -1,8 +1,8 @@
 """Command-line entry point: `hsemo-jax SUBCOMMAND ...`.
 
-Thin by design: each subcommand lives in the module that does the work and exposes
-`add_arguments(parser)` and `run(args) -> int`. Modules are imported only when their
-subcommand runs, so `hsemo-jax --help` stays fast and never imports torch.
+Thin by design: each subcommand is one module of `hsemo_jax.commands`, named after it, that
+exposes `add_arguments(parser)` and `run(args) -> int` and calls the library. Modules are
+imported only when their subcommand runs, so `hsemo-jax --help` stays fast and never imports torch.
 """
 from __future__ import annotations
 
@@ -15,17 +15,17 @@ from hsemo_jax.errors import InputError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "predict": ("hsemo_jax.predict.command", "per-frame emotions, valence/arousal of faces in a video, image or folder"),
-    "convert": ("hsemo_jax.convert.command", "convert a PyTorch checkpoint to an hsemo-jax model directory"),
-    "bench": ("hsemo_jax.bench.command", "run a benchmark (backbones, postprocess, ...)"),
-    "train-head": ("hsemo_jax.train.head_command", "train the ABAW-7 multi-task head on a feature dataset"),
-    "pretrain": ("hsemo_jax.train.pretrain_command", "multi-task backbone pretraining from a config file"),
-    "distill": ("hsemo_jax.train.distill_command", "ABAW-2 multi-database teacher-student (EXPR + VA) training from a config file"),
-    "build-dataset": ("data_pipelines.build_command", "build a TFDS ArrayRecord dataset (AffectNet, Aff-Wild2, C-EXPR) from your local copy"),
-    "extract-features": ("data_pipelines.extract_command", "per-frame embeddings + scores of a converted model over a dataset or image folder"),
-    "evaluate": ("hsemo_jax.postprocess.cli_evaluate", "ABAW metrics (P_VA, P_EXPR, P_AU, P_MTL; C-EXPR KL, kappa) of a prediction file"),
-    "sweep": ("hsemo_jax.postprocess.cli_sweep", "grid search over smoothing / blending settings; prints the best, writes CSV"),
-    "intensity": ("hsemo_jax.intensity.command", "video-level emotion intensity (ABAW ERI/EMI): train a regressor on per-video feature statistics, predict a submission"),
+    "predict": ("hsemo_jax.commands.predict", "per-frame emotions, valence/arousal of faces in a video, image or folder"),
+    "convert": ("hsemo_jax.commands.convert", "convert a PyTorch checkpoint to an hsemo-jax model directory"),
+    "bench": ("hsemo_jax.commands.bench", "run a benchmark (backbones, postprocess, ...)"),
+    "train-head": ("hsemo_jax.commands.train_head", "train the ABAW-7 multi-task head on a feature dataset"),
+    "pretrain": ("hsemo_jax.commands.pretrain", "multi-task backbone pretraining from a config file"),
+    "distill": ("hsemo_jax.commands.distill", "ABAW-2 multi-database teacher-student (EXPR + VA) training from a config file"),
+    "build-dataset": ("hsemo_jax.commands.build_dataset", "build a TFDS ArrayRecord dataset (AffectNet, Aff-Wild2, C-EXPR) from your local copy"),
+    "extract-features": ("hsemo_jax.commands.extract_features", "per-frame embeddings + scores of a converted model over a dataset or image folder"),
+    "evaluate": ("hsemo_jax.commands.evaluate", "ABAW metrics (P_VA, P_EXPR, P_AU, P_MTL; C-EXPR KL, kappa) of a prediction file"),
+    "sweep": ("hsemo_jax.commands.sweep", "grid search over smoothing / blending settings; prints the best, writes CSV"),
+    "intensity": ("hsemo_jax.commands.intensity", "video-level emotion intensity (ABAW ERI/EMI): train a regressor on per-video feature statistics, predict a submission"),
 }
 
 

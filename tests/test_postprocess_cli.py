@@ -51,7 +51,7 @@ def numbers(out, name):
 
 
 def test_evaluate_prints_every_metric(files, capsys):
-    assert run_cmd("hsemo_jax.postprocess.cli_evaluate",
+    assert run_cmd("hsemo_jax.commands.evaluate",
                    [str(files / "pred.txt"), str(files / "gt.txt"), "--compare", str(files / "pred_b.txt")]) == 0
     out = capsys.readouterr().out
     pred = abaw_io.read_mtl_predictions(str(files / "pred.txt"))
@@ -67,7 +67,7 @@ def test_evaluate_prints_every_metric(files, capsys):
 
 
 def test_evaluate_with_smoothing_and_blending(files, capsys):
-    run_cmd("hsemo_jax.postprocess.cli_evaluate",
+    run_cmd("hsemo_jax.commands.evaluate",
             [str(files / "pred.txt"), str(files / "gt.txt"), "--smooth-expr", "hsemotion:1e5:3",
              "--blend-with", str(files / "pred_b.txt"), "--blend-weights", "1,0.5,1"])
     out = capsys.readouterr().out
@@ -83,16 +83,16 @@ def test_evaluate_errors(files, tmp_path):
     lines = (files / "pred.txt").read_text().splitlines()
     (tmp_path / "p.txt").write_text("\n".join(lines + ["ghost/00001.jpg" + lines[1][lines[1].index(","):]]) + "\n")
     with pytest.raises(InputError, match=rf"p.txt:{len(lines) + 1}: video 'ghost' is not in the ground truth"):
-        run_cmd("hsemo_jax.postprocess.cli_evaluate", [str(tmp_path / "p.txt"), str(files / "gt.txt")])
+        run_cmd("hsemo_jax.commands.evaluate", [str(tmp_path / "p.txt"), str(files / "gt.txt")])
     with pytest.raises(SystemExit):  # argparse: bad smoothing spec
-        run_cmd("hsemo_jax.postprocess.cli_evaluate", [str(files / "pred.txt"), "--smooth-va", "median:1:2"])
+        run_cmd("hsemo_jax.commands.evaluate", [str(files / "pred.txt"), "--smooth-va", "median:1:2"])
 
 
 def test_evaluate_ce(tmp_path, capsys):
     images = [abaw_io.ce_image_name("v", f) for f in range(1, 8)]
     abaw_io.write_ce_submission(str(tmp_path / "a.txt"), images, np.arange(7))
     abaw_io.write_ce_submission(str(tmp_path / "b.txt"), images, np.array([0, 1, 2, 3, 4, 6, 6]))
-    run_cmd("hsemo_jax.postprocess.cli_evaluate", [str(tmp_path / "a.txt"), "--compare", str(tmp_path / "b.txt")])
+    run_cmd("hsemo_jax.commands.evaluate", [str(tmp_path / "a.txt"), "--compare", str(tmp_path / "b.txt")])
     out = capsys.readouterr().out
     prior = np.array([14445, 24915, 10780, 10637, 10535, 10112, 8878]) / 90302
     assert numbers(out, r"KL\(prior \|\| histogram\)") == pytest.approx(np.sum(prior * np.log(prior * 7)), abs=6e-5)
@@ -102,7 +102,7 @@ def test_evaluate_ce(tmp_path, capsys):
 
 def test_sweep_command_writes_csv(files, capsys, tmp_path):
     out_csv = tmp_path / "table.csv"
-    run_cmd("hsemo_jax.postprocess.cli_sweep",
+    run_cmd("hsemo_jax.commands.sweep",
             [str(files / "pred.txt"), str(files / "gt.txt"), "--sigmas", "10", "--ks", "0,3",
              "--tasks", "EXPR,VA", "--csv", str(out_csv)])
     out = capsys.readouterr().out

@@ -5,5 +5,6 @@ Hume-Vidmimic2), HSEmotion's method (spec seed_extras §1).
     frames.py     per-frame features of face-crop folders (saved features or extracted with a model)
     stats.py      per-video [mean ‖ std ‖ min ‖ max] of every n-th frame: one jitted vmapped pass
     regressor.py  linear / MLP sigmoid regressors, Pearson losses, metric, training, save / load
-    command.py    `hsemo-jax intensity train|predict`
+    runs.py       a run from label files and frame sources (train_run), its submission (predict_run);
+                  the command line is `hsemo_jax/commands/intensity.py`
 """

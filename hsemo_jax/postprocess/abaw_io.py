@@ -242,6 +242,12 @@ def read_image_list(path: str) -> list[str]:
     return out
 
 
+def is_ce_submission(path: str) -> bool:
+    """Whether `path` starts with a C-EXPR submission's header (rather than an MTL file's)."""
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        return f.readline().strip().startswith("image_location,Fearfully_Surprised")
+
+
 def read_ce_submission(path: str) -> CESubmission:
     """Read a C-EXPR submission (header `image_location,Fearfully_Surprised,...`, rows `img,<0..6>`)."""
     lines = _read_lines(path)

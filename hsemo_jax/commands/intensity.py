@@ -100,130 +100,51 @@ def run(args: argparse.Namespace) -> int:
     return _train(args) if args.action == "train" else _predict(args)
 
 
-def _log(args):
-    """Per-epoch lines (quiet with --no-progress)."""
-    return (lambda s: None) if args.no_progress else _report
-
-
 def _report(s: str) -> None:
     """Reports that are never silenced (skipped videos, extraction summaries)."""
     print(s, file=sys.stderr)
 
 
-def _rows(labels, ids) -> list:
-    """Rows of `labels` for video ids `ids`."""
-    pos = {v: i for i, v in enumerate(labels.ids)}
-    return [pos[v] for v in ids]
-
-
-def _frames(args, kind: str, every: int, model: str | None, cache_default: Path):
-    from hsemo_jax.intensity.frames import load_frames
-
-    return load_frames(args.features, args.faces, kind, every=every, model=model, cache=args.cache or cache_default,
-                       batch_size=args.extract_batch_size, progress=not args.no_progress,
-                       log=_report)
+def _source_kwargs(args) -> dict:
+    return dict(features=args.features, faces=args.faces, model=args.model, cache=args.cache,
+                extract_batch_size=args.extract_batch_size, on_missing=args.on_missing,
+                progress=not args.no_progress, log=_report)
 
 
 def _train(args) -> int:
-    import numpy as np
-
     from hsemo_jax.errors import InputError
-    from hsemo_jax.intensity import labels as L
-    from hsemo_jax.intensity.frames import video_features
-    from hsemo_jax.intensity.regressor import TrainConfig, fit, save_regressor
-    from hsemo_jax.intensity.stats import stat_columns
+    from hsemo_jax.intensity.regressor import TrainConfig
+    from hsemo_jax.intensity.runs import train_run
 
-    out = Path(args.out)
-    if (out / "regressor.json").exists() and not args.overwrite:
-        raise InputError(f"{out}: already holds a regressor; pass --overwrite to replace it")
-    if args.train_val and not args.val_labels:
-        raise InputError("--train-val needs --val-labels")
-    train = L.read_labels(args.labels, L.resolve_targets(args.targets))
-    val = L.read_labels(args.val_labels, train.names) if args.val_labels else None
-    if val is not None:
-        both = sorted(set(train.ids) & set(val.ids))
-        if both:
-            raise InputError(f"{val.path}:{val.line_of(both[0])}: video {both[0]} is also in {train.path} "
-                             f"(line {train.line_of(both[0])})")
     weights = None
     if args.weights:
         try:
             weights = [float(w) for w in args.weights.split(",")]
         except ValueError:
             raise InputError(f"--weights {args.weights!r}: expected comma-separated numbers") from None
-    log = _log(args)
-    ff = _frames(args, args.input, args.every, args.model, out / "features")
-    ids_t, x_t = video_features(ff, train.ids, on_missing=args.on_missing,
-                                what=f"videos of {train.path}", log=_report)
-    y_t = train.values[_rows(train, ids_t)]
-    x_v = y_v = ids_v = None
-    if val is not None:
-        ids_v, x_v = video_features(ff, val.ids, on_missing=args.on_missing,
-                                    what=f"videos of {val.path}", log=_report)
-        y_v = val.values[_rows(val, ids_v)]
-    if args.train_val:
-        x_t, y_t = np.concatenate([x_t, x_v]), np.concatenate([y_t, y_v])
-        x_v = y_v = None
     cfg = TrainConfig(variant=args.variant, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       loss=args.loss, weights=weights, hidden=args.hidden, seed=args.seed)
-    res = fit(x_t, y_t, train.names, cfg, x_val=x_v, y_val=y_v, log=log)
-    names = [f"{args.input}_{i}" for i in range(ff.dim)]
-    meta = {
-        "variant": res.config.variant, "in_dim": int(x_t.shape[1]), "hidden": res.config.hidden,
-        "targets": list(train.names), "target_set": L.known_set(train.names),
-        "features": {"input": args.input, "every": args.every, "frame_dim": ff.dim,
-                     "statistics": ["mean", "std", "min", "max"],
-                     "columns": stat_columns(names), "model": ff.model, "model_arg": args.model,
-                     "sources": ff.sources},
-        "training": {"labels": str(Path(args.labels).absolute()),
-                     "val_labels": str(Path(args.val_labels).absolute()) if args.val_labels else None,
-                     "train_val": bool(args.train_val), "videos": int(len(x_t)),
-                     "val_videos": None if x_v is None else int(len(x_v)),
-                     "config": {k: v for k, v in vars(res.config).items()},
-                     "best_epoch": res.best_epoch, "best_val_mean_pearson": res.best_val,
-                     "best_val_pearson_per_target": res.best_val_per_target, "history": res.history},
-    }
-    save_regressor(res.model, out, meta)
+    res, names = train_run(args.labels, args.out, cfg, val_labels=args.val_labels, targets=args.targets,
+                           kind=args.input, every=args.every, train_val=args.train_val, overwrite=args.overwrite,
+                           **_source_kwargs(args))
     if res.best_val is not None:
-        per = ", ".join(f"{n} {r:.4f}" for n, r in zip(train.names, res.best_val_per_target))
+        per = ", ".join(f"{n} {r:.4f}" for n, r in zip(names, res.best_val_per_target))
         print(f"best epoch {res.best_epoch}: validation mean Pearson {res.best_val:.4f} ({per})")
     else:
         print(f"kept the last epoch ({res.best_epoch}); no held-out validation")
+    out = Path(args.out)
     print(f"wrote {out}/regressor.npz, {out}/regressor.json", file=sys.stderr)
     return 0
 
 
 def _predict(args) -> int:
-    from hsemo_jax.errors import InputError
-    from hsemo_jax.intensity import labels as L
-    from hsemo_jax.intensity.frames import video_features
-    from hsemo_jax.intensity.regressor import load_regressor, mean_pearson, pearson_per_target, predict
+    from hsemo_jax.intensity.regressor import mean_pearson, pearson_per_target
+    from hsemo_jax.intensity.runs import predict_run
 
-    model, meta = load_regressor(args.run_dir)
-    fmeta = meta["features"]
-    names = tuple(meta["targets"])
-    truth = L.read_labels(args.labels, names) if args.labels else None
-    ids = truth.ids if truth is not None else (L.read_video_list(args.videos) if args.videos else None)
-    if args.faces and not (args.model or fmeta.get("model_arg") or (fmeta.get("model") or {}).get("path")):
-        raise InputError("--faces needs --model: the run does not record the backbone it was trained on")
-    model_arg = args.model or fmeta.get("model_arg") or (fmeta.get("model") or {}).get("path")
-    ff = _frames(args, fmeta["input"], int(fmeta["every"]), model_arg, Path(args.run_dir) / "features")
-    if ff.dim != fmeta["frame_dim"]:
-        raise InputError(f"{ff.where('')}: per-frame {fmeta['input']} have {ff.dim} columns, the regressor in "
-                         f"{args.run_dir} was trained on {fmeta['frame_dim']}")
-    trained = fmeta.get("model") or {}
-    if ff.model and trained and ff.model.get("arch") != trained.get("arch"):
-        raise InputError(f"{ff.where('')}: features of a {ff.model.get('arch')} backbone, the regressor was "
-                         f"trained on {trained.get('arch')} features")
-    vids, x = video_features(ff, ids, on_missing=args.on_missing,
-                             what="videos" if ids is None else f"videos of {args.labels or args.videos}",
-                             log=_report)
-    pred = predict(model, x)
-    L.write_submission(args.out, vids, pred, names)
-    print(f"wrote {args.out}: {len(vids)} videos", file=sys.stderr)
-    if truth is not None:
-        y = truth.values[_rows(truth, vids)]
-        per = pearson_per_target(pred, y)
-        print(f"mean Pearson {mean_pearson(pred, y):.4f} over {len(vids)} videos ("
-              + ", ".join(f"{n} {r:.4f}" for n, r in zip(names, per)) + ")")
+    p = predict_run(args.run_dir, args.out, videos=args.videos, labels=args.labels, **_source_kwargs(args))
+    print(f"wrote {args.out}: {len(p.videos)} videos", file=sys.stderr)
+    if p.truth is not None:
+        per = pearson_per_target(p.values, p.truth)
+        print(f"mean Pearson {mean_pearson(p.values, p.truth):.4f} over {len(p.videos)} videos ("
+              + ", ".join(f"{n} {r:.4f}" for n, r in zip(p.names, per)) + ")")
     return 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from hsemo_jax.commands.arguments import add_dataset_writing_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a converted model (hsemo-jax convert)")
@@ -19,11 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="fixed batch size (default 64)")
     p.add_argument("--chunk-size", type=int, default=4096,
                    help="rows per output chunk, the unit of resumption (default 4096)")
-    p.add_argument("--on-bad-image", choices=("skip", "error"), default="skip",
-                   help="undecodable image: skip and report it (default), or stop")
     p.add_argument("--workers", type=int, default=0, help="grain decoding processes (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dataset_writing_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

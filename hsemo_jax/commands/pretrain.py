@@ -9,35 +9,29 @@ from __future__ import annotations
 
 import argparse
 
-from hsemo_jax.train.head_command import _quote_paths
+from hsemo_jax.commands.arguments import add_config_arguments, load_run_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="TOML/JSON config file")
-    p.add_argument("--out", help="run directory (overrides run_dir)")
     p.add_argument("--train", help="training image dataset (overrides data.train)")
     p.add_argument("--val", help="validation image dataset (overrides data.val)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config field (repeatable), e.g. --set train.steps=100")
     p.add_argument("--export", action="store_true",
                    help="write RUN/model from the run's checkpoints without training (after a multi-process run)")
-    p.add_argument("--describe-config", action="store_true", help="print every config field and exit")
+    add_config_arguments(p, set_example="train.steps=100")
 
 
 def run(args: argparse.Namespace) -> int:
     from hsemo_jax.errors import InputError
-    from hsemo_jax.train.config import describe, load_config
+    from hsemo_jax.train.config import describe
 
     if args.describe_config:
         print(describe())
         return 0
     if not args.config:
         raise InputError("pretrain: give a CONFIG file (see hsemo_jax/train/configs/)")
-    overrides = list(args.overrides)
-    for key, value in (("run_dir", args.out), ("data.train", args.train), ("data.val", args.val)):
-        if value:
-            overrides.append(f"{key}={value}")
-    cfg = load_config(args.config, _quote_paths(overrides))
+    cfg = load_run_config(args.config, args,
+                          [("run_dir", args.out), ("data.train", args.train), ("data.val", args.val)])
     from hsemo_jax.train.runners import run_pretrain
 
     result = run_pretrain(cfg, export_only=args.export)

@@ -3,7 +3,7 @@
 FEATURES / VAL: feature datasets (.npz or a directory of .npy): x (N, D+10) = embedding ++ the
 backbone's 10 scores, and any of expr (N,), va (N, 2), au (N, 12) with the ABAW missing codes
 (-1, -5, -1) or explicit *_mask arrays (see hsemo_jax/train/data.py). Defaults follow the paper
-(configs/head_abaw7.toml): each head alone on its own rows, Keras Adam 1e-3, batch 512.
+(hsemo_jax/train/configs/head_abaw7.toml): each head alone on its own rows, Keras Adam 1e-3, batch 512.
 Writes RUN/head.npz + RUN/head.json; rerunning the same command resumes an interrupted run.
 """
 from __future__ import annotations
@@ -12,40 +12,32 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "head_abaw7.toml"
+from hsemo_jax import train
+from hsemo_jax.commands.arguments import add_config_arguments, load_run_config
+
+DEFAULT_CONFIG = Path(train.__file__).parent / "configs" / "head_abaw7.toml"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("features", nargs="?", help="training feature dataset (.npz or directory of .npy)")
     p.add_argument("--val", help="validation feature dataset (model selection and final metrics)")
     p.add_argument("--config", help=f"TOML/JSON config (default: {DEFAULT_CONFIG.name})")
-    p.add_argument("--out", help="run directory (checkpoints, metrics.csv, head.npz)")
     p.add_argument("--tasks", nargs="+", choices=("expr", "va", "au"), help="tasks to train (default: all)")
     p.add_argument("--mode", choices=("separate", "joint"), help="one head at a time or all jointly")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config field (repeatable), e.g. --set train.batch_size=256")
-    p.add_argument("--describe-config", action="store_true", help="print every config field and exit")
+    add_config_arguments(p, set_example="train.batch_size=256")
 
 
 def run(args: argparse.Namespace) -> int:
     from hsemo_jax.errors import InputError
-    from hsemo_jax.train.config import describe, load_config
+    from hsemo_jax.train.config import describe
 
     if args.describe_config:
         print(describe())
         return 0
-    overrides = list(args.overrides)
-    if args.features:
-        overrides.append(f"data.train={args.features}")
-    if args.val:
-        overrides.append(f"data.val={args.val}")
-    if args.out:
-        overrides.append(f"run_dir={args.out}")
-    if args.tasks:
-        overrides.append("head.tasks=[" + ",".join(f'"{t}"' for t in args.tasks) + "]")
-    if args.mode:
-        overrides.append(f"head.mode={args.mode}")
-    cfg = load_config(args.config or DEFAULT_CONFIG, _quote_paths(overrides))
+    tasks = "[" + ",".join(f'"{t}"' for t in args.tasks) + "]" if args.tasks else None
+    cfg = load_run_config(args.config or DEFAULT_CONFIG, args,
+                          [("data.train", args.features), ("data.val", args.val), ("run_dir", args.out),
+                           ("head.tasks", tasks), ("head.mode", args.mode)])
     if not cfg.data.train:
         raise InputError("no training features: pass FEATURES (or data.train in the config)")
     from hsemo_jax.train.runners import run_head
@@ -56,14 +48,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"validation: {shown}")
     print(f"wrote {cfg.run_dir}/head.npz", file=sys.stderr)
     return 0
-
-
-def _quote_paths(overrides: list[str], keys=("data.train", "data.val", "run_dir", "model.init")) -> list[str]:
-    """Paths on the command line are strings, never TOML values ('1e-3' stays a number elsewhere)."""
-    out = []
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if key.strip() in keys and not value.startswith('"'):
-            value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        out.append(f"{key}={value}")
-    return out

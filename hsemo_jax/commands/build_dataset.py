@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from hsemo_jax.commands.arguments import add_dataset_writing_arguments
+
 NAMES = ("affectnet", "s_aff_wild2", "aff_wild2", "aff_wild2/expr", "aff_wild2/va", "aff_wild2/au",
          "c_expr")
 
@@ -17,14 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "aff_wild2/expr, /va, /au), c_expr")
     p.add_argument("--manual-dir", required=True, help="your local copy of the dataset")
     p.add_argument("--data-dir", required=True, help="output folder (TFDS data_dir)")
-    p.add_argument("--on-bad-image", choices=("skip", "error"), default="skip",
-                   help="missing or corrupt image: skip it and report it (default), or stop")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing build")
     p.add_argument("--workers", type=int, default=None,
                    help="decoding threads (default: min(8, CPUs))")
     p.add_argument("--frame-format", choices=("png", "jpg"), default="png",
                    help="c_expr: how frames are stored (default png, lossless)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_dataset_writing_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

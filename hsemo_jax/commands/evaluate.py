@@ -9,26 +9,22 @@ A C-EXPR submission (no labels exist): class histogram, KL(prior || histogram), 
 """
 from __future__ import annotations
 
-from hsemo_jax.postprocess import cli_common as cc
+from hsemo_jax.commands import arguments as cc
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("pred", help="predictions: MTL scores/submission file, or a C-EXPR submission")
     parser.add_argument("gt", nargs="?", help="MTL ground truth (e.g. validation_set_annotations.txt)")
-    parser.add_argument("--blend-with", metavar="PRED_B", help="second model's MTL predictions to blend with")
+    cc.add_scoring_arguments(parser)
     parser.add_argument("--blend-weights", type=cc.blend_weights, default=(0.8, 0.5, 0.5), metavar="W_VA,W_EXPR,W_AU",
                         help="weight of PRED in the blend, per task (default: the notebook's 0.8,0.5,0.5)")
     for task in ("va", "expr", "au"):
         parser.add_argument(f"--smooth-{task}", type=cc.smooth_spec, metavar="FILTER:SIGMA:K",
                             help=f"smooth {task.upper()} first; FILTER in {', '.join(cc.FILTER_NAMES)} "
                                  "(e.g. hsemotion:1e5:10, box::50)")
-    parser.add_argument("--au-thresholds", type=cc.au_thresholds, default=0.5, metavar="T|T1,...,T12",
-                        help="AU decision threshold(s) (default 0.5)")
     parser.add_argument("--threshold-grid", type=cc.threshold_grid, default=None, metavar="START:STOP:STEP",
                         help="grid for the per-AU threshold search (default 0.1:1:0.1, the notebook's)")
     parser.add_argument("--compare", metavar="OTHER", help="another prediction file of the same images: Cohen's kappa")
-    parser.add_argument("--allow-missing", action="store_true",
-                        help="skip labelled ground-truth rows that have no prediction instead of failing")
 
 
 def _fmt_row(names, values) -> str:
@@ -71,14 +67,16 @@ def _smooth(values, al, spec):
 
 
 def run(args) -> int:
-    if cc.is_ce_file(args.pred):
+    from hsemo_jax.postprocess import abaw_io
+
+    if abaw_io.is_ce_submission(args.pred):
         return _run_ce(args)
     import numpy as np
 
     from hsemo_jax import metrics
     from hsemo_jax.errors import InputError
     from hsemo_jax.labels import AFFWILD_EXPR_8, AU_NAMES
-    from hsemo_jax.postprocess import abaw_io, blending
+    from hsemo_jax.postprocess import blending
     from hsemo_jax.postprocess.thresholds import DEFAULT_GRID, search_au_thresholds
 
     pred = abaw_io.read_mtl_predictions(args.pred)

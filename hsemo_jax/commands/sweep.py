@@ -3,13 +3,13 @@ weights for EXPR, VA and AU in one compiled call; prints the best settings per t
 whole table as CSV."""
 from __future__ import annotations
 
-from hsemo_jax.postprocess import cli_common as cc
+from hsemo_jax.commands import arguments as cc
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("pred", help="MTL predictions in the scores layout (see hsemo_jax.postprocess.abaw_io)")
     parser.add_argument("gt", help="MTL ground truth (e.g. validation_set_annotations.txt)")
-    parser.add_argument("--blend-with", metavar="PRED_B", help="second model's predictions; enables --blend-weights")
+    cc.add_scoring_arguments(parser)
     parser.add_argument("--blend-weights", type=cc.float_list, default=None, metavar="W1,W2,...|START:STOP:COUNT",
                         help="weights of PRED to try (default with --blend-with: 0:1:11, the notebook's)")
     parser.add_argument("--filters", default="hsemotion",
@@ -19,12 +19,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ks", type=cc.int_list, default=None,
                         help="window half-widths k / delta (default: 0,1,5,10,50,100; 0 = no smoothing)")
     parser.add_argument("--tasks", default="EXPR,VA,AU", help="tasks to sweep (default EXPR,VA,AU)")
-    parser.add_argument("--au-thresholds", type=cc.au_thresholds, default=0.5, metavar="T|T1,...,T12",
-                        help="AU thresholds used for P_AU (default 0.5)")
     parser.add_argument("--top", type=int, default=5, help="rows per task to print (default 5)")
     parser.add_argument("--csv", metavar="PATH", help="where to write the table (default: PRED with _sweep.csv)")
-    parser.add_argument("--allow-missing", action="store_true",
-                        help="skip labelled ground-truth rows that have no prediction instead of failing")
 
 
 def _markdown(rows) -> str:
