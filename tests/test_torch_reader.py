@@ -327,3 +327,42 @@ def test_sha256_file(tmp_path):
     (tmp_path / "f").write_bytes(data)
     assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
     assert sha256_file(tmp_path / "f", chunk_size=7) == hashlib.sha256(data).hexdigest()
+
+
+def test_records_must_be_stored_or_deflated(tmp_path):
+    """bzip2 and lzma inflate without a bound per step in zipfile; torch.save never writes them."""
+    torch.save({"w": torch.arange(4.0)}, tmp_path / "good.pt")
+    with zipfile.ZipFile(tmp_path / "good.pt") as zin, zipfile.ZipFile(tmp_path / "bz.pt", "w") as zout:
+        for info in zin.infolist():
+            method = zipfile.ZIP_BZIP2 if info.filename.endswith("/data/0") else zipfile.ZIP_DEFLATED
+            zout.writestr(info.filename, zin.read(info), compress_type=method)
+    with pytest.raises(CheckpointError, match=r"bz\.pt: record 'good/data/0' is compressed with method 12"):
+        read_state_dict(tmp_path / "bz.pt")
+    _rewrite_zip(tmp_path / "bz.pt", tmp_path / "stored.pt", lambda n, d: d)  # deflated data.pkl: read
+    np.testing.assert_array_equal(read_state_dict(tmp_path / "stored.pt")["w"], np.arange(4.0, dtype=np.float32))
+
+
+def test_tensor_bytes_are_bounded_in_total(tmp_path, monkeypatch):
+    """Storages read plus tensors copied out of them count against MAX_TENSOR_BYTES, before each
+    allocation; a tensor that is its whole storage costs nothing more."""
+    from hsemo_jax.convert import torch_reader
+
+    base = torch.arange(100.0).reshape(10, 10)  # 400 bytes
+    torch.save(collections.OrderedDict(a=base, b=base.t(), c=base.t()), tmp_path / "views.pt")
+    monkeypatch.setattr(torch_reader, "MAX_TENSOR_BYTES", 1200)
+    read_state_dict(tmp_path / "views.pt")  # the storage, then b and c copied out of it: 3 x 400 bytes
+    monkeypatch.setattr(torch_reader, "MAX_TENSOR_BYTES", 1199)
+    with pytest.raises(CheckpointError, match=r"views\.pt: tensor of size \(10, 10\) of 400 bytes would bring "
+                                              r"the checkpoint's tensors to 1200 bytes, more than 1199"):
+        read_state_dict(tmp_path / "views.pt")
+
+
+def test_shared_module_is_listed_under_each_name_as_torch_does(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules["__main__"], "TinyNet", TinyNet, raising=False)
+    net = TinyNet()
+    net.twin = net.head  # one module, two names
+    torch.save(net, tmp_path / "shared.pt")
+    sd = read_state_dict(tmp_path / "shared.pt")
+    _assert_same(sd, net.state_dict())
+    assert np.shares_memory(sd["head.0.weight"], sd["twin.0.weight"])
+
