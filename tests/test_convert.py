@@ -85,6 +85,17 @@ def test_unsafe_pickle_is_refused_and_never_runs(tmp_path, capsys):
     assert not marker.exists() and not (tmp_path / "m").exists()
 
 
+def test_zip_members_outside_the_archive_are_one_warning_line(tmp_path, mbf_state, capsys):
+    src = tmp_path / "mbf.pt"
+    torch.save(mbf_state, src)
+    with zipfile.ZipFile(src, "a") as zf:
+        zf.writestr("../../etc/x", b"x")
+    assert _convert(src, tmp_path / "m") == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"hsemo-jax convert: warning: {src}: ignored 1 zip member outside 'mbf/', which "
+                   "torch.save never writes: '../../etc/x'"]
+
+
 def test_legacy_format_asks_to_resave(tmp_path, mbf_state, capsys):
     src = tmp_path / "old.pt"
     torch.save(mbf_state, src, _use_new_zipfile_serialization=False)

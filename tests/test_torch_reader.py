@@ -366,3 +366,19 @@ def test_shared_module_is_listed_under_each_name_as_torch_does(tmp_path, monkeyp
     _assert_same(sd, net.state_dict())
     assert np.shares_memory(sd["head.0.weight"], sd["twin.0.weight"])
 
+
+def test_zip_members_outside_the_archive_folder_are_named_in_a_warning(tmp_path):
+    from hsemo_jax.errors import InputWarning
+
+    torch.save({"w": torch.ones(2)}, tmp_path / "good.pt")
+    with zipfile.ZipFile(tmp_path / "good.pt", "a") as z:
+        for name in ("../escape", "/etc/cron.d/x", "good/../../up", "other/file"):
+            z.writestr(name, b"x")
+    with pytest.warns(InputWarning) as seen:
+        sd = read_state_dict(tmp_path / "good.pt")
+    np.testing.assert_array_equal(sd["w"], np.ones(2, np.float32))
+    assert len(seen) == 1
+    msg = str(seen[0].message)
+    assert msg.startswith(f"{tmp_path / 'good.pt'}: ignored 4 zip members outside 'good/'")
+    for name in ("'../escape'", "'/etc/cron.d/x'", "'good/../../up'", "'other/file'"):
+        assert name in msg

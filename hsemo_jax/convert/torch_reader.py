@@ -34,6 +34,7 @@ import io
 import math
 import pickle
 import reprlib
+import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -41,7 +42,7 @@ from collections.abc import Mapping
 import ml_dtypes
 import numpy as np
 
-from hsemo_jax.errors import CheckpointError, UnsafePickleError
+from hsemo_jax.errors import CheckpointError, InputWarning, UnsafePickleError
 
 __all__ = [
     "MAX_DEPTH",
@@ -406,6 +407,15 @@ def load_torch_file(path) -> object:
                 f"{path}: expected exactly one '<root>/data.pkl' record in the zip archive, found {len(roots)}"
             )
         root = roots[0]
+        outside = [n for n in zf.namelist() if not n.startswith(f"{root}/") or ".." in n.split("/")]
+        if outside:
+            warnings.warn(
+                f"{path}: ignored {len(outside)} zip member{'s' if len(outside) > 1 else ''} outside "
+                f"'{root}/', which torch.save never "
+                f"writes: {', '.join(_brief(n) for n in outside[:5])}{' ...' if len(outside) > 5 else ''}",
+                InputWarning,
+                stacklevel=2,
+            )
         byteorder = "little"
         if f"{root}/byteorder" in zf.namelist():
             byteorder = _read_record(zf, f"{root}/byteorder", path, 16, "a byte order")
