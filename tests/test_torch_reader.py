@@ -1,7 +1,6 @@
 """Tests for hsemo_jax.convert.torch_reader: torch-free, code-free checkpoint reading."""
 
 import collections
-import hashlib
 import os
 import pickle
 import subprocess
@@ -18,7 +17,6 @@ from hsemo_jax.convert.torch_reader import (
     extract_state_dict,
     load_torch_file,
     read_state_dict,
-    sha256_file,
 )
 from hsemo_jax.errors import CheckpointError, UnsafePickleError
 
@@ -320,13 +318,6 @@ def test_bad_files(tmp_path):
     _torch_like_zip(tmp_path / "garbage.pt", b"\x80\x02}q\x00(X")
     with pytest.raises(CheckpointError, match=r"garbage\.pt: malformed"):
         read_state_dict(tmp_path / "garbage.pt")
-
-
-def test_sha256_file(tmp_path):
-    data = np.random.default_rng(1).bytes(300_001)
-    (tmp_path / "f").write_bytes(data)
-    assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
-    assert sha256_file(tmp_path / "f", chunk_size=7) == hashlib.sha256(data).hexdigest()
 
 
 def test_records_must_be_stored_or_deflated(tmp_path):

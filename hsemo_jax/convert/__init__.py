@@ -13,8 +13,8 @@ from flax import nnx
 
 from hsemo_jax.checkpoint import ModelInfo, save_model
 from hsemo_jax.convert.keymaps import export_torch_state, load_torch_state
-from hsemo_jax.convert.torch_reader import (InertObject, extract_state_dict, load_torch_file,
-                                            sha256_file, walk_modules)
+from hsemo_jax.convert.torch_reader import InertObject, extract_state_dict, load_torch_file, walk_modules
+from hsemo_jax.digests import file_digests
 from hsemo_jax.errors import CheckpointError
 from hsemo_jax.models import registry
 from hsemo_jax.models.layers import BatchNorm, Conv2d
@@ -139,7 +139,8 @@ def convert_state_dict(sd: dict[str, np.ndarray], arch: str, num_classes: int | 
 
 def convert(src: str | os.PathLike, out: str | os.PathLike, *, arch: str | None = None,
             class_order: str = "hse", overwrite: bool = False) -> ModelInfo:
-    """Convert the PyTorch file `src` into the model directory `out`; returns its ModelInfo.
+    """Convert the PyTorch file `src` into the model directory `out`; returns its ModelInfo, whose
+    `source` names the file and its SHA-256 and git blob id (`hsemo_jax.digests`).
 
     On any error nothing is left at `out`.
     """
@@ -151,7 +152,8 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, arch: str | None 
     inferred, num_classes, num_heads = infer_arch(sd, obj, str(src), arch)
     model = convert_state_dict(sd, inferred, num_classes, num_heads, str(src))
     kind = "module" if isinstance(obj, InertObject) else "state_dict"
-    info = ModelInfo.for_arch(inferred, num_classes, class_order, num_heads,
-                              source={"file": src.name, "sha256": sha256_file(src), "format": kind})
+    digests = file_digests(src)
+    source = {"file": src.name, "sha256": digests.sha256, "git_blob": digests.git_blob, "format": kind}
+    info = ModelInfo.for_arch(inferred, num_classes, class_order, num_heads, source=source)
     save_model(model, info, out, overwrite=overwrite)
     return info

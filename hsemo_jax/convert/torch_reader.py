@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
-import hashlib
 import io
 import math
 import pickle
@@ -54,7 +53,6 @@ __all__ = [
     "extract_state_dict",
     "load_torch_file",
     "read_state_dict",
-    "sha256_file",
     "walk_modules",
 ]
 
@@ -568,11 +566,3 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     """``extract_state_dict(load_torch_file(path), path)``."""
     return extract_state_dict(load_torch_file(path), path)
 
-
-def sha256_file(path, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in ``chunk_size`` chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
