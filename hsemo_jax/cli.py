@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from hsemo_jax import runtime
-from hsemo_jax.errors import InputError
+from hsemo_jax.errors import InputError, InputWarning
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -46,6 +47,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _print_input_warnings(command: str) -> None:
+    """`InputWarning`s as one line each, `hsemo-jax COMMAND: warning: ...`; others as Python prints them."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InputWarning):
+            print(f"hsemo-jax {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 # commands that run train steps: one CPU device (see hsemo_jax/runtime.py)
 TRAINING = {"train-head", "pretrain", "distill"}
 
@@ -58,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime.configure(split_cpu=not training)  # before any command imports JAX's backends
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
+    _print_input_warnings(args.command)
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)

@@ -14,17 +14,26 @@ becomes an `InertObject` placeholder class: nothing is imported and no code from
 the file runs. Every other global raises `UnsafePickleError` before anything is
 executed.
 
-Tensors come back as ``np.ndarray`` (bfloat16 as ``ml_dtypes.bfloat16``),
-copied out of their storage with the saved size, stride and storage offset.
+Tensors come back as ``np.ndarray`` (bfloat16 as ``ml_dtypes.bfloat16``), copied out of their
+storage with the saved size, stride and storage offset (a tensor that is its whole storage is
+that storage, as in torch).
+
+What a file can make this process do is bounded, whatever it claims: records are read in chunks of
+at most 1 MiB; a storage record must hold exactly the bytes its storage type and element count
+name; the storages read and the tensors built from them may need at most `MAX_TENSOR_BYTES`
+together, data.pkl at most `MAX_PICKLE_BYTES`. Each refusal is a CheckpointError raised before the
+allocation it would take.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
 import collections
-import hashlib
 import io
+import math
 import pickle
+import reprlib
+import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -32,15 +41,35 @@ from collections.abc import Mapping
 import ml_dtypes
 import numpy as np
 
-from hsemo_jax.errors import CheckpointError, UnsafePickleError
+from hsemo_jax.errors import CheckpointError, InputWarning, UnsafePickleError
 
 __all__ = [
+    "MAX_DEPTH",
+    "MAX_MODULES",
+    "MAX_NAME",
+    "MAX_PICKLE_BYTES",
+    "MAX_TENSOR_BYTES",
     "InertObject",
     "extract_state_dict",
     "load_torch_file",
     "read_state_dict",
-    "sha256_file",
+    "walk_modules",
 ]
+
+# Bounds on what a checkpoint may make the reader allocate. The largest supported model
+# (MobileViTv2-150) holds 42 MB of float32 tensors, a pickled timm model a data.pkl of 160 KB.
+MAX_TENSOR_BYTES = 1 << 30  # storages read plus tensors built (room for optimizer state)
+MAX_PICKLE_BYTES = 8 << 20  # data.pkl
+MAX_MODULES = 100_000  # modules (a shared one once per name), and tensors, of a pickled module
+MAX_DEPTH = 100  # and their nesting (timm's B2: 473 modules, 508 tensors; MobileViT: 7 deep)
+MAX_NAME = 1000  # characters of a dotted tensor or module name
+_CHUNK = 1 << 20  # bytes inflated or read per step
+_MAX_NDIM = 32
+
+_REPR = reprlib.Repr()  # for values from the file in messages: a few items, never the whole thing
+_REPR.maxlevel, _REPR.maxtuple, _REPR.maxlist, _REPR.maxdict = 3, 8, 8, 8
+_REPR.maxstring = _REPR.maxother = 60
+_brief = _REPR.repr
 
 # torch storage class name -> element dtype of its zip record.
 _STORAGE_DTYPES = {
@@ -130,6 +159,7 @@ class _Unpickler(pickle.Unpickler):
         super().__init__(file)
         self._zf, self._root, self._path, self._byteorder = zf, root, path, byteorder
         self._storages: dict[str, np.ndarray] = {}
+        self._allocated = 0  # bytes of storages read and tensors built, against MAX_TENSOR_BYTES
         self._inert: dict[str, type] = {}
         self._implemented = {
             "torch._utils._rebuild_tensor": self._rebuild_tensor,
@@ -173,10 +203,13 @@ class _Unpickler(pickle.Unpickler):
     def persistent_load(self, pid) -> np.ndarray:
         """``('storage', StorageType, key, location, numel)`` -> 1-D array of the storage."""
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise self._error(f"expected a persistent id ('storage', type, key, location, numel), found {pid!r}")
+            raise self._error(
+                f"expected a persistent id ('storage', type, key, location, numel), found {_brief(pid)}"
+            )
         _, stype, key, _location, numel = pid
-        if not isinstance(stype, _StorageType) or not isinstance(key, str) or not isinstance(numel, int):
-            raise self._error(f"malformed storage persistent id {pid!r}")
+        if not (isinstance(stype, _StorageType) and isinstance(key, str) and len(key) <= 100
+                and isinstance(numel, int) and numel >= 0):
+            raise self._error(f"malformed storage persistent id {_brief(pid)}")
         if key not in self._storages:
             self._storages[key] = self._read_storage(key, stype, numel)
         storage = self._storages[key]
@@ -184,41 +217,79 @@ class _Unpickler(pickle.Unpickler):
             raise self._error(f"storage '{key}' is referenced with conflicting type/numel {stype.name}/{numel}")
         return storage
 
+    def _allocate(self, nbytes: int, what: str) -> None:
+        """Count `nbytes` more against MAX_TENSOR_BYTES; CheckpointError before they are taken."""
+        if self._allocated + nbytes > MAX_TENSOR_BYTES:
+            raise self._error(
+                f"{what} of {nbytes} bytes would bring the checkpoint's tensors to "
+                f"{self._allocated + nbytes} bytes, more than {MAX_TENSOR_BYTES} bytes: no supported "
+                "model comes near that"
+            )
+        self._allocated += nbytes
+
     def _read_storage(self, key: str, stype: _StorageType, numel: int) -> np.ndarray:
         record = f"{self._root}/data/{key}"
-        raw = _read_record(self._zf, record, self._path)
+        info = _record_info(self._zf, record, self._path)
         nbytes = numel * stype.dtype.itemsize
-        if len(raw) < nbytes:
+        if info.file_size < nbytes:
             raise self._error(
                 f"record '{record}' is truncated: {stype.name} of {numel} elements needs "
-                f"{nbytes} bytes, found {len(raw)}"
+                f"{nbytes} bytes, found {info.file_size}"
             )
-        arr = np.frombuffer(raw, dtype=stype.dtype, count=numel)
+        if info.file_size > nbytes:
+            raise self._error(
+                f"record '{record}' is {info.file_size} bytes, expected {nbytes} "
+                f"({stype.name} of {numel} elements)"
+            )
+        self._allocate(nbytes, f"storage '{record}'")
+        raw = np.empty(nbytes, np.uint8)
+        done = 0
+        for chunk in _record_chunks(self._zf, info, self._path):
+            raw[done : done + len(chunk)] = np.frombuffer(chunk, np.uint8)
+            done += len(chunk)
         if self._byteorder == "big" and stype.dtype.itemsize > 1:
-            uint = np.dtype(f">u{stype.dtype.itemsize}")
-            arr = arr.view(uint).astype(uint.newbyteorder("=")).view(stype.dtype)
-        return arr
+            raw.view(f"u{stype.dtype.itemsize}").byteswap(inplace=True)
+        return raw.view(stype.dtype)
 
     def _rebuild_tensor(self, storage, storage_offset, size, stride, *_ignored) -> np.ndarray:
-        """torch._utils._rebuild_tensor(_v2): a copy of the strided view into ``storage``.
+        """torch._utils._rebuild_tensor(_v2): a copy of the strided view into ``storage``, or the
+        storage itself when the tensor is all of it, contiguous.
 
         Extra v2 arguments (requires_grad, backward_hooks, metadata) are ignored.
         """
         if not isinstance(storage, np.ndarray):
             raise self._error(f"tensor rebuild expects a storage, found {type(storage).__name__}")
+        if not (isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride) <= _MAX_NDIM):
+            raise self._error(f"invalid tensor geometry: size and stride must be tuples of equal length "
+                              f"(at most {_MAX_NDIM}), found {_brief(size)} and {_brief(stride)}")
         dims = (storage_offset, *size, *stride)
-        if not all(isinstance(d, int) and d >= 0 for d in dims) or len(size) != len(stride):
-            raise self._error(f"invalid tensor geometry: offset {storage_offset}, size {size}, stride {stride}")
-        if all(n > 0 for n in size):
+        if not all(isinstance(d, int) and d >= 0 for d in dims):
+            raise self._error(
+                f"invalid tensor geometry: offset {_brief(storage_offset)}, size {size}, stride {stride}"
+            )
+        numel = math.prod(size)
+        if numel > 0:
             needed = storage_offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
             if needed > storage.size:
                 raise self._error(
-                    f"tensor of size {tuple(size)}, stride {tuple(stride)}, offset {storage_offset} "
+                    f"tensor of size {size}, stride {stride}, offset {storage_offset} "
                     f"needs {needed} storage elements, storage has {storage.size}"
                 )
+        nbytes = numel * storage.itemsize
+        if nbytes > storage.nbytes:
+            raise self._error(
+                f"tensor of size {size}, stride {stride} would materialise {nbytes} bytes from a "
+                f"storage of {storage.nbytes} bytes (zero or overlapping strides)"
+            )
+        contiguous = tuple(math.prod(size[i + 1 :]) for i in range(len(size)))
+        if storage_offset == 0 and numel == storage.size and all(
+            n == 1 or s == c for n, s, c in zip(size, stride, contiguous)
+        ):
+            return storage.reshape(size)
+        self._allocate(nbytes, f"tensor of size {size}")
         base = storage[storage_offset:] if storage_offset < storage.size else storage[:0]
         view = np.lib.stride_tricks.as_strided(
-            base, shape=tuple(size), strides=tuple(s * storage.itemsize for s in stride), writeable=False
+            base, shape=size, strides=tuple(s * storage.itemsize for s in stride), writeable=False
         )
         return view.copy()
 
@@ -254,14 +325,47 @@ def _size(dims=()) -> tuple:
     return tuple(dims)
 
 
-def _read_record(zf: zipfile.ZipFile, record: str, path) -> bytes:
-    """Bytes of one zip entry; CheckpointError naming the file and record if missing/corrupt."""
+def _record_info(zf: zipfile.ZipFile, record: str, path) -> zipfile.ZipInfo:
+    """The zip entry `record`, if it can be read in bounded steps (stored or deflated, unencrypted)."""
     try:
-        return zf.read(record)
+        info = zf.getinfo(record)
     except KeyError:
         raise CheckpointError(f"{path}: missing record '{record}' in the zip archive") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: cannot read record '{record}': {e}") from None
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
+        how = "encrypted" if info.flag_bits & 0x1 else f"compressed with method {info.compress_type}"
+        raise CheckpointError(
+            f"{path}: record '{record}' is {how}; torch.save stores records uncompressed "
+            "(deflated ones are read too)"
+        )
+    return info
+
+
+def _record_chunks(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path):
+    """The `info.file_size` bytes of one record, at most _CHUNK inflated at a time (CRC checked)."""
+    try:
+        with zf.open(info) as f:
+            left = info.file_size
+            while left:
+                chunk = f.read(min(_CHUNK, left))
+                if not chunk:
+                    raise CheckpointError(
+                        f"{path}: record '{info.filename}' is truncated: "
+                        f"{info.file_size - left} of {info.file_size} bytes"
+                    )
+                left -= len(chunk)
+                yield chunk
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as e:
+        raise CheckpointError(f"{path}: cannot read record '{info.filename}': {e}") from None
+
+
+def _read_record(zf: zipfile.ZipFile, record: str, path, max_bytes: int, what: str) -> bytes:
+    """Bytes of a small record (data.pkl, byteorder), refused if it is larger than `max_bytes`."""
+    info = _record_info(zf, record, path)
+    if info.file_size > max_bytes:
+        raise CheckpointError(
+            f"{path}: record '{record}' is {info.file_size} bytes, more than {max_bytes} bytes for {what}"
+        )
+    return b"".join(_record_chunks(zf, info, path))
 
 
 def _open_zip(path) -> zipfile.ZipFile:
@@ -295,20 +399,31 @@ def load_torch_file(path) -> object:
     """
     with _open_zip(path) as zf:
         roots = sorted({n[: -len("/data.pkl")] for n in zf.namelist() if n.endswith("/data.pkl")})
-        roots = [r for r in roots if "/" not in r]
+        roots = [r for r in roots if r not in ("", ".", "..") and "/" not in r and "\\" not in r]
         if len(roots) != 1:
             raise CheckpointError(
                 f"{path}: expected exactly one '<root>/data.pkl' record in the zip archive, found {len(roots)}"
             )
         root = roots[0]
+        outside = [n for n in zf.namelist() if not n.startswith(f"{root}/") or ".." in n.split("/")]
+        if outside:
+            warnings.warn(
+                f"{path}: ignored {len(outside)} zip member{'s' if len(outside) > 1 else ''} outside "
+                f"'{root}/', which torch.save never "
+                f"writes: {', '.join(_brief(n) for n in outside[:5])}{' ...' if len(outside) > 5 else ''}",
+                InputWarning,
+                stacklevel=2,
+            )
         byteorder = "little"
         if f"{root}/byteorder" in zf.namelist():
-            byteorder = _read_record(zf, f"{root}/byteorder", path).decode("ascii", "replace").strip()
+            byteorder = _read_record(zf, f"{root}/byteorder", path, 16, "a byte order")
+            byteorder = byteorder.decode("ascii", "replace").strip()
             if byteorder not in ("little", "big"):
                 raise CheckpointError(
                     f"{path}: record '{root}/byteorder' must be 'little' or 'big', found {byteorder!r}"
                 )
-        data_pkl = io.BytesIO(_read_record(zf, f"{root}/data.pkl", path))
+        pickled = _read_record(zf, f"{root}/data.pkl", path, MAX_PICKLE_BYTES, "a checkpoint's pickle")
+        data_pkl = io.BytesIO(pickled)
         try:
             return _Unpickler(data_pkl, zf, root, path, byteorder).load()
         except CheckpointError:
@@ -319,41 +434,92 @@ def load_torch_file(path) -> object:
 
 def _describe(obj) -> str:
     if isinstance(obj, Mapping):
-        keys = list(obj)
-        return f"{type(obj).__name__} with keys {keys[:10]}{' ...' if len(keys) > 10 else ''}"
+        return f"{type(obj).__name__} with keys {_brief(list(obj))}"
     if isinstance(obj, InertObject) or (isinstance(obj, type) and issubclass(obj, InertObject)):
         return f"object of class '{obj.qualname}'"
     return type(obj).__name__
 
 
-def _module_state_dict(module, path, prefix: str, ancestors: tuple) -> dict[str, np.ndarray]:
-    """torch ``Module.state_dict()`` of a placeholder module: same names, same order.
-
-    Parameters (``_parameters``) then persistent buffers (``_buffers`` minus
-    ``_non_persistent_buffers_set``) of each module, None entries skipped, then
-    its children (``_modules``) recursively under ``prefix + name + '.'``.
-    """
-    where = prefix[:-1] or "<root>"
+def _module_fields(module, path, where: str) -> tuple[Mapping, list]:
+    """(children, [(name, tensor)] of its parameters then persistent buffers) of a pickled nn.Module."""
     state = module.state if isinstance(module, InertObject) else None
     if not isinstance(state, Mapping) or not isinstance(state.get("_modules"), Mapping):
         raise CheckpointError(f"{path}: module '{where}' is not a pickled nn.Module: found {_describe(module)}")
-    if id(module) in ancestors:
-        raise CheckpointError(f"{path}: module '{where}' contains itself")
     params, buffers = state.get("_parameters", {}), state.get("_buffers", {})
     skip = state.get("_non_persistent_buffers_set", set())
     if not (isinstance(params, Mapping) and isinstance(buffers, Mapping) and isinstance(skip, (set, frozenset))):
         raise CheckpointError(f"{path}: module '{where}' has malformed _parameters/_buffers")
-    out: dict[str, np.ndarray] = {}
-    entries = [*params.items(), *((k, v) for k, v in buffers.items() if k not in skip)]
-    for name, value in entries:
+    entries = []
+    for name, value in [*params.items(), *((k, v) for k, v in buffers.items() if k not in skip)]:
         if value is None:
             continue
         if not isinstance(value, np.ndarray):
-            raise CheckpointError(f"{path}: '{prefix}{name}' is {_describe(value)}, expected a tensor")
-        out[prefix + name] = value
-    for name, child in state["_modules"].items():
-        if child is not None:
-            out.update(_module_state_dict(child, path, f"{prefix}{name}.", (*ancestors, id(module))))
+            raise CheckpointError(f"{path}: '{where}.{_brief(name)}' is {_describe(value)}, expected a tensor")
+        entries.append((_checked_name(name, where + ".", path), value))
+    return state["_modules"], entries
+
+
+def walk_modules(root, path):
+    """``(prefix, module, tensors)`` for each module of a pickled nn.Module tree, in torch's
+    ``state_dict`` order: a module, then its children depth first. ``prefix`` is the module's
+    dotted name plus "." ("" for the root); ``tensors`` its ``[(name, array)]``.
+
+    Iterative, and bounded whatever the pickle builds: a module reached under several names (a
+    shared child) is listed under each, as torch does, but checked once; more than `MAX_MODULES`
+    listings, modules nested more than `MAX_DEPTH` deep, names longer than `MAX_NAME` characters
+    or a module inside itself raise CheckpointError.
+    """
+    fields: dict[int, tuple] = {}  # id -> (children, tensors): a shared module is checked once
+    stack, inside, listed = [(root, "", 0)], set(), 0
+    while stack:
+        module, prefix, depth = stack.pop()
+        if module is None:  # leaving the subtree of id `prefix`
+            inside.discard(prefix)
+            continue
+        where = prefix[:-1] or "<root>"
+        if id(module) in inside:
+            raise CheckpointError(f"{path}: module '{where}' contains itself")
+        if depth > MAX_DEPTH:
+            raise CheckpointError(f"{path}: modules nested more than {MAX_DEPTH} deep (at '{where}')")
+        if id(module) not in fields:
+            fields[id(module)] = _module_fields(module, path, where)
+        children, tensors = fields[id(module)]
+        listed += 1
+        yield prefix, module, tensors
+        if listed + len(stack) + len(children) > MAX_MODULES:  # every pending child gets listed
+            raise CheckpointError(
+                f"{path}: the pickled module tree has more than {MAX_MODULES} modules, counting a "
+                "shared module once per name it has; no supported model comes near that"
+            )
+        inside.add(id(module))
+        stack.append((None, id(module), depth))
+        for name, child in reversed(list(children.items())):
+            if child is not None:
+                stack.append((child, f"{prefix}{_checked_name(name, prefix, path)}.", depth + 1))
+
+
+def _checked_name(name, prefix: str, path) -> str:
+    if not isinstance(name, str) or len(prefix) + len(name) > MAX_NAME:
+        raise CheckpointError(
+            f"{path}: module '{prefix[:-1] or '<root>'}' holds an entry named {_brief(name)}: expected "
+            f"a string, at most {MAX_NAME} characters with its module's name"
+        )
+    return name
+
+
+def _module_state_dict(module, path) -> dict[str, np.ndarray]:
+    """torch ``Module.state_dict()`` of a placeholder module: same names, same order.
+
+    Parameters (``_parameters``) then persistent buffers (``_buffers`` minus
+    ``_non_persistent_buffers_set``) of each module, None entries skipped, then its children
+    (``_modules``) under ``prefix + name + '.'``; see `walk_modules` for the bounds.
+    """
+    out: dict[str, np.ndarray] = {}
+    for prefix, _, tensors in walk_modules(module, path):
+        if len(out) + len(tensors) > MAX_MODULES:
+            raise CheckpointError(f"{path}: the pickled modules hold more than {MAX_MODULES} tensors")
+        for name, value in tensors:
+            out[prefix + name] = value
     return out
 
 
@@ -385,7 +551,7 @@ def extract_state_dict(obj, path) -> dict[str, np.ndarray]:
     if _is_state_dict(obj):
         sd = dict(obj)
     elif isinstance(obj, InertObject) and isinstance(obj.state, Mapping) and "_modules" in obj.state:
-        sd = _module_state_dict(obj, path, "", ())
+        sd = _module_state_dict(obj, path)
     else:
         raise CheckpointError(
             f"{path}: expected a state dict (str -> tensor), a pickled nn.Module, or a dict with one of "
@@ -400,11 +566,3 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     """``extract_state_dict(load_torch_file(path), path)``."""
     return extract_state_dict(load_torch_file(path), path)
 
-
-def sha256_file(path, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in ``chunk_size`` chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
