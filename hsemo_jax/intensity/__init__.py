@@ -4,6 +4,7 @@ Hume-Vidmimic2), HSEmotion's method (spec seed_extras §1).
     labels.py     label CSV reader (train_split.csv / valid_split.csv), target sets, submission writer
     frames.py     per-frame features of face-crop folders (saved features or extracted with a model)
     stats.py      per-video [mean ‖ std ‖ min ‖ max] of every n-th frame: one jitted vmapped pass
-    regressor.py  linear / MLP sigmoid regressors, Pearson losses, metric, training, save / load
+    regressor.py  Pearson losses, metric, training and save / load of the linear / MLP sigmoid
+                  regressors (the modules: `hsemo_jax.models.heads`)
     command.py    `hsemo-jax intensity train|predict`
 """

@@ -4,7 +4,7 @@ Batches hold three streams (spec §2.3), each `batch_size` rows, keys "<stream>.
     streams   expr (EXPR labels), va (VA labels), expr_va (both; spec §2.2: a data stream, not a head)
     names     images uint8 (B, S, S, 3); expr int (B,) + expr_mask; va float (B, 2) + va_mask
 A label that does not exist (the files' -2) has mask False. The "sub" label of a stream (VA on the
-EXPR stream, EXPR on the VA stream) comes from the shared-annotation matching (`distill_data.py`).
+EXPR stream, EXPR on the VA stream) comes from the shared-annotation matching (`distill/data.py`).
 
 Losses (spec §2.4; the original `optimize_parameters` / `optimize_parameters_kd_v2`):
     L_EXPR(s, y)  = CE(s, y)
@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hsemo_jax import metrics as M
+from hsemo_jax.distill import model as distill_model
 from hsemo_jax.train import losses
-from hsemo_jax.train.distill_model import scan_streams
 
 STREAMS = ("expr", "va", "expr_va")
 MISSING = -2  # the spec's missing-label sentinel (spec §2.3)
@@ -176,8 +176,8 @@ class DistillObjective:
         if self.hflip:
             flip = jax.random.bernoulli(k_flip, 0.5, x.shape[:2])
             x = jnp.where(flip[:, :, None, None, None], x[:, :, :, ::-1], x)
-        out = scan_streams(model, x, jax.random.split(k_drop, len(self.streams)))
-        teacher = model.teacher_logits(x) if self.mode == "student" else None
+        out = distill_model.scan_streams(model, x, jax.random.split(k_drop, len(self.streams)))
+        teacher = distill_model.teacher_logits(model, x) if self.mode == "student" else None
         for i, s in enumerate(self.streams):
             e, v = out["expr"][i].astype(jnp.float32), out["va"][i].astype(jnp.float32)
             y_e, m_e = batch[f"{s}.expr"], batch[f"{s}.expr_mask"]
