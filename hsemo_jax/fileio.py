@@ -9,6 +9,7 @@ would), not the 0600 / 0700 of `tempfile.mkstemp` / `mkdtemp`.
     atomic_path(path)                 a temporary file path for writers that take a path or stream
     atomic_directory(path)            a temporary folder that takes `path`'s place when complete
     replace_directory(src, dest)      move a complete folder onto `dest`, replacing an old one
+    write_arrays_with_meta(dir, ...)  a small model's arrays (.npz) and metadata (.json)
 """
 from __future__ import annotations
 
@@ -100,3 +101,21 @@ def _fresh(path: Path, suffix: str, create: Callable[[Path], None]) -> Path:
             continue
         return tmp
     raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def write_arrays_with_meta(directory: str | os.PathLike, stem: str, arrays: dict, meta: dict) -> Path:
+    """DIR/<stem>.npz (`arrays`, name -> array) + DIR/<stem>.json (`meta`). Both are encoded in
+    memory first (a value JSON cannot hold raises here, before any file is touched), then each is
+    written atomically, the .npz first. Returns DIR."""
+    import io
+    import json
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    text = json.dumps(meta, indent=1) + "\n"
+    d = Path(directory)
+    atomic_write(d / f"{stem}.npz", buf.getvalue())
+    atomic_write(d / f"{stem}.json", text)
+    return d

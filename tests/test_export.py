@@ -59,7 +59,7 @@ def test_inference_forward_exports_for_gpu_and_tpu(arch, no_kernels):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_train_step_exports_for_gpu_and_tpu(arch, no_kernels):
-    from hsemo_jax.train import optim
+    from hsemo_jax import optim
     from hsemo_jax.train.loop import Trainer
     from hsemo_jax.train.objectives import BackboneObjective
 

@@ -143,8 +143,8 @@ def test_threaded_map_keeps_order_and_reraises():
 
 
 def test_multitask_head_adds_action_units(model_dir, tmp_path):
-    from hsemo_jax.train.head import MTLHead
-    from hsemo_jax.train.runners import save_head
+    from hsemo_jax.labels import AU_NAMES
+    from hsemo_jax.models.heads import MTLHead, save_head
 
     head_dir = tmp_path / "head"
     save_head(MTLHead(512 + 10, seed=3), head_dir)

@@ -152,8 +152,7 @@ def test_init_from_copies_matching_weights_and_keeps_the_new_classifier(tmp_path
 def test_saved_head_loads_back(tmp_path):
     from flax import nnx
 
-    from hsemo_jax.train.head import MTLHead
-    from hsemo_jax.train.runners import load_head, save_head
+    from hsemo_jax.models.heads import MTLHead, load_head, save_head
 
     head = MTLHead(30, seed=4)
     save_head(head, tmp_path)

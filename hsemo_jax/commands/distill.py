@@ -47,7 +47,7 @@ def _describe() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hsemo_jax.train.distill_runner import run_distill
+    from hsemo_jax.distill.runner import run_distill
 
     if args.describe_config:
         print(_describe())

@@ -81,19 +81,12 @@ def load_au_head(head_dir: str, model: _Model, thresholds=None):
     """The ABAW-7 multi-task head trained by `hsemo-jax train-head` on `model`'s features, as a
     jitted `fn(embedding, scores) -> AU probabilities (N, 12)`, and its AU thresholds (12,):
     `thresholds` if given, else the `au_thresholds` stored in head.json, else 0.5."""
-    import json
-    from pathlib import Path
-
     import jax
     from flax import nnx
 
-    from hsemo_jax.train.runners import load_head
+    from hsemo_jax.models.heads import load_small
 
-    meta_path = Path(head_dir) / "head.json"
-    if not meta_path.is_file():
-        raise InputError(f"{head_dir}: not a multi-task head directory (no head.json); train one with "
-                         "`hsemo-jax train-head`")
-    head = load_head(head_dir)
+    head, meta = load_small(head_dir, "mtl_head")
     n_scores = len(model.outputs)
     graphdef, state = nnx.split(head)
 
@@ -105,7 +98,7 @@ def load_au_head(head_dir: str, model: _Model, thresholds=None):
         return nnx.merge(graphdef, state).predict(jax.numpy.concatenate([f, s], axis=1))["au"]
 
     if thresholds is None:
-        thresholds = json.loads(meta_path.read_text()).get("au_thresholds", 0.5)
+        thresholds = meta.get("au_thresholds", 0.5)
     thresholds = np.asarray(thresholds, np.float64).reshape(-1)
     if thresholds.size not in (1, 12) or not ((thresholds >= 0) & (thresholds <= 1)).all():
         raise InputError(f"AU thresholds must be 1 or 12 numbers in [0, 1], got {thresholds.tolist()}")

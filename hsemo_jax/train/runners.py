@@ -83,7 +83,7 @@ def _steps(cfg: Config, rows: int, batch: int, epochs: float) -> tuple[int, int]
 
 
 def _optimizer(cfg: Config, total_steps: int, steps_per_epoch: int, trainable=None):
-    from hsemo_jax.train import optim
+    from hsemo_jax import optim
 
     o = cfg.optim
     updates = max(1, total_steps // o.grad_accum)
@@ -137,50 +137,15 @@ def _best_params(trainer, ckpt):
 # ----------------------------------------------------------------------------------------------
 # MTL head
 # ----------------------------------------------------------------------------------------------
-def save_head(head, path: Path) -> None:
-    """RUN/head.npz ('expr/dense/kernel', ...) + RUN/head.json (in_dim); written atomically."""
-    from flax import nnx
-
-    from hsemo_jax.train.optim import path_str
-    import jax
-
-    flat = {path_str(p): np.asarray(v) for p, v in
-            jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(head, nnx.Param)))[0]}
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / "head.tmp.npz"
-    np.savez(tmp, **flat)
-    os.replace(tmp, path / "head.npz")
-    (path / "head.json").write_text(json.dumps({"in_dim": head.in_dim, "tasks": ["expr", "va", "au"]}) + "\n")
-
-
-def load_head(path: str | os.PathLike):
-    """The MTLHead saved by `save_head` in directory `path`."""
-    from flax import nnx
-    import jax
-
-    from hsemo_jax.train.head import MTLHead
-    from hsemo_jax.train.optim import path_str
-
-    info = json.loads((Path(path) / "head.json").read_text())
-    head = MTLHead(info["in_dim"])
-    state = nnx.state(head, nnx.Param)
-    pure = nnx.to_pure_dict(state)
-    with np.load(Path(path) / "head.npz") as z:
-        pure = jax.tree_util.tree_map_with_path(lambda p, v: z[path_str(p)], pure)
-    nnx.replace_by_pure_dict(state, pure)
-    nnx.update(head, state)
-    return head
-
-
 def run_head(cfg: Config) -> dict:
     """Train the MTL head; returns the assembled head's validation metrics (or {})."""
     init_distributed(cfg)
     import jax
     from flax import nnx
 
+    from hsemo_jax.models.heads import MTLHead, save_head
     from hsemo_jax.train import losses
     from hsemo_jax.train.data import load_features, select_rows
-    from hsemo_jax.train.head import MTLHead
     from hsemo_jax.train.objectives import HeadObjective
 
     run = prepare_run_dir(cfg, "train-head")
@@ -232,7 +197,7 @@ def run_head(cfg: Config) -> dict:
     result = {}
     if val is not None:
         from hsemo_jax.train.loop import Trainer
-        from hsemo_jax.train import optim
+        from hsemo_jax import optim
 
         evaluator = Trainer(head, objective(tasks), optim.make_optimizer("adam", 0.0))
         result = evaluator.evaluate(val, cfg.train.eval_batch or cfg.train.batch_size)
@@ -255,10 +220,9 @@ def init_from(model, path: str) -> tuple[int, int]:
     from flax import nnx
 
     from hsemo_jax.checkpoint import load_model
-    from hsemo_jax.train.optim import path_str
+    from hsemo_jax.models.heads import flat_state, path_str
 
-    src = {path_str(p): np.asarray(v) for p, v in
-           jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(load_model(path))))[0]}
+    src = flat_state(load_model(path))
     state = nnx.state(model)
     pure = nnx.to_pure_dict(state)
     copied = 0
