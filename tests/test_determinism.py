@@ -1,4 +1,4 @@
-"""The CPU kernels (models/cpu_kernels.py) are deterministic: the same inputs give bit-identical
+"""The CPU kernels (ops/cpu_kernels) are deterministic: the same inputs give bit-identical
 outputs on every call and with any number of threads (every reduction split over the pool sums
 fixed, shape-given chunks and merges them in a fixed order), so that two runs of a training config
 end bit-identical, as the training README promises for a SIGKILLed and rerun run."""
@@ -14,7 +14,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from hsemo_jax.models import cpu_kernels as ck
+from hsemo_jax.ops import cpu_kernels as ck
 
 REPO = Path(__file__).resolve().parents[1]
 CALLS = 20

@@ -8,7 +8,7 @@ seen.
 
 Layers, bottom to top (nothing points up):
 
-    leaf modules  hsemo_jax.{paths, labels, checks, fileio, errors, runtime}
+    leaf modules  hsemo_jax.{paths, labels, checks, fileio, digests, errors, runtime}
     ops/ <- models/ <- convert/, checkpoint, hub <- postprocess/, metrics, optim
         <- train/, distill/, predict/, intensity/, export/, extract <- bench/, commands/ <- cli
     data_pipelines/ (beside them; the applications may use it): leaf modules and models'
@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("hsemo_jax", "data_pipelines")
 
-LEAF = tuple(f"hsemo_jax.{m}" for m in ("paths", "labels", "checks", "fileio", "errors", "runtime"))
+LEAF = tuple(f"hsemo_jax.{m}" for m in ("paths", "labels", "checks", "fileio", "digests", "errors", "runtime"))
 PREPROCESSING = ("hsemo_jax.models", "hsemo_jax.models.transforms", "hsemo_jax.models.registry")
 
 
