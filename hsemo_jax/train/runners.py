@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from hsemo_jax.errors import InputError
+from hsemo_jax.fileio import atomic_write
 from hsemo_jax.train.config import Config
 
 # Fields that may change between the start of a run and its resumption.
@@ -58,10 +58,7 @@ def prepare_run_dir(cfg: Config, kind: str) -> Path:
         import jax
 
         if jax.process_index() == 0:
-            run.mkdir(parents=True, exist_ok=True)
-            tmp = meta.with_suffix(".tmp")
-            tmp.write_text(json.dumps(current, indent=2) + "\n")
-            os.replace(tmp, meta)
+            atomic_write(meta, json.dumps(current, indent=2) + "\n")
     return run
 
 
