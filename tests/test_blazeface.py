@@ -324,3 +324,19 @@ def test_detect_refuses_frames_it_cannot_use(model):
                    np.zeros((1, 64, 64, 3), np.float32)):
         with pytest.raises(InputError, match=r"expected uint8 RGB frames \(N, H, W, 3\)"):
             detection.detect(model, frames)
+
+
+def test_predict_can_use_blazeface(images):
+    """`predict --detector blazeface`: predict's detector interface (RGB frame -> boxes in pixels)."""
+    import argparse
+
+    from hsemo_jax.commands import predict as predict_command
+    from hsemo_jax.predict.detect import make_detector
+
+    parser = argparse.ArgumentParser()
+    predict_command.add_arguments(parser)
+    assert parser.parse_args(["clip.mp4", "--detector", "blazeface"]).detector == "blazeface"
+    boxes = make_detector("blazeface")(images["quad"][0])  # 640 x 560, a face in each quarter
+    assert boxes.shape == (4, 4) and boxes.dtype == np.float32
+    quarters = {tuple(c) for c in ((boxes[:, :2] + boxes[:, 2:]) / 2 // [280, 320]).astype(int)}
+    assert quarters == {(0, 0), (0, 1), (1, 0), (1, 1)}
