@@ -245,6 +245,37 @@ def test_anchors_are_mediapipes(name):
     np.testing.assert_allclose(anchors, np.array(_reference_anchors(v)), atol=1e-7)
 
 
+@pytest.mark.parametrize("max_faces", [2, 32])
+@pytest.mark.parametrize("degenerate", [False, True])
+def test_weighted_nms_is_mediapipes_on_crowded_detections(max_faces, degenerate):
+    """Many overlapping detections in clusters (some not candidates); with `degenerate`, the best
+    one has zero area, which MediaPipe outputs alone and then stops."""
+    rng = np.random.default_rng(7)
+    n = 120
+    centres = rng.uniform(0.2, 0.8, (6, 2))[rng.integers(0, 6, n)] + rng.normal(0, 0.03, (n, 2))
+    half = rng.uniform(0.04, 0.1, (n, 1))
+    boxes = np.concatenate([centres - half, centres + half], axis=1).astype(np.float32)
+    kps = (centres[:, None] + rng.normal(0, 0.02, (n, 6, 2))).astype(np.float32)
+    scores = rng.uniform(0.5, 1.0, n).astype(np.float32)
+    candidate = rng.uniform(size=n) < 0.8
+    if degenerate:
+        best = int(np.argmax(np.where(candidate, scores, 0)))
+        boxes[best, 2:] = boxes[best, :2]
+    got = jax.tree.map(np.asarray, jax.jit(detection.weighted_nms, static_argnums=4)(
+        boxes, kps, scores, candidate, max_faces))
+    idx = np.flatnonzero(candidate)
+    full = _reference_weighted_nms([(float(scores[i]), boxes[i].astype(np.float64).tolist(),
+                                     kps[i].astype(np.float64).tolist()) for i in idx])
+    assert len(full) == 1 if degenerate else 2 < len(full) < 32  # both truncated and not
+    want = full[:max_faces]
+    k = len(want)
+    assert got[3].sum() == k
+    assert got[3][:k].all() and not got[0][k:].any()
+    np.testing.assert_allclose(got[2][:k], [w[0] for w in want], rtol=1e-6)
+    np.testing.assert_allclose(got[0][:k], [w[1] for w in want], atol=1e-5)
+    np.testing.assert_allclose(got[1][:k], [w[2] for w in want], atol=1e-5)
+
+
 def test_letterbox_places_the_frame_where_the_mapping_says():
     """input pixel = frame pixel * scale + offset (what `detect` inverts); the border is black."""
     frame = np.zeros((1, 300, 500, 3), np.uint8)

@@ -73,7 +73,7 @@ class _Fields:
 
     def numbers(self, slot: int, flags) -> np.ndarray:
         o = self._offset(slot)
-        return self.t.GetVectorAsNumpy(flags, o) if o else np.zeros(0, flags.N_Type)
+        return self.t.GetVectorAsNumpy(flags, o) if o else np.zeros(0, np.int64)
 
     def union(self, slot: int) -> _Fields | None:
         o = self._offset(slot)
