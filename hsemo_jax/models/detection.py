@@ -96,8 +96,9 @@ def weighted_nms(boxes, keypoints, scores, candidate, max_faces: int, iou_thresh
         w = jnp.where(merge, scores, 0.0)
         total = jnp.sum(w)
         norm = jnp.where(total > 0, total, 1.0)
-        box = jnp.where(total > 0, jnp.einsum("a,ac->c", w, boxes) / norm, boxes[first])
-        kps = jnp.where(total > 0, jnp.einsum("a,akc->kc", w, keypoints) / norm, keypoints[first])
+        # weighted means as float32 sums (a matmul would run in bfloat16 on TPU by default)
+        box = jnp.where(total > 0, jnp.sum(w[:, None] * boxes, axis=0) / norm, boxes[first])
+        kps = jnp.where(total > 0, jnp.sum(w[:, None, None] * keypoints, axis=0) / norm, keypoints[first])
         out = (jnp.where(found, box, 0.0), jnp.where(found, kps, 0.0), jnp.where(found, scores[first], 0.0), found)
         return (remaining & ~merge, stopped | ~found | ~merge.any()), out
 
