@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hsemo_jax.predict.detect import DETECT_WIDTH
+from hsemo_jax.predict.detect import DETECT_WIDTH, DETECTORS
 from hsemo_jax.predict.pipeline import DETECT_EVERY
 
 
@@ -17,8 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Default: enet_b0_8_va_mtl")
     p.add_argument("--blend", type=float, nargs="+", metavar="W",
                    help="blend weights, one per --model, summing to 1 (default: equal)")
-    p.add_argument("--detector", choices=("haar", "yunet", "none"), default="haar",
+    p.add_argument("--detector", choices=DETECTORS, default="haar",
                    help="face detector: OpenCV Haar cascade (default, bundled), YuNet (needs --detector-model), "
+                        "MediaPipe's BlazeFace short- or full-range (bundled), "
                         "or none for pre-cropped faces (e.g. ABAW cropped_aligned)")
     p.add_argument("--detector-model", help="YuNet .onnx file for --detector yunet")
     p.add_argument("--detect-width", type=int, default=DETECT_WIDTH, metavar="PX",

@@ -1,8 +1,11 @@
-"""Names -> architectures and published models (input size, normalization, class order, URL).
+"""Names -> architectures and published models (input size, normalization, class order, URL),
+and names -> face detectors.
 
 An *architecture* is a network layout (`tf_efficientnet_b0`, `mobilefacenet`, `ddamfn`, ...).
 A *published model* is an architecture with trained weights released by HSEmotion
 (`enet_b0_8_va_mtl`, `mbf_va_mtl`, ...), fetched by name.
+A *detector* is a face-detection network whose weights ship with the package
+(`hsemo_jax/models/weights/`, loaded by `hsemo_jax.convert.blazeface.load_blazeface(name)`).
 """
 from __future__ import annotations
 
@@ -108,3 +111,22 @@ PUBLISHED: dict[str, Published] = {
     "mbf_va_mtl": Published("mobilefacenet", 10, "522bdabca7c655a7abde9cfca17e3dfcceadf9a0"),
     "mobilevit_va_mtl": Published("mobilevitv2_150", 10, "d648cb1a20a5b1ab0af64192ec9be39e5cdd3961"),
 }
+
+
+@dataclass(frozen=True)
+class Detector:
+    family: str  # blazeface
+    variant: str  # the family's model (models.blazeface.VARIANTS: input size, anchors, weights file)
+
+
+# MediaPipe's BlazeFace face detectors (Apache-2.0 weights bundled in hsemo_jax/models/weights/).
+DETECTORS: dict[str, Detector] = {
+    "blazeface": Detector("blazeface", "short_range"),  # faces within ~2 m of the camera
+    "blazeface_full_range": Detector("blazeface", "full_range"),  # within ~5 m; smaller faces
+}
+
+
+def get_detector(name: str) -> Detector:
+    if name not in DETECTORS:
+        raise InputError(f"unknown detector {name!r}; expected one of {', '.join(DETECTORS)}")
+    return DETECTORS[name]
