@@ -40,7 +40,8 @@ from hsemo_jax.errors import CheckpointError, InputError, InputWarning
 from hsemo_jax.models import registry
 from hsemo_jax.paths import cache_dir
 
-__all__ = ["cache_dir", "resolve_model", "load_published", "download", "published_names"]
+__all__ = ["cache_dir", "resolve_model", "load_published", "download", "published_names", "fetch_file",
+           "load_mtcnn"]
 
 BASE_URL_ENV = "HSEMO_JAX_BASE_URL"
 TORCH_SUFFIXES = (".pt", ".pth")
@@ -321,3 +322,47 @@ def load_published(name: str, **kw):
     from hsemo_jax import load_model
 
     return load_model(resolve_model(name, **kw))
+
+
+# ------------------------------------------------------------------------------- other files
+
+
+def fetch_file(name: str, *, base_url: str | None = None, progress: bool = True,
+               timeout: float = DEFAULT_TIMEOUT) -> Path:
+    """A published file (`hsemo_jax.models.registry.PUBLISHED_FILES`, e.g. "mtcnn/pnet.pt") at
+    `<cache>/downloads/<name>`, downloaded on first use from its URL (or `base_url + name`,
+    `$HSEMO_JAX_BASE_URL`) and checked against its pinned SHA-256 on every use. A file there that
+    is not the published one is refused and left as it is."""
+    if name not in registry.PUBLISHED_FILES:
+        raise InputError(f"{name}: unknown published file; expected one of {', '.join(registry.PUBLISHED_FILES)}")
+    pub = registry.PUBLISHED_FILES[name]
+    dest = cache_dir() / "downloads" / name
+    if dest.is_file():
+        digests = file_digests(dest)
+        if digests.sha256 != pub.sha256:
+            raise CheckpointError(
+                f"{dest}: not the published {name}: its SHA-256 is {digests.sha256}, hsemo_jax.models.registry "
+                f"pins {pub.sha256}. The file was left as it is: replace it with {pub.url}, or remove it to "
+                "download it again")
+        return dest
+    base = base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or None
+    url = (base if base.endswith("/") else base + "/") + name if base else pub.url
+    download(url, dest, name=name, expected_sha256=pub.sha256, progress=progress, timeout=timeout)
+    return dest
+
+
+def load_mtcnn(weights: str | os.PathLike | None = None, **fetch):
+    """MTCNN (`hsemo_jax.models.mtcnn`) with facenet-pytorch's weights: from a directory holding
+    pnet.pt, rnet.pt and onet.pt (its data/ folder), or, with None, the published files fetched
+    once and cached (`fetch_file`; `fetch` is passed on)."""
+    from hsemo_jax.convert.mtcnn import NETS, read_mtcnn
+
+    if weights is None:
+        return read_mtcnn({n: fetch_file(f"mtcnn/{n}.pt", **fetch) for n in NETS})
+    folder = Path(weights).expanduser()
+    files = {n: folder / f"{n}.pt" for n in NETS}
+    missing = [n for n, f in files.items() if not f.is_file()]
+    if missing:
+        raise InputError(f"{folder}: expected a directory with MTCNN's {', '.join(f'{n}.pt' for n in NETS)} "
+                         f"(facenet-pytorch's data/ folder); missing {', '.join(f'{n}.pt' for n in missing)}")
+    return read_mtcnn(files)

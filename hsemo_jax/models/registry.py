@@ -108,3 +108,26 @@ PUBLISHED: dict[str, Published] = {
     "mbf_va_mtl": Published("mobilefacenet", 10, "522bdabca7c655a7abde9cfca17e3dfcceadf9a0"),
     "mobilevit_va_mtl": Published("mobilevitv2_150", 10, "d648cb1a20a5b1ab0af64192ec9be39e5cdd3961"),
 }
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    """A file other than a model (detector weights) fetched by name, checked against its SHA-256."""
+
+    url: str
+    sha256: str
+
+
+# facenet-pytorch's MTCNN weights: state dicts of its PNet, RNet, ONet (legacy torch.save format), in
+# data/ of github.com/timesler/facenet-pytorch; pinned to the SHA-256 of the same files in its PyPI
+# wheel facenet_pytorch-2.6.0 (facenet_pytorch/data/). `hsemo_jax.hub.fetch_file` caches them under
+# downloads/<name>.
+_FACENET_DATA = "https://github.com/timesler/facenet-pytorch/raw/master/data/"
+PUBLISHED_FILES: dict[str, PublishedFile] = {
+    "mtcnn/pnet.pt": PublishedFile(_FACENET_DATA + "pnet.pt",
+                                   "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"),
+    "mtcnn/rnet.pt": PublishedFile(_FACENET_DATA + "rnet.pt",
+                                   "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86"),
+    "mtcnn/onet.pt": PublishedFile(_FACENET_DATA + "onet.pt",
+                                   "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"),
+}
