@@ -103,19 +103,17 @@ def _crops(integral_hwc, boxes_k4, size: int):
     return _normalize(crops), (ey > y - 1) & (ex > x - 1)
 
 
-def _level_boxes(reg_hw4, prob_hw, scale: float, config: CascadeConfig):
-    """One level of one frame: (boxes, scores, offsets, kept after NMS 0.5, capped)."""
+def _level_boxes(reg_hw4, prob_hw, scale: float, k: int, config: CascadeConfig):
+    """One level of one frame: its best `k` windows (padded with invalid ones where the level has
+    fewer) as (boxes, scores, offsets, valid, capped)."""
     h, w = prob_hw.shape
-    k = min(config.level_candidates, h * w)
     flat = prob_hw.reshape(-1)
     passed = flat >= config.thresholds[0]
     idx, ok = top_valid(flat, passed, k)
     cell = jnp.stack([idx % w, idx // w], axis=-1).astype(jnp.float32)
     s = jnp.float32(scale)
     boxes = jnp.concatenate([jnp.floor((2 * cell + 1) / s), jnp.floor((2 * cell + 12) / s)], axis=-1)
-    score = flat[idx]
-    keep = nms(boxes, score, ok, 0.5)
-    return boxes, score, reg_hw4.reshape(-1, 4)[idx], keep, jnp.sum(passed) > k
+    return boxes, flat[idx], reg_hw4.reshape(-1, 4)[idx], ok, jnp.sum(passed) > min(k, h * w)
 
 
 def _stage1(boxes, scores, offsets, kept, capped, config: CascadeConfig):
@@ -165,15 +163,18 @@ def detect(model: MTCNN, frames_nhwc, config: CascadeConfig = CascadeConfig()) -
         return Faces(jnp.zeros((n, f, 4)), jnp.zeros((n, f)), jnp.zeros((n, f, 5, 2)),
                      jnp.zeros((n, f), bool), jnp.zeros((n,), bool))
     integral = integral_image(frames_nhwc)
-    per_level = []
-    for scale, lh, lw in levels:
-        whole = jnp.array([0, 0, height, width], jnp.int32)
-        level = jax.vmap(lambda s: area_resize(s, whole, (lh, lw)))(integral)
-        reg, prob = model.pnet(_normalize(level))
-        per_level.append(jax.vmap(functools.partial(_level_boxes, scale=scale, config=config))(reg, prob[..., 1]))
-    boxes, scores, offsets, kept = (jnp.concatenate([p[i] for p in per_level], axis=1) for i in range(4))
-    capped = functools.reduce(jnp.logical_or, [p[4] for p in per_level])
-    boxes, valid, capped = jax.vmap(functools.partial(_stage1, config=config))(boxes, scores, offsets, kept, capped)
+    whole = jnp.array([0, 0, height, width], jnp.int32)
+    outputs = [model.pnet(_normalize(jax.vmap(lambda s: area_resize(s, whole, (lh, lw)))(integral)))
+               for _, lh, lw in levels]
+    # Every level's best windows, padded to one count, so that one (vmapped) NMS serves all levels.
+    k = min(config.level_candidates, max(prob.shape[1] * prob.shape[2] for _, prob in outputs))
+    per_level = [jax.vmap(functools.partial(_level_boxes, scale=scale, k=k, config=config))(reg, prob[..., 1])
+                 for (scale, _, _), (reg, prob) in zip(levels, outputs)]
+    boxes, scores, offsets, valid, capped = (jnp.stack([p[i] for p in per_level], axis=1) for i in range(5))
+    kept = jax.vmap(jax.vmap(functools.partial(nms, threshold=0.5)))(boxes, scores, valid)  # per level
+    flat = lambda a: a.reshape(n, -1, *a.shape[3:])  # noqa: E731 (levels one after another)
+    boxes, valid, capped = jax.vmap(functools.partial(_stage1, config=config))(
+        flat(boxes), flat(scores), flat(offsets), flat(kept), jnp.any(capped, axis=1))
 
     crops, nonempty = jax.vmap(functools.partial(_crops, size=24))(integral, boxes)
     reg, prob = model.rnet(crops.reshape(-1, 24, 24, 3))
