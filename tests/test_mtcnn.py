@@ -353,6 +353,15 @@ def test_a_file_that_is_not_the_pinned_one_is_refused_and_kept(cache, served, tm
     assert not placed.exists() and not list(placed.parent.glob("*.part"))
 
 
+def test_offline_says_where_to_place_the_files(cache, served):
+    _, _, server = served
+    server.stop()
+    with pytest.raises(InputError, match=r"cannot download mtcnn/pnet\.pt .* place it at .*mtcnn.pnet\.pt, "
+                                         r"or pass a directory with pnet\.pt"):
+        hub.load_mtcnn(base_url=server.url, progress=False, timeout=5)
+    assert not (cache / "downloads" / "mtcnn").exists() or not list((cache / "downloads" / "mtcnn").iterdir())
+
+
 def test_weights_from_a_directory(cache, tmp_path):
     model, files = _legacy_weights(tmp_path, seed=5)
     _same_weights(hub.load_mtcnn(tmp_path), model)
