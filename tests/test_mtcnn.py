@@ -264,6 +264,12 @@ def test_caps_are_reported_and_bound_the_outputs(model):
     assert got.capped and got.boxes.shape == (1, 4) and got.valid.sum() <= 1
 
 
+@pytest.mark.parametrize("bad", [dict(factor=1.0), dict(min_face_size=0), dict(max_faces=0), dict(thresholds=(0.6,))])
+def test_bad_configs_are_input_errors(bad):
+    with pytest.raises(InputError, match="MTCNN: expected"):
+        CascadeConfig(**bad)
+
+
 def test_pyramid_and_tiny_frames(detect_fn):
     assert [lvl[1:] for lvl in pyramid(240, 320, CascadeConfig())][:2] == [(145, 193), (103, 137)]
     assert pyramid(19, 400, CascadeConfig()) == ()

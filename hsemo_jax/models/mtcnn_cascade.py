@@ -47,6 +47,12 @@ class CascadeConfig:
     onet_candidates: int = 128  # RNet boxes that ONet sees
     max_faces: int = 32
 
+    def __post_init__(self):
+        caps = (self.level_candidates, self.rnet_candidates, self.onet_candidates, self.max_faces)
+        if not (self.min_face_size > 0 and 0 < self.factor < 1 and min(caps) >= 1 and len(self.thresholds) == 3):
+            raise InputError(f"MTCNN: expected min_face_size > 0, 0 < factor < 1, three thresholds and caps >= 1; "
+                             f"got {self}")
+
 
 class Faces(NamedTuple):
     """Per frame: boxes (x1, y1, x2, y2) in pixels, ONet's probability, landmarks (5 points: eyes,
