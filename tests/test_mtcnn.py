@@ -28,7 +28,7 @@ from hsemo_jax.convert.mtcnn import NETS, read_mtcnn
 from hsemo_jax.errors import CheckpointError, InputError
 from hsemo_jax.models import registry
 from hsemo_jax.models.mtcnn import MTCNN
-from hsemo_jax.models.mtcnn_cascade import CascadeConfig, detect, make_detect, pyramid
+from hsemo_jax.models.mtcnn_cascade import CascadeConfig, make_detect, pyramid
 from hsemo_jax.ops.nms import nms, top_valid
 from hsemo_jax.ops.pool import max_pool2d
 from hsemo_jax.ops.resample import area_resize, integral_image
