@@ -9,6 +9,7 @@ Cache layout (root: `$HSEMO_JAX_CACHE`, else `~/.cache/hsemo-jax`):
     downloads/<name>.pt          the published PyTorch file, downloaded or placed there by hand
     models/<name>/               the converted model directory of a published model
     models/sha256-<hex>/         the converted model directory of a local .pt/.pth file
+    downloads/mtcnn/pnet.pt ...  other published files (`fetch_file`): MTCNN's weights
 
 Every published file, downloaded or placed, is checked against the git blob id the registry pins
 for it (`hsemo_jax.models.registry.PUBLISHED`); a converted directory records the SHA-256 and blob
@@ -40,7 +41,8 @@ from hsemo_jax.errors import CheckpointError, InputError, InputWarning
 from hsemo_jax.models import registry
 from hsemo_jax.paths import cache_dir
 
-__all__ = ["cache_dir", "resolve_model", "load_published", "download", "published_names"]
+__all__ = ["cache_dir", "resolve_model", "load_published", "download", "published_names", "fetch_file",
+           "load_mtcnn"]
 
 BASE_URL_ENV = "HSEMO_JAX_BASE_URL"
 TORCH_SUFFIXES = (".pt", ".pth")
@@ -121,20 +123,24 @@ class _Progress:
         sys.stderr.flush()
 
 
-def _offline_error(name: str, url: str, reason, dest: Path) -> InputError:
+_MODEL_ALTERNATIVE = "pass the .pt file / a converted directory to --model"
+
+
+def _offline_error(name: str, url: str, reason, dest: Path, alternative: str) -> InputError:
     return InputError(
         f"cannot download {name} from {url} ({reason}). Download it on a machine with internet "
-        f"access and place it at {dest}, or pass the .pt file / a converted directory to --model")
+        f"access and place it at {dest}, or {alternative}")
 
 
 def download(url: str, dest: str | os.PathLike, *, name: str | None = None,
              expected_sha256: str | None = None, expected_git_blob: str | None = None,
-             progress: bool = True, timeout: float = DEFAULT_TIMEOUT) -> FileDigests:
+             progress: bool = True, timeout: float = DEFAULT_TIMEOUT,
+             alternative: str = _MODEL_ALTERNATIVE) -> FileDigests:
     """Download `url` to `dest` atomically; returns the file's digests.
 
     Streams to `<dest>.part`, checks Content-Length, `expected_sha256` and `expected_git_blob`,
     then renames the file into place. Cannot connect (offline, DNS, refused, HTTP error) ->
-    InputError saying where to place the file by hand; connection lost, truncated body or timeout
+    InputError saying where to place the file by hand (or the `alternative`); connection lost, truncated body or timeout
     while reading, or a hash mismatch -> CheckpointError. On any error neither `.part` nor `dest`
     is left.
     """
@@ -146,11 +152,11 @@ def download(url: str, dest: str | os.PathLike, *, name: str | None = None,
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
-        raise _offline_error(name, url, f"HTTP {e.code} {e.reason}", dest) from None
+        raise _offline_error(name, url, f"HTTP {e.code} {e.reason}", dest, alternative) from None
     except urllib.error.URLError as e:
-        raise _offline_error(name, url, e.reason, dest) from None
+        raise _offline_error(name, url, e.reason, dest, alternative) from None
     except (OSError, http.client.HTTPException) as e:
-        raise _offline_error(name, url, e or type(e).__name__, dest) from None
+        raise _offline_error(name, url, e or type(e).__name__, dest, alternative) from None
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     with response:
@@ -321,3 +327,49 @@ def load_published(name: str, **kw):
     from hsemo_jax import load_model
 
     return load_model(resolve_model(name, **kw))
+
+
+# ------------------------------------------------------------------------------- other files
+
+
+def fetch_file(name: str, *, base_url: str | None = None, progress: bool = True,
+               timeout: float = DEFAULT_TIMEOUT, alternative: str = "pass the file's directory") -> Path:
+    """A published file (`hsemo_jax.models.registry.PUBLISHED_FILES`, e.g. "mtcnn/pnet.pt") at
+    `<cache>/downloads/<name>`, downloaded on first use from its URL (or `base_url + name`,
+    `$HSEMO_JAX_BASE_URL`) and checked against its pinned SHA-256 on every use. A file there that
+    is not the published one is refused and left as it is."""
+    if name not in registry.PUBLISHED_FILES:
+        raise InputError(f"{name}: unknown published file; expected one of {', '.join(registry.PUBLISHED_FILES)}")
+    pub = registry.PUBLISHED_FILES[name]
+    dest = cache_dir() / "downloads" / name
+    if dest.is_file():
+        digests = file_digests(dest)
+        if digests.sha256 != pub.sha256:
+            raise CheckpointError(
+                f"{dest}: not the published {name}: its SHA-256 is {digests.sha256}, hsemo_jax.models.registry "
+                f"pins {pub.sha256}. The file was left as it is: replace it with {pub.url}, or remove it to "
+                "download it again")
+        return dest
+    base = base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or None
+    url = (base if base.endswith("/") else base + "/") + name if base else pub.url
+    download(url, dest, name=name, expected_sha256=pub.sha256, progress=progress, timeout=timeout,
+             alternative=alternative)
+    return dest
+
+
+def load_mtcnn(weights: str | os.PathLike | None = None, **fetch):
+    """MTCNN (`hsemo_jax.models.mtcnn`) with facenet-pytorch's weights: from a directory holding
+    pnet.pt, rnet.pt and onet.pt (its data/ folder), or, with None, the published files fetched
+    once and cached (`fetch_file`; `fetch` is passed on)."""
+    from hsemo_jax.convert.mtcnn import NETS, read_mtcnn
+
+    if weights is None:
+        alternative = "pass a directory with pnet.pt, rnet.pt and onet.pt (--detector-model)"
+        return read_mtcnn({n: fetch_file(f"mtcnn/{n}.pt", alternative=alternative, **fetch) for n in NETS})
+    folder = Path(weights).expanduser()
+    files = {n: folder / f"{n}.pt" for n in NETS}
+    missing = [n for n, f in files.items() if not f.is_file()]
+    if missing:
+        raise InputError(f"{folder}: expected a directory with MTCNN's {', '.join(f'{n}.pt' for n in NETS)} "
+                         f"(facenet-pytorch's data/ folder); missing {', '.join(f'{n}.pt' for n in missing)}")
+    return read_mtcnn(files)

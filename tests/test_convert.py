@@ -96,11 +96,11 @@ def test_zip_members_outside_the_archive_are_one_warning_line(tmp_path, mbf_stat
                    "torch.save never writes: '../../etc/x'"]
 
 
-def test_legacy_format_asks_to_resave(tmp_path, mbf_state, capsys):
+def test_legacy_format_converts(tmp_path, mbf_state):
     src = tmp_path / "old.pt"
     torch.save(mbf_state, src, _use_new_zipfile_serialization=False)
-    assert _convert(src, tmp_path / "m") == 2
-    assert "torch>=1.6" in capsys.readouterr().err
+    assert _convert(src, tmp_path / "m") == 0
+    assert json.loads((tmp_path / "m" / META_FILE).read_text())["arch"] == "mobilefacenet"
 
 
 def test_arch_inference_and_mismatch(mbf_state):

@@ -71,6 +71,16 @@ def test_face_detection_exports_for_gpu_and_tpu(detector, no_kernels):
     assert boxes.shape == (2, 4, 4) and keypoints.shape == (2, 4, 6, 2) and valid.shape == (2, 4)
 
 
+def test_mtcnn_detect_exports_for_gpu_and_tpu(no_kernels):
+    from hsemo_jax.models.mtcnn import MTCNN
+    from hsemo_jax.models.mtcnn_cascade import detect
+
+    graphdef, state = nnx.split(MTCNN())
+    frames = np.zeros((2, 120, 160, 3), np.uint8)
+    exported = _export(jax.jit(lambda state, x: detect(nnx.merge(graphdef, state), x)), state, frames)
+    assert exported.out_avals[0].shape == (2, 32, 4)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_train_step_exports_for_gpu_and_tpu(arch, no_kernels):
     from hsemo_jax import optim

@@ -283,10 +283,44 @@ def test_trusted_names_stay_inert(tmp_path):
         read_state_dict(tmp_path / "t.pt")
 
 
-def test_legacy_format_is_explained(tmp_path):
-    torch.save({"w": torch.ones(2)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
-    with pytest.raises(CheckpointError, match=r"old\.pt.*legacy.*torch>=1\.6"):
-        read_state_dict(tmp_path / "old.pt")
+def _legacy(path, obj):
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(path)
+    return path.read_bytes()
+
+
+def test_legacy_format_dtypes_views_shared_storage(tmp_path):
+    """torch < 1.6 files (facenet-pytorch's MTCNN weights are such files) read like zip ones."""
+    ref = _mixed_state_dict()
+    _legacy(tmp_path / "old.pt", ref)
+    sd = read_state_dict(tmp_path / "old.pt")
+    _assert_same(sd, ref)
+    assert sd["scalar"].shape == ()
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.9, -1])
+def test_legacy_truncated_file_is_refused(tmp_path, keep):
+    data = _legacy(tmp_path / "old.pt", {"w": torch.arange(1000.0), "v": torch.ones(300)})
+    (tmp_path / "cut.pt").write_bytes(data[: int(len(data) * keep) if keep > 0 else keep])
+    with pytest.raises(CheckpointError, match=r"cut\.pt: .*(legacy|holds)"):
+        read_state_dict(tmp_path / "cut.pt")
+
+
+def test_legacy_storage_claims_are_bounded_by_the_file(tmp_path):
+    """A storage that claims more elements than the file holds is refused before it is allocated."""
+    data = _legacy(tmp_path / "old.pt", {"w": torch.ones(3)})
+    big = data.replace(b"K\x03N", b"J\xff\xff\xff\x3fN", 1)  # numel 3 -> 2**30 - 1 in the persistent id
+    assert big != data
+    (tmp_path / "big.pt").write_bytes(big)
+    with pytest.raises(CheckpointError, match=r"big\.pt: storage .* more than the file holds"):
+        read_state_dict(tmp_path / "big.pt")
+
+
+def test_legacy_unsafe_global_is_refused(tmp_path):
+    data = _legacy(tmp_path / "old.pt", {"w": torch.ones(2)})
+    (tmp_path / "evil.pt").write_bytes(data.replace(b"collections\nOrderedDict", b"posix\nsystem", 1))
+    with pytest.raises(UnsafePickleError, match=r"evil\.pt.*posix\.system"):
+        read_state_dict(tmp_path / "evil.pt")
 
 
 def test_bad_files(tmp_path):

@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="face detector: OpenCV Haar cascade (default, bundled), YuNet (needs --detector-model), "
                         "MediaPipe's BlazeFace short- or full-range (bundled), "
                         "or none for pre-cropped faces (e.g. ABAW cropped_aligned)")
-    p.add_argument("--detector-model", help="YuNet .onnx file for --detector yunet")
+    p.add_argument("--detector-model", help="YuNet .onnx file for --detector yunet; a folder with pnet.pt, rnet.pt, onet.pt for --detector mtcnn (else fetched by name)")
     p.add_argument("--detect-width", type=int, default=DETECT_WIDTH, metavar="PX",
                    help=f"detect faces on frames shrunk to at most this width, boxes mapped back to full "
                         f"resolution for cropping (default {DETECT_WIDTH}; 0 = full resolution)")

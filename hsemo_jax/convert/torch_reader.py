@@ -1,11 +1,21 @@
 """Read PyTorch checkpoints without torch and without running code from the pickle.
 
-Supported format: the zip archive written by ``torch.save`` since torch 1.6::
+Supported formats: the zip archive written by ``torch.save`` since torch 1.6::
 
     <root>/data.pkl      pickle (protocol 2) of the saved object; tensors are
                          persistent ids ('storage', StorageType, key, location, numel)
     <root>/data/<key>    raw bytes of one storage: numel elements of StorageType's dtype
     <root>/byteorder     "little" or "big" (absent in old files: little)
+
+and the legacy format of torch < 1.6 (``_use_new_zipfile_serialization=False``; facenet-pytorch's
+MTCNN weights are such files): five pickles in a row, then the storages::
+
+    magic number, protocol version (1001), system info ({'little_endian': ...})
+    the saved object; tensors are persistent ids ('storage', StorageType, key, location, numel, None)
+    the list of storage keys; then per key: its element count (int64), then its bytes
+
+Legacy storages are allocated when the object pickle first names them and filled from the records
+after it, so their tensors are read-only views into them (zip tensors are copies).
 
 The pickle is read by a restricted unpickler. A global is resolved only if it is
 one of the small safe functions implemented here (tensor/parameter rebuilders,
@@ -21,8 +31,9 @@ that storage, as in torch).
 What a file can make this process do is bounded, whatever it claims: records are read in chunks of
 at most 1 MiB; a storage record must hold exactly the bytes its storage type and element count
 name; the storages read and the tensors built from them may need at most `MAX_TENSOR_BYTES`
-together, data.pkl at most `MAX_PICKLE_BYTES`. Each refusal is a CheckpointError raised before the
-allocation it would take.
+together, data.pkl (the legacy pickles: each) at most `MAX_PICKLE_BYTES`, and legacy storages no
+more than the file holds. Each refusal is a CheckpointError raised before the allocation it would
+take.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import _compat_pickle
 import collections
 import io
 import math
+import os
 import pickle
 import reprlib
 import warnings
@@ -109,7 +121,9 @@ _TRUSTED_PREFIXES = (
 )
 
 # First bytes of a legacy (pre-1.6) torch.save file: PROTO n, LONG1 10 bytes, magic number.
-_LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+_LEGACY_MAGIC = b"\x8a\x0a" + _MAGIC_NUMBER.to_bytes(10, "little")
+_LEGACY_PROTOCOL = 1001
 
 _WRAPPER_KEYS = ("model_state_dict", "state_dict", "model")
 
@@ -158,6 +172,7 @@ class _Unpickler(pickle.Unpickler):
     def __init__(self, file, zf: zipfile.ZipFile, root: str, path, byteorder: str):
         super().__init__(file)
         self._zf, self._root, self._path, self._byteorder = zf, root, path, byteorder
+        self._pickle_name = f"{root}/data.pkl" if zf is not None else "the object pickle"
         self._storages: dict[str, np.ndarray] = {}
         self._allocated = 0  # bytes of storages read and tensors built, against MAX_TENSOR_BYTES
         self._inert: dict[str, type] = {}
@@ -196,7 +211,7 @@ class _Unpickler(pickle.Unpickler):
                 self._inert[qualname] = type(qualname, (InertObject,), {"qualname": qualname})
             return self._inert[qualname]
         raise UnsafePickleError(
-            f"{self._path}: refuses global '{qualname}' in data.pkl: it is not on the "
+            f"{self._path}: refuses global '{qualname}' in {self._pickle_name}: it is not on the "
             "allow-list of tensor rebuilders and model-definition classes; nothing was executed"
         )
 
@@ -286,11 +301,15 @@ class _Unpickler(pickle.Unpickler):
             n == 1 or s == c for n, s, c in zip(size, stride, contiguous)
         ):
             return storage.reshape(size)
-        self._allocate(nbytes, f"tensor of size {size}")
         base = storage[storage_offset:] if storage_offset < storage.size else storage[:0]
         view = np.lib.stride_tricks.as_strided(
             base, shape=size, strides=tuple(s * storage.itemsize for s in stride), writeable=False
         )
+        return self._own(view, nbytes)
+
+    def _own(self, view: np.ndarray, nbytes: int) -> np.ndarray:
+        """A strided tensor view of a storage, as returned: a copy."""
+        self._allocate(nbytes, f"tensor of size {view.shape}")
         return view.copy()
 
     def _latin1_encode(self, text, encoding="latin1") -> bytes:
@@ -308,6 +327,145 @@ class _Unpickler(pickle.Unpickler):
     def _bytearray(self, data=b"", encoding="latin1") -> bytearray:
         """``bytearray(str, 'latin-1')`` (protocol 2) or ``bytearray(bytes)``."""
         return bytearray(self._latin1_encode(data, encoding) if isinstance(data, str) else self._bytes(data))
+
+
+class _LegacyUnpickler(_Unpickler):
+    """Restricted unpickler for the object pickle of a legacy (pre-1.6) file.
+
+    A storage is allocated (zeros) when first named, counted against MAX_TENSOR_BYTES and against
+    `available`, the bytes the file holds: its data follows the pickle (`_fill_legacy_storages`),
+    so strided tensors stay views into it rather than copies of zeros.
+    """
+
+    def __init__(self, file, path, byteorder: str, available: int):
+        super().__init__(file, None, "", path, byteorder)
+        self._available = available
+
+    def persistent_load(self, pid) -> np.ndarray:
+        """``('storage', StorageType, key, location, numel, None)`` -> 1-D array (zeros until filled)."""
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
+            raise self._error(
+                f"expected a persistent id ('storage', type, key, location, numel, view), found {_brief(pid)}"
+            )
+        _, stype, key, _location, numel, view = pid
+        if not (isinstance(stype, _StorageType) and isinstance(key, str) and len(key) <= 100
+                and isinstance(numel, int) and numel >= 0):
+            raise self._error(f"malformed storage persistent id {_brief(pid)}")
+        if view is not None:
+            raise self._error(f"storage '{key}' is a view of another storage (torch < 0.4), which is not supported")
+        if key not in self._storages:
+            nbytes = numel * stype.dtype.itemsize
+            if nbytes + 8 > self._available:
+                raise self._error(f"storage '{key}' claims {nbytes} bytes ({stype.name} of {numel} elements), "
+                                  f"more than the file holds")
+            self._available -= nbytes + 8
+            self._allocate(nbytes, f"storage '{key}'")
+            self._storages[key] = np.zeros(numel, stype.dtype)
+        storage = self._storages[key]
+        if storage.dtype != stype.dtype or storage.size != numel:
+            raise self._error(f"storage '{key}' is referenced with conflicting type/numel {stype.name}/{numel}")
+        return storage
+
+    def _own(self, view: np.ndarray, nbytes: int) -> np.ndarray:
+        return view  # filled with its storage, after the pickle
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """For the legacy format's small pickles (header, storage keys): no globals, no persistent ids."""
+
+    def find_class(self, module: str, name: str):
+        raise UnsafePickleError(f"refuses global '{module}.{name}' where plain data was expected")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent id where plain data was expected")
+
+
+class _PickleReader:
+    """The file as the unpicklers see it: each pickle may read at most MAX_PICKLE_BYTES."""
+
+    def __init__(self, f, path):
+        self._f, self._path, self.left = f, path, MAX_PICKLE_BYTES
+
+    def _take(self, n: int) -> None:
+        if n > self.left:
+            raise CheckpointError(f"{self._path}: a pickle of this legacy file is larger than "
+                                  f"{MAX_PICKLE_BYTES} bytes")
+        self.left -= n
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            n = self.left + 1
+        data = self._f.read(min(n, self.left + 1))
+        self._take(len(data))
+        return data
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self._f.readline(self.left + 1)
+        self._take(len(line))
+        return line
+
+
+def _plain_load(reader: _PickleReader, path, what: str):
+    reader.left = MAX_PICKLE_BYTES
+    try:
+        return _PlainUnpickler(reader).load()
+    except CheckpointError:
+        raise
+    except Exception as e:  # malformed pickle: any error the opcodes can raise
+        raise CheckpointError(f"{path}: malformed legacy {what}: {type(e).__name__}: {e}") from None
+
+
+def _load_legacy(path) -> object:
+    """`load_torch_file` for the legacy format (see the module docstring)."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read file: {e.strerror or e}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        reader = _PickleReader(f, path)
+        magic = _plain_load(reader, path, "header")
+        protocol = _plain_load(reader, path, "header")
+        info = _plain_load(reader, path, "header")
+        if magic != _MAGIC_NUMBER or protocol != _LEGACY_PROTOCOL or not isinstance(info, dict):
+            raise CheckpointError(f"{path}: legacy torch file with an unknown header "
+                                  f"({_brief(magic)}, {_brief(protocol)}); expected protocol {_LEGACY_PROTOCOL}")
+        byteorder = "little" if info.get("little_endian", True) else "big"
+        reader.left = MAX_PICKLE_BYTES
+        unpickler = _LegacyUnpickler(reader, path, byteorder, size - f.tell())
+        try:
+            obj = unpickler.load()
+        except CheckpointError:
+            raise
+        except Exception as e:  # malformed pickle: any error the opcodes can raise
+            raise CheckpointError(f"{path}: malformed legacy object pickle: {type(e).__name__}: {e}") from None
+        keys = _plain_load(reader, path, "storage list")
+        _fill_legacy_storages(f, path, keys, unpickler._storages, byteorder)
+    return obj
+
+
+def _fill_legacy_storages(f, path, keys, storages: dict[str, np.ndarray], byteorder: str) -> None:
+    """Read each storage's record (element count, then bytes) in the order of `keys` into it."""
+    if not (isinstance(keys, list) and sorted(keys) == sorted(storages)):
+        raise CheckpointError(f"{path}: the legacy storage list {_brief(keys)} does not name the "
+                              f"{len(storages)} storages the object pickle uses")
+    for key in keys:
+        storage = storages[key]
+        head = f.read(8)
+        count = int.from_bytes(head, byteorder) if len(head) == 8 else None
+        if count != storage.size:
+            raise CheckpointError(f"{path}: legacy storage '{key}' record says {count} elements, "
+                                  f"expected {storage.size} (truncated or corrupt file)")
+        raw, done = storage.view(np.uint8), 0
+        while done < raw.size:
+            chunk = f.read(min(_CHUNK, raw.size - done))
+            if not chunk:
+                raise CheckpointError(f"{path}: legacy storage '{key}' is truncated: "
+                                      f"{done} of {raw.size} bytes")
+            raw[done : done + len(chunk)] = np.frombuffer(chunk, np.uint8)
+            done += len(chunk)
+        if byteorder == "big" and storage.itemsize > 1:
+            storage.byteswap(inplace=True)
 
 
 def _rebuild_parameter(data, _requires_grad, _backward_hooks, _state=None):
@@ -379,24 +537,30 @@ def _open_zip(path) -> zipfile.ZipFile:
         raise CheckpointError(f"{path}: corrupt zip archive: {e}") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read file: {e.strerror or e}") from None
-    if head[:1] == b"\x80" and head[2:14] == _LEGACY_MAGIC:
-        raise CheckpointError(
-            f"{path}: legacy (pre-1.6) torch.save format is not supported; re-save it with "
-            "torch>=1.6: torch.save(torch.load(f, weights_only=False), f2)"
-        )
     if head[:4] == b"PK\x03\x04":
         raise CheckpointError(f"{path}: zip archive is truncated or corrupt (no central directory)")
     raise CheckpointError(f"{path}: not a PyTorch zip checkpoint (expected a zip archive written by torch.save)")
 
 
+def _is_legacy(path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False  # _open_zip explains
+    return head[:1] == b"\x80" and head[2:14] == _LEGACY_MAGIC
+
+
 def load_torch_file(path) -> object:
-    """Unpickle a torch.save zip checkpoint safely.
+    """Unpickle a torch.save checkpoint (zip, or legacy pre-1.6) safely.
 
     Returns the saved object tree: tensors/parameters as np.ndarray, dicts,
     lists, tuples, scalars, and InertObject placeholders for model classes.
     Raises CheckpointError for unreadable/malformed files and UnsafePickleError
     for globals outside the allow-list.
     """
+    if _is_legacy(path):
+        return _load_legacy(path)
     with _open_zip(path) as zf:
         roots = sorted({n[: -len("/data.pkl")] for n in zf.namelist() if n.endswith("/data.pkl")})
         roots = [r for r in roots if r not in ("", ".", "..") and "/" not in r and "\\" not in r]

@@ -130,3 +130,26 @@ def get_detector(name: str) -> Detector:
     if name not in DETECTORS:
         raise InputError(f"unknown detector {name!r}; expected one of {', '.join(DETECTORS)}")
     return DETECTORS[name]
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    """A file other than a model (detector weights) fetched by name, checked against its SHA-256."""
+
+    url: str
+    sha256: str
+
+
+# facenet-pytorch's MTCNN weights: state dicts of its PNet, RNet, ONet (legacy torch.save format), in
+# data/ of github.com/timesler/facenet-pytorch; pinned to the SHA-256 of the same files in its PyPI
+# wheel facenet_pytorch-2.6.0 (facenet_pytorch/data/). `hsemo_jax.hub.fetch_file` caches them under
+# downloads/<name>.
+_FACENET_DATA = "https://github.com/timesler/facenet-pytorch/raw/master/data/"
+PUBLISHED_FILES: dict[str, PublishedFile] = {
+    "mtcnn/pnet.pt": PublishedFile(_FACENET_DATA + "pnet.pt",
+                                   "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"),
+    "mtcnn/rnet.pt": PublishedFile(_FACENET_DATA + "rnet.pt",
+                                   "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86"),
+    "mtcnn/onet.pt": PublishedFile(_FACENET_DATA + "onet.pt",
+                                   "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"),
+}
