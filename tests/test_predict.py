@@ -174,3 +174,62 @@ def test_detection_on_a_shrunk_frame_finds_the_full_resolution_box():
     size = full[0, 2] - full[0, 0]
     assert np.abs(small - full).max() < 0.08 * size
     assert 600 <= small[0, 0] and small[0, 2] <= 1112  # in full-frame pixels
+
+
+def _no_decoding(monkeypatch):
+    """Any frame decoded fails the test: these errors must come before the work."""
+    from hsemo_jax.predict.video import FrameSource
+
+    def decode(self):
+        pytest.fail("a frame was decoded")
+        yield
+
+    monkeypatch.setattr(FrameSource, "__iter__", decode)
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--batch-size", "0"], "batch size"),
+    (["--smooth", "gaussian", "--sigma", "-1"], "sigma"),
+    (["--smooth", "gaussian", "--k", "-2"], "k "),
+    (["--smooth", "box", "--k", "-2"], "k "),
+    (["--detect-width", "-5"], "detect width"),
+    (["--detect-every", "0"], "detect every"),
+    (["--au-thresholds", "1.5"], "thresholds"),
+    (["--out", "{tmp}"], "folder"),
+    (["--out", "{file}/o.csv"], "{file}"),
+    (["--plot", "{file}/p.png"], "{file}"),
+])
+def test_arguments_and_outputs_are_checked_before_any_frame(model_dir, tmp_path, capsys, monkeypatch, extra, words):
+    _no_decoding(monkeypatch)
+    (tmp_path / "file").write_text("in the way\n")
+    fill = lambda s: s.format(tmp=tmp_path, file=tmp_path / "file")  # noqa: E731
+    out = tmp_path / "o.csv"
+    assert cli_main(["predict", str(CLIP), "--model", model_dir, "--out", str(out), *map(fill, extra)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and fill(words) in err, err
+    assert not out.exists() and not (tmp_path / "o.csv.partial").exists()
+
+
+def test_a_read_only_output_folder_is_refused_before_any_frame(model_dir, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    _no_decoding(monkeypatch)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.access(ro, os.W_OK):  # root: the mode bits bind nobody; refuse as the kernel would
+        real_open = os.open
+
+        def refuse(path, *args, **kwargs):
+            if Path(path).parent == ro:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", refuse)
+    for flag in ("--out", "--plot"):
+        args = ["--out", str(tmp_path / "o.csv")] if flag == "--plot" else []
+        assert cli_main(["predict", str(CLIP), "--model", model_dir, *args, flag, str(ro / "x")]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and str(ro) in err, err
+    assert not list(ro.iterdir()) and not list(tmp_path.glob("o.csv*"))

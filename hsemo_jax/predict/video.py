@@ -144,8 +144,9 @@ def threaded_map(fn, items, queue_size: int = 8) -> Iterator:
         return False
 
     def work():
-        it = iter(items)
+        it = None
         try:
+            it = iter(items)
             for item in it:
                 if not put((True, fn(item))):
                     return
