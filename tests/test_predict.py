@@ -233,3 +233,42 @@ def test_a_read_only_output_folder_is_refused_before_any_frame(model_dir, tmp_pa
         err = capsys.readouterr().err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and str(ro) in err, err
     assert not list(ro.iterdir()) and not list(tmp_path.glob("o.csv*"))
+
+
+def _truncated_video(path, frames=60):
+    """An MJPG AVI cut in the middle: OpenCV opens it and decodes about half of the frames its
+    header declares, while FFmpeg prints what it finds on file descriptor 2."""
+    rng = np.random.default_rng(0)
+    full = path.with_name("full_" + path.name)
+    writer = cv2.VideoWriter(str(full), cv2.VideoWriter_fourcc(*"MJPG"), 25, (112, 112))
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8))
+    writer.release()
+    data = full.read_bytes()
+    path.write_bytes(data[:len(data) // 2 + 777])
+    return path
+
+
+def test_a_video_that_ends_early_is_reported_and_decoder_chatter_summarised(model_dir, tmp_path, capfd):
+    video = _truncated_video(tmp_path / "cut.avi")
+    out = tmp_path / "cut.csv"
+    assert cli_main(["predict", str(video), "--model", model_dir, "--detector", "none", "--out", str(out)]) == 0
+    frames = {int(r["frame"]) for r in _read_csv(out)}
+    assert 10 < len(frames) < 50
+    err = capfd.readouterr().err
+    assert f"{video}: decoded {len(frames)} of the 60 frames its header declares" in err, err
+    assert err.count("[mjpeg @") <= 1 and "message line(s) from the video/image decoders" in err, err
+    assert len(err.strip().splitlines()) == 2, err  # the two warnings, no raw decoder output
+
+
+def test_decoder_chatter_of_a_damaged_image_is_summarised_once(model_dir, tmp_path, capfd):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        cv2.imwrite(str(folder / name), rng.integers(0, 255, (112, 112, 3), dtype=np.uint8))
+        (folder / name).write_bytes((folder / name).read_bytes()[:1500])  # libjpeg: premature end
+    table = predict(str(folder), [model_dir], detector="none", batch_size=4)
+    assert len(table) == 3
+    err = capfd.readouterr().err
+    assert "3 message line(s) from the video/image decoders" in err and err.count("JPEG") == 1, err

@@ -18,7 +18,7 @@ from hsemo_jax import labels
 from hsemo_jax.errors import InputError
 from hsemo_jax.predict.detect import DETECT_WIDTH, DETECTORS, crop, make_detector
 from hsemo_jax.predict.follow import FollowingDetector
-from hsemo_jax.predict.video import Frame, FrameSource, Skipped, threaded_map
+from hsemo_jax.predict.video import Frame, FrameSource, Skipped, decoder_messages, threaded_map
 
 DETECT_EVERY = 5  # video frames per full-frame face search (tracked faces are followed between)
 
@@ -247,31 +247,37 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
     def detected(item):  # detection and tracking, in frame order, in a background thread
         return item, (None if isinstance(item, Skipped) else follow(item.rgb, item.index))
 
-    for item, found in threaded_map(detected, source):
-        if isinstance(item, Skipped):
-            skipped.append(item)
-            print(f"skipped {item.source}: {item.reason}", file=sys.stderr)
-            continue
-        frames_seen += 1
-        boxes, ids = found
-        faces = [(b, t, crop(item.rgb, b)) for b, t in zip(boxes, ids)]
-        faces = [f for f in faces if f[2] is not None]
-        if not faces:
-            rows.append(_row(item, None, -1))
-            emit()
-            continue
-        for box, tid, face in faces:
-            row = _row(item, box, int(tid))
-            rows.append(row)
-            pending.append((row, face))
-            if len(pending) == batch_size:
-                flush()
-        if progress and frames_seen % 25 == 0:
-            rate = frames_seen / (time.perf_counter() - t0)
-            print(f"\r{frames_seen} frames, {rate:.1f} frames/s", end="", file=sys.stderr, flush=True)
-    flush()
-    if progress:
-        print(file=sys.stderr)
+    with decoder_messages() as chatter:
+        for item, found in threaded_map(detected, source):
+            if isinstance(item, Skipped):
+                skipped.append(item)
+                print(f"skipped {item.source}: {item.reason}", file=sys.stderr)
+                continue
+            frames_seen += 1
+            boxes, ids = found
+            faces = [(b, t, crop(item.rgb, b)) for b, t in zip(boxes, ids)]
+            faces = [f for f in faces if f[2] is not None]
+            if not faces:
+                rows.append(_row(item, None, -1))
+                emit()
+                continue
+            for box, tid, face in faces:
+                row = _row(item, box, int(tid))
+                rows.append(row)
+                pending.append((row, face))
+                if len(pending) == batch_size:
+                    flush()
+            if progress and frames_seen % 25 == 0:
+                rate = frames_seen / (time.perf_counter() - t0)
+                print(f"\r{frames_seen} frames, {rate:.1f} frames/s", end="", file=sys.stderr, flush=True)
+        flush()
+        if progress:
+            print(file=sys.stderr)
+    for note in source.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    if chatter:
+        print(f"warning: {len(chatter)} message line(s) from the video/image decoders (FFmpeg, libjpeg) were "
+              f"held back; the first: {chatter[0].strip()}", file=sys.stderr)
     if frames_seen == 0:
         raise InputError(f"{input_spec}: no readable frames ({len(skipped)} unreadable file(s))")
     table = rows_to_table(rows, classes, with_va, skipped)
