@@ -272,3 +272,24 @@ def test_decoder_chatter_of_a_damaged_image_is_summarised_once(model_dir, tmp_pa
     assert len(table) == 3
     err = capfd.readouterr().err
     assert "3 message line(s) from the video/image decoders" in err and err.count("JPEG") == 1, err
+
+
+def test_unrelated_images_never_share_a_track_id(model_dir, tmp_path):
+    """Photos of a folder are separate pictures: each face its own track. Numbered frames of one
+    ABAW video folder are one sequence; two such folders (one glob) are two."""
+    crops = [np.full((112, 112, 3), 40 * i, np.uint8) for i in range(1, 4)]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, img in zip(("beach.jpg", "party.jpg", "office.jpg"), crops):
+        cv2.imwrite(str(photos / name), img)
+    table = predict(str(photos), [model_dir], detector="none", batch_size=4)
+    assert sorted(table["track_id"]) == [0, 1, 2]
+    for video in ("v1", "v2"):
+        (tmp_path / "aligned" / video).mkdir(parents=True)
+        for i, img in enumerate(crops, start=1):
+            cv2.imwrite(str(tmp_path / "aligned" / video / f"{i:05d}.jpg"), img)
+    table = predict(str(tmp_path / "aligned" / "*" / "*.jpg"), [model_dir], detector="none", batch_size=4)
+    tracks = {Path(s).parent.name: set() for s in table["source"]}
+    for s, t in zip(table["source"], table["track_id"]):
+        tracks[Path(s).parent.name].add(int(t))
+    assert len(tracks["v1"]) == len(tracks["v2"]) == 1 and tracks["v1"] != tracks["v2"]

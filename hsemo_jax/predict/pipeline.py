@@ -244,8 +244,15 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
             pending.clear()
         emit()
 
+    sequence = [None]  # of the last frame; tracks end where a new one begins
+
     def detected(item):  # detection and tracking, in frame order, in a background thread
-        return item, (None if isinstance(item, Skipped) else follow(item.rgb, item.index))
+        if isinstance(item, Skipped):
+            return item, None
+        if item.sequence != sequence[0]:
+            follow.new_sequence()
+            sequence[0] = item.sequence
+        return item, follow(item.rgb, item.index)
 
     with decoder_messages() as chatter:
         for item, found in threaded_map(detected, source):

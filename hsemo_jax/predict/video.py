@@ -34,6 +34,7 @@ class Frame:
     time: float | None  # seconds from the start (videos only)
     rgb: np.ndarray  # (H, W, 3) uint8
     source: str  # the file it came from
+    sequence: str  # frames of one sequence may show the same face: the video, an ABAW frame folder, or the image
 
 
 @dataclass
@@ -76,14 +77,16 @@ class FrameSource:
 
     @staticmethod
     def _images(files) -> Iterator[Frame | Skipped]:
-        # ABAW `cropped_aligned/<video>/00001.jpg`: the number in the name is the frame number.
+        # ABAW `cropped_aligned/<video>/00001.jpg`: the number in the name is the frame number and
+        # the folder the video; other images are unrelated pictures, each a sequence of its own.
         numbered = all(re.fullmatch(r"\d+", f.stem) for f in files)
         for i, f in enumerate(files):
             bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
             if bgr is None:
                 yield Skipped(str(f), "unreadable or corrupt image")
                 continue
-            yield Frame(int(f.stem) if numbered else i, None, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), str(f))
+            yield Frame(int(f.stem) if numbered else i, None, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), str(f),
+                        str(f.parent) if numbered else str(f))
 
     def _video(self, path: Path) -> Iterator[Frame]:
         cap = cv2.VideoCapture(str(path))
@@ -102,7 +105,7 @@ class FrameSource:
                     if not ok:
                         break
                     t = i / fps if fps > 0 else None
-                    frame = Frame(i, t, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), str(path))
+                    frame = Frame(i, t, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), str(path), str(path))
                     while not stop.is_set():
                         try:
                             q.put(frame, timeout=0.1)
