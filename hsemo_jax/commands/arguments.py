@@ -79,13 +79,13 @@ def blend_weights(text: str) -> tuple[float, float, float]:
     return vals
 
 
-def add_config_arguments(p: argparse.ArgumentParser, *, set_example: str,
-                         describes: str = "every config field") -> None:
+def add_config_arguments(p: argparse.ArgumentParser, *, set_example: str) -> None:
     """`--out RUN`, `--set SECTION.KEY=VALUE` (repeatable) and `--describe-config` of the training commands."""
     p.add_argument("--out", help="run directory (overrides run_dir)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help=f"override a config field (repeatable), e.g. --set {set_example}")
-    p.add_argument("--describe-config", action="store_true", help=f"print {describes} and exit")
+    p.add_argument("--describe-config", action="store_true",
+                   help="print the config fields this command reads, with defaults and documentation, and exit")
 
 
 CONFIG_PATH_KEYS = ("data.train", "data.val", "run_dir", "model.init")

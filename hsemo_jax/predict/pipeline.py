@@ -93,6 +93,11 @@ def load_au_head(head_dir: str, model: _Model, thresholds=None):
     if not meta_path.is_file():
         raise InputError(f"{head_dir}: not a multi-task head directory (no head.json); train one with "
                          "`hsemo-jax train-head`")
+    meta = json.loads(meta_path.read_text())
+    trained = meta.get("tasks", ["expr", "va", "au"])
+    if "au" not in trained:
+        raise InputError(f"{head_dir}: the head was trained for {', '.join(trained)} only; its AU sub-head is "
+                         "untrained (train one with `hsemo-jax train-head --tasks au` or all tasks)")
     head = load_head(head_dir)
     n_scores = len(model.outputs)
     graphdef, state = nnx.split(head)
@@ -105,7 +110,7 @@ def load_au_head(head_dir: str, model: _Model, thresholds=None):
         return nnx.merge(graphdef, state).predict(jax.numpy.concatenate([f, s], axis=1))["au"]
 
     if thresholds is None:
-        thresholds = json.loads(meta_path.read_text()).get("au_thresholds", 0.5)
+        thresholds = meta.get("au_thresholds", 0.5)
     return (lambda f, s: np.asarray(au(state, f, s))), _au_thresholds(thresholds)
 
 

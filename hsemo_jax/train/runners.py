@@ -183,18 +183,19 @@ def run_head(cfg: Config) -> dict:
     from hsemo_jax.train.head import MTLHead
     from hsemo_jax.train.objectives import HeadObjective
 
-    run = prepare_run_dir(cfg, "train-head")
+    # every input is checked before RUN/ is written: a failed start leaves no config behind
     if not cfg.data.train:
         raise InputError("data.train: no feature dataset given")
     data = load_features(cfg.data.train)
     val = load_features(cfg.data.val) if cfg.data.val else None
     if val is not None and val["x"].shape[1] != data["x"].shape[1]:
         raise InputError(f"data.val: {val['x'].shape[1]} feature columns, the training set has {data['x'].shape[1]}")
-    head = MTLHead(data["x"].shape[1], seed=cfg.head.seed)
     tasks = tuple(t for t in ("expr", "va", "au") if t in cfg.head.tasks)
     for t in tasks:
         if not data[f"{t}_mask"].any():
             raise InputError(f"head.tasks: {t!r} has no labelled row in {cfg.data.train}")
+    run = prepare_run_dir(cfg, "train-head")
+    head = MTLHead(data["x"].shape[1], seed=cfg.head.seed)
     cw = (losses.class_weights(data["expr"], 8, data["expr_mask"])
           if cfg.loss.class_weights == "inverse_frequency" else None)
     w0, w1 = (losses.au_weights(data["au"], data["au_mask"]) if cfg.loss.au_weights == "balanced" and
@@ -227,16 +228,30 @@ def run_head(cfg: Config) -> dict:
             state, _ = _best_params(trainer, ckpt)
             ckpt.close()
             nnx.update(module, jax.tree.map(np.asarray, _host(state["params"])))
-    if jax.process_index() == 0:
-        save_head(head, run)
     result = {}
     if val is not None:
         from hsemo_jax.train.loop import Trainer
         from hsemo_jax.train import optim
 
+        # the untrained sub-heads are left out of the metrics: their labels are masked out
+        untrained = {f"{t}_mask": np.zeros_like(val[f"{t}_mask"]) for t in ("expr", "va", "au") if t not in tasks}
         evaluator = Trainer(head, objective(tasks), optim.make_optimizer("adam", 0.0))
-        result = evaluator.evaluate(val, cfg.train.eval_batch or cfg.train.batch_size)
+        result = evaluator.evaluate({**val, **untrained}, cfg.train.eval_batch or cfg.train.batch_size)
+    if jax.process_index() == 0:
+        save_head(head, run)
+        _record_head_run(run, tasks, result if val is not None else None)
     return result
+
+
+def _record_head_run(run: Path, tasks: tuple[str, ...], validation: dict | None) -> None:
+    """head.json names the trained tasks only (`predict --head` refuses a head without AU);
+    RUN/metrics_final.json keeps the final validation metrics (null without validation data)."""
+    from hsemo_jax.fileio import atomic_write
+
+    meta = json.loads((run / "head.json").read_text())
+    atomic_write(run / "head.json", json.dumps({**meta, "tasks": list(tasks)}) + "\n")
+    atomic_write(run / "metrics_final.json",
+                 json.dumps({"tasks": list(tasks), "validation": validation}, indent=2) + "\n")
 
 
 def _host(tree):
