@@ -77,3 +77,17 @@ def test_describe_config_lists_the_commands_own_fields(capsys, command, own, for
         assert not any(k.startswith(key) for k in keys), key
     if command == "train-head":  # the values of its default config (the paper's), not the generic defaults
         assert "train.batch_size = 512" in text and "optim.name = 'keras_adam'" in text
+
+
+@pytest.mark.parametrize("argv", [
+    ["pretrain", "hsemo_jax/train/configs/pretrain_smoke_synthetic.toml", "--train", "{typo}"],
+    ["distill", "hsemo_jax/train/configs/distill_smoke_synthetic.toml", "--set", "distill.expr={typo}"],
+])
+def test_the_other_training_commands_leave_nothing_when_their_data_is_missing(tmp_path, capsys, argv):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    typo = tmp_path / "trian.npz"
+    argv = [str(repo / a) if a.endswith(".toml") else a.format(typo=typo) for a in argv]
+    assert cli.main([*argv, "--out", str(tmp_path / "run")]) == 2
+    assert "trian.npz" in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -354,8 +354,8 @@ def run_pretrain(cfg: Config, export_only: bool = False) -> dict:
     init_distributed(cfg)
     import jax
 
+    model, objective, data, val, trainable = _pretrain_setup(cfg)  # inputs checked before RUN/ is written
     run = prepare_run_dir(cfg, "pretrain")
-    model, objective, data, val, trainable = _pretrain_setup(cfg)
     total, per_epoch = _steps(cfg, len(data["expr"]), cfg.train.batch_size, cfg.train.epochs)
     if export_only:
         from hsemo_jax.train.checkpoints import RunCheckpoints
