@@ -76,12 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)
-    except (InputError, FileNotFoundError) as e:
-        print(f"hsemo-jax {args.command}: error: {e}", file=sys.stderr)
+    except (InputError, OSError) as e:  # bad input, or a path the system refuses: one line, no traceback
+        print(f"hsemo-jax {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hsemo-jax {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _message(e: Exception) -> str:
+    """The error for the user; a system error names its path(s) and the reason, not the errno."""
+    if isinstance(e, OSError) and e.filename is not None:
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+        return f"{where}: {e.strerror or e}"
+    return str(e) or type(e).__name__
 
 
 if __name__ == "__main__":

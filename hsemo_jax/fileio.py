@@ -10,6 +10,7 @@ would), not the 0600 / 0700 of `tempfile.mkstemp` / `mkdtemp`.
     atomic_directory(path)            a temporary folder that takes `path`'s place when complete
     replace_directory(src, dest)      move a complete folder onto `dest`, replacing an old one
     write_arrays_with_meta(dir, ...)  a small model's arrays (.npz) and metadata (.json)
+    check_writable(path)              before the work: can an output file be written at `path`?
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import secrets
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator
+
+from hsemo_jax.errors import InputError
 
 _TRIES = 100
 
@@ -88,6 +91,26 @@ def replace_directory(src: str | os.PathLike, dest: str | os.PathLike) -> None:
             raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+    """Check, before any work, that an output file can be written at `path` as `atomic_path`
+    writes it: not an existing folder, no file where a folder on its way should be, and the
+    nearest existing folder on its way open to a new file (a probe file is created there and
+    removed; missing folders are left to the writer). Raises `InputError` naming `path` and the
+    reason; creates nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: the {what} is an existing folder; give a file name")
+    folder = next(f for f in path.absolute().parents if f.exists() or f.is_symlink())
+    if not folder.is_dir():
+        raise InputError(f"{path}: cannot write the {what}: {folder} is a file, not a folder")
+    try:
+        os.unlink(_fresh(folder / path.name, "",
+                         lambda p: os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))))
+    except OSError as e:
+        raise InputError(f"{path}: cannot write the {what} into {folder} ({e.strerror or e})") from None
+    return path
 
 
 def _fresh(path: Path, suffix: str, create: Callable[[Path], None]) -> Path:

@@ -45,13 +45,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from collections import Counter
 
+    from hsemo_jax.fileio import check_writable
     from hsemo_jax.predict import predict
+    from hsemo_jax.predict.pipeline import check_options
     from hsemo_jax.predict.writer import CsvOutput, plot
 
-    out = Path(args.out or f"{Path(args.input.rstrip('/')).stem or 'predictions'}.emotions.csv")
+    models = tuple(args.models or ("enet_b0_8_va_mtl",))
+    check_options(models=len(models), weights=args.blend, detector=args.detector, detect_width=args.detect_width,
+                  detect_every=args.detect_every, smooth=args.smooth, sigma=args.sigma, k=args.k,
+                  batch_size=args.batch_size, au_thresholds=args.au_thresholds)
+    out = check_writable(args.out or f"{Path(args.input.rstrip('/')).stem or 'predictions'}.emotions.csv", "CSV")
+    if args.plot:
+        check_writable(args.plot, "plot")
     csv_out = CsvOutput(out)
     try:
-        table = predict(args.input, tuple(args.models or ("enet_b0_8_va_mtl",)), weights=args.blend,
+        table = predict(args.input, models, weights=args.blend,
                         detector=args.detector, detector_model=args.detector_model,
                         detect_width=args.detect_width, detect_every=args.detect_every, smooth=args.smooth,
                         sigma=args.sigma, k=args.k, batch_size=args.batch_size, head=args.head,

@@ -134,8 +134,8 @@ def run_distill(cfg) -> dict:
                          f"{jax.device_count()} devices")
     if cfg.optim.trainable != "all":
         raise InputError("optim.trainable: distill trains the whole network (use 'all')")
+    streams, val = load_distill_data(cfg)  # inputs checked before RUN/ is written
     run = prepare_run_dir(cfg, "distill")
-    streams, val = load_distill_data(cfg)
     d = cfg.distill
     results = {}
     if d.stage in ("both", "teacher"):

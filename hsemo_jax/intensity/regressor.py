@@ -7,12 +7,13 @@ Two variants on the per-video statistics vector x (4·D):
 * `mlp`:    Dense(64, ReLU) -> Dense(K, sigmoid), 20 epochs, weighted Pearson loss.
 
 The modules are `hsemo_jax.models.heads.LinearSigmoid` / `MLPSigmoid` (`build_regressor`): kernels
-glorot-uniform, biases zero (Keras defaults). Training:
-Keras Adam (lr 1e-3, eps 1e-7; `hsemo_jax.optim`), mini-batches of 512 in a fresh seeded
-order every epoch (the last batch is the remainder, masked, as Keras' smaller last batch), one
-jitted `lax.scan` per epoch; after every epoch the validation mean Pearson is computed and the
-best epoch's weights are kept (Keras ModelCheckpoint on val mean-Pearson). Without validation data
-the last epoch is kept.
+glorot-uniform, biases zero (Keras defaults). Training: Keras Adam (lr 1e-3, eps 1e-7;
+`hsemo_jax.optim`), mini-batches in a fresh seeded order every epoch (the last batch is the
+remainder, masked, as Keras' smaller last batch), one jitted `lax.scan` per epoch. The batch
+follows the data size (`default_batch_size`): the notebook's 512 on its ~15k-video sets, 32 on a
+few hundred videos, where 512 makes an epoch a single step. After every epoch the validation mean
+Pearson is computed and the best epoch's weights are kept (Keras ModelCheckpoint on val
+mean-Pearson). Without validation data the last epoch is kept.
 
 Loss, per mini-batch, population statistics over its rows:
     r_k = mean((y - ȳ)(p - p̄)) / (σ_y σ_p + ε),  ε = 1e-7 (Keras epsilon)
@@ -48,6 +49,8 @@ KERAS_EPSILON = 1e-7
 L2_LAMBDA = 1.0 / 512
 DEFAULT_EPOCHS = {"linear": 100, "mlp": 20}
 DEFAULT_LOSS = {"linear": "pearson", "mlp": "weighted"}
+BATCH_RANGE = (32, 512)  # default batch: rows / STEPS_PER_EPOCH, within these bounds
+STEPS_PER_EPOCH = 16
 VIDMIMIC_INVERSE_WEIGHTS = (1.0, 8.0, 4.0, 2.0, 8.0, 8.0)
 
 
@@ -132,11 +135,19 @@ def predict(model, x_nd, batch: int = 4096) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # training
 # ----------------------------------------------------------------------------------------------
+def default_batch_size(rows: int) -> int:
+    """The batch for `rows` training videos: about STEPS_PER_EPOCH steps an epoch, within
+    BATCH_RANGE (280 videos: 32, not the notebook's 512, which made an epoch one step and left the
+    regressor far from trained after 100 epochs; ~15k videos: 512, the notebook's)."""
+    low, high = BATCH_RANGE
+    return int(min(high, max(low, rows // STEPS_PER_EPOCH)))
+
+
 @dataclass
 class TrainConfig:
     variant: str = "linear"
     epochs: int | None = None          # None: 100 (linear) / 20 (mlp)
-    batch_size: int = 512
+    batch_size: int | None = None      # None: default_batch_size(training rows)
     lr: float = 1e-3
     loss: str | None = None            # "pearson" | "weighted"; None: per variant
     weights: Sequence[float] | None = None  # weighted loss; None: default_weights(targets)
@@ -144,7 +155,7 @@ class TrainConfig:
     hidden: int = HIDDEN
     seed: int = 0
 
-    def resolved(self, target_names: Sequence[str]) -> "TrainConfig":
+    def resolved(self, target_names: Sequence[str], rows: int) -> "TrainConfig":
         if self.variant not in VARIANTS:
             raise InputError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         loss = self.loss or DEFAULT_LOSS[self.variant]
@@ -156,10 +167,11 @@ class TrainConfig:
             raise InputError(f"target weights must be {k} non-negative numbers with a positive sum, "
                              f"got {list(np.asarray(self.weights).tolist())}")
         epochs = DEFAULT_EPOCHS[self.variant] if self.epochs is None else int(self.epochs)
-        if epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.hidden < 1:
+        batch = default_batch_size(rows) if self.batch_size is None else int(self.batch_size)
+        if epochs < 1 or batch < 1 or not self.lr > 0 or self.hidden < 1:
             raise InputError("epochs, batch size, hidden units must be >= 1 and the learning rate > 0")
         l2 = (L2_LAMBDA if self.variant == "linear" else 0.0) if self.l2 is None else float(self.l2)
-        return TrainConfig(variant=self.variant, epochs=epochs, batch_size=int(self.batch_size), lr=float(self.lr),
+        return TrainConfig(variant=self.variant, epochs=epochs, batch_size=batch, lr=float(self.lr),
                            loss=loss, weights=[float(x) for x in w / w.sum()], l2=l2, hidden=int(self.hidden),
                            seed=int(self.seed))
 
@@ -200,7 +212,7 @@ def fit(x_train, y_train, target_names: Sequence[str], config: TrainConfig, *, x
         if xv.ndim != 2 or xv.shape[1] != x.shape[1] or yv.shape != (xv.shape[0], k):
             raise InputError(f"validation data: x {xv.shape} and y {yv.shape} do not match the training "
                              f"data ({x.shape[1]} features, {k} targets)")
-    cfg = config.resolved(target_names)
+    cfg = config.resolved(target_names, len(x))
     model = build_regressor(cfg.variant, x.shape[1], k, hidden=cfg.hidden, seed=cfg.seed)
     graphdef, params = nnx.split(model)
     tx = make_optimizer("keras_adam", optax.constant_schedule(cfg.lr), eps=KERAS_EPSILON)

@@ -418,9 +418,10 @@ def load_small(directory: str | os.PathLike, kind: str) -> tuple[nnx.Module, dic
     return module, meta
 
 
-def save_head(head: MTLHead, directory: str | os.PathLike) -> Path:
-    """DIR/head.npz ('expr/dense/kernel', ...) + DIR/head.json (in_dim, tasks)."""
-    return save_small(head, directory, {"kind": "mtl_head", "in_dim": head.in_dim, "tasks": list(TASKS)})
+def save_head(head: MTLHead, directory: str | os.PathLike, tasks=TASKS) -> Path:
+    """DIR/head.npz ('expr/dense/kernel', ...) + DIR/head.json (in_dim, the trained `tasks`:
+    `predict --head` refuses a head whose AU sub-head was not trained)."""
+    return save_small(head, directory, {"kind": "mtl_head", "in_dim": head.in_dim, "tasks": list(tasks)})
 
 
 def load_head(directory: str | os.PathLike) -> MTLHead:

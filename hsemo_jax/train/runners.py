@@ -145,18 +145,19 @@ def run_head(cfg: Config) -> dict:
     from hsemo_jax.train.data import load_features, select_rows
     from hsemo_jax.train.objectives import HeadObjective
 
-    run = prepare_run_dir(cfg, "train-head")
+    # every input is checked before RUN/ is written: a failed start leaves no config behind
     if not cfg.data.train:
         raise InputError("data.train: no feature dataset given")
     data = load_features(cfg.data.train)
     val = load_features(cfg.data.val) if cfg.data.val else None
     if val is not None and val["x"].shape[1] != data["x"].shape[1]:
         raise InputError(f"data.val: {val['x'].shape[1]} feature columns, the training set has {data['x'].shape[1]}")
-    head = MTLHead(data["x"].shape[1], seed=cfg.head.seed)
     tasks = tuple(t for t in ("expr", "va", "au") if t in cfg.head.tasks)
     for t in tasks:
         if not data[f"{t}_mask"].any():
             raise InputError(f"head.tasks: {t!r} has no labelled row in {cfg.data.train}")
+    run = prepare_run_dir(cfg, "train-head")
+    head = MTLHead(data["x"].shape[1], seed=cfg.head.seed)
     cw = (losses.class_weights(data["expr"], 8, data["expr_mask"])
           if cfg.loss.class_weights == "inverse_frequency" else None)
     w0, w1 = (losses.au_weights(data["au"], data["au_mask"]) if cfg.loss.au_weights == "balanced" and
@@ -189,15 +190,20 @@ def run_head(cfg: Config) -> dict:
             state, _ = _best_params(trainer, ckpt)
             ckpt.close()
             nnx.update(module, jax.tree.map(np.asarray, _host(state["params"])))
-    if jax.process_index() == 0:
-        save_head(head, run)
     result = {}
     if val is not None:
         from hsemo_jax.train.loop import Trainer
         from hsemo_jax import optim
 
+        # the untrained sub-heads are left out of the metrics: their labels are masked out
+        untrained = {f"{t}_mask": np.zeros_like(val[f"{t}_mask"]) for t in ("expr", "va", "au") if t not in tasks}
         evaluator = Trainer(head, objective(tasks), optim.make_optimizer("adam", 0.0))
-        result = evaluator.evaluate(val, cfg.train.eval_batch or cfg.train.batch_size)
+        result = evaluator.evaluate({**val, **untrained}, cfg.train.eval_batch or cfg.train.batch_size)
+    if jax.process_index() == 0:
+        save_head(head, run, tasks)
+        # the final validation metrics of the trained tasks (null without validation data)
+        atomic_write(run / "metrics_final.json", json.dumps(
+            {"tasks": list(tasks), "validation": result if val is not None else None}, indent=2) + "\n")
     return result
 
 
@@ -300,8 +306,8 @@ def run_pretrain(cfg: Config, export_only: bool = False) -> dict:
     init_distributed(cfg)
     import jax
 
+    model, objective, data, val, trainable = _pretrain_setup(cfg)  # inputs checked before RUN/ is written
     run = prepare_run_dir(cfg, "pretrain")
-    model, objective, data, val, trainable = _pretrain_setup(cfg)
     total, per_epoch = _steps(cfg, len(data["expr"]), cfg.train.batch_size, cfg.train.epochs)
     if export_only:
         from hsemo_jax.train.checkpoints import RunCheckpoints
