@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -16,8 +15,10 @@ import numpy as np
 
 from hsemo_jax import labels
 from hsemo_jax.errors import InputError
+from hsemo_jax.models import registry
 from hsemo_jax.predict.detect import DETECT_WIDTH, crop, make_detector
 from hsemo_jax.predict.follow import FollowingDetector
+from hsemo_jax.predict.track import IoUTracker
 from hsemo_jax.predict.video import Frame, FrameSource, Skipped, threaded_map
 
 DETECT_EVERY = 5  # video frames per full-frame face search (tracked faces are followed between)
@@ -53,6 +54,7 @@ class _Model:
     forward: Callable  # x_nhwc (B, S, S, 3) -> (embedding (B, D), scores (B, C))
     arch: str
     outputs: tuple[str, ...]
+    module: object  # the nnx model (with `.info`), for the device program
 
 
 def _softmax(x):
@@ -69,12 +71,13 @@ def load_models(specs: Sequence[str]) -> list[_Model]:
 
 @functools.lru_cache(maxsize=8)
 def _load_model(model_dir: str, name: str) -> _Model:
-    """Loaded once per process: later `predict` calls reuse the weights and the compiled forward."""
+    """Loaded once per process: later `predict` calls reuse the weights and the compiled forward.
+    The forward is compiled on first use (the device path never calls it)."""
     from hsemo_jax.checkpoint import load_model
     from hsemo_jax.models.inference import make_forward
 
     m = load_model(model_dir)
-    return _Model(name, make_forward(m, with_features=True), m.info.arch, m.info.outputs)
+    return _Model(name, make_forward(m, with_features=True), m.info.arch, m.info.outputs, m)
 
 
 def load_au_head(head_dir: str, model: _Model, thresholds=None):
@@ -147,10 +150,11 @@ def _run_batch(models, weights, crops, batch_size, with_va, au_head=None):
 
 
 def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weights=None,
-            detector: str = "haar", detector_model: str | None = None, detect_width: int = DETECT_WIDTH,
+            detector: str = "blazeface", detector_model: str | None = None, detect_width: int = DETECT_WIDTH,
             detect_every: int = DETECT_EVERY, smooth: str = "none", sigma: float = 2.0, k: int = 5,
-            batch_size: int = 16, head: str | None = None,
-            au_thresholds=None, on_rows: Callable | None = None, progress: bool = False) -> Predictions:
+            batch_size: int = 16, head: str | None = None, au_thresholds=None,
+            exact_preprocess: bool = False, on_rows: Callable | None = None,
+            progress: bool = False) -> Predictions:
     """Per-frame, per-face expression probabilities (+ valence/arousal) for a video, image, folder
     or glob. Two or more models are blended with `weights` (default equal). Faces are detected on
     frames shrunk to `detect_width` (0: full size) and cropped from the full frame; in a video the
@@ -160,6 +164,12 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
     `head`: a multi-task head directory (`hsemo-jax train-head`) on the first model's features: adds
     12 AU probabilities and labels (`au_thresholds`, else the head's stored ones, else 0.5).
     `on_rows(rows, classes, with_va)` receives the raw rows, in order, as they are computed.
+
+    With a BlazeFace detector (the default) every batch of `batch_size` frames runs as one device
+    program (`hsemo_jax.predict.device`: whole-frame detection on every frame, crops resized on the
+    device); `exact_preprocess` uses the host path instead, whose PIL-exact resize reproduces the
+    published numbers bit for bit (the other detectors always use it; there `batch_size` counts
+    faces). `progress`: frames done, percentage and ETA on stderr (`hsemo_jax.predict.progress`).
     """
     loaded = load_models(models)
     weights = np.full(len(loaded), 1.0 / len(loaded)) if weights is None else np.asarray(weights, float)
@@ -168,13 +178,30 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
     classes, with_va = _expression_layout(loaded)
     au_head, au_thr = load_au_head(head, loaded[0], au_thresholds) if head else (None, None)
     source = FrameSource(input_spec)
+    from hsemo_jax.predict.progress import Progress, frame_total
+
+    bar = Progress(frame_total(source), enabled=progress)
+    if detector in registry.DETECTORS and not exact_preprocess:
+        from hsemo_jax.predict import device
+
+        if batch_size < 1:
+            raise InputError(f"batch size must be a whole number >= 1, got {batch_size}")
+        program = device.program_for(detector, loaded, tuple(weights), with_va, with_embedding=au_head is not None)
+        try:
+            rows, skipped, frames_seen = device.run(
+                source, program, batch_size=batch_size, max_faces=device.MAX_FACES, tracker=IoUTracker(),
+                on_rows=lambda new: on_rows(new, classes, with_va) if on_rows else None, progress=bar,
+                au_head=au_head)
+        finally:
+            bar.close()
+        return _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr)
     follow = FollowingDetector(make_detector(detector, detector_model, detect_width),
                                detect_every if source.kind == "video" else 1)
 
     rows: list[dict] = []  # face-less frames and faces, in frame order
     pending: list[tuple[dict, np.ndarray]] = []  # faces waiting for a full batch
     skipped: list[Skipped] = []
-    t0, frames_seen, streamed = time.perf_counter(), 0, 0
+    frames_seen, streamed = 0, 0
 
     def emit():  # hand every finished row, in order, to on_rows (none is finished while faces wait)
         nonlocal streamed
@@ -216,12 +243,13 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
             pending.append((row, face))
             if len(pending) == batch_size:
                 flush()
-        if progress and frames_seen % 25 == 0:
-            rate = frames_seen / (time.perf_counter() - t0)
-            print(f"\r{frames_seen} frames, {rate:.1f} frames/s", end="", file=sys.stderr, flush=True)
+        bar.update(1)
     flush()
-    if progress:
-        print(file=sys.stderr)
+    bar.close()
+    return _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr)
+
+
+def _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr) -> Predictions:
     if frames_seen == 0:
         raise InputError(f"{input_spec}: no readable frames ({len(skipped)} unreadable file(s))")
     table = rows_to_table(rows, classes, with_va, skipped)
