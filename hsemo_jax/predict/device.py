@@ -161,17 +161,17 @@ def load_detector(name: str) -> nnx.Module:
     return load_blazeface(name)
 
 
-def run(source, program: Callable, *, batch_size: int, max_faces: int, tracker, on_rows: Callable,
-        progress, au_head: Callable | None = None):
+def run(source, program: Callable, *, batch_size: int, max_faces: int, tracker, make_row: Callable,
+        on_rows: Callable, progress, au_head: Callable | None = None):
     """Frames of `source` through `program` (see `make_program`), `batch_size` frames per call.
 
     Batch k + 1 is dispatched before the results of batch k are read (JAX dispatches
     asynchronously), and frames are decoded in a background thread, so decoding, tracking and
     writing overlap the device's work. Consecutive frames of one size share a batch (the last one,
     or one before a size change, is padded with black frames). Returns (rows, skipped, frames):
-    rows as `pipeline._row` makes them, in frame order; `on_rows(rows)` gets each batch's rows.
+    rows as `make_row(frame, box, track_id)` makes them, with "probs", "va" and "au" filled in,
+    in frame order; `on_rows(rows)` gets each batch's rows.
     """
-    from hsemo_jax.predict.pipeline import _row
     from hsemo_jax.predict.video import Skipped, threaded_map
 
     rows: list[dict] = []
@@ -201,9 +201,9 @@ def run(source, program: Callable, *, batch_size: int, max_faces: int, tracker, 
             boxes = out["boxes"][i][keep].astype(np.float32)
             ids = tracker.update(boxes, frame.index)
             if not len(boxes):
-                new.append(_row(frame, None, -1))
+                new.append(make_row(frame, None, -1))
             for j, slot in enumerate(np.flatnonzero(keep)):
-                row = _row(frame, boxes[j], int(ids[j]))
+                row = make_row(frame, boxes[j], int(ids[j]))
                 row["probs"] = out["probs"][i, slot].astype(np.float64)
                 row["va"] = out["va"][i, slot].astype(np.float64) if "va" in out else None
                 row["au"] = None if au is None else au[i, slot]

@@ -7,6 +7,7 @@ shape (the last batch is padded), so each model compiles once.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -156,7 +157,7 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
             exact_preprocess: bool = False, on_rows: Callable | None = None,
             progress: bool = False) -> Predictions:
     """Per-frame, per-face expression probabilities (+ valence/arousal) for a video, image, folder
-    or glob. Two or more models are blended with `weights` (default equal). Faces are detected on
+    or glob, or numpy frames (one uint8 RGB image (H, W, 3) or a stack (N, H, W, 3)). Two or more models are blended with `weights` (default equal). Faces are detected on
     frames shrunk to `detect_width` (0: full size) and cropped from the full frame; in a video the
     full-frame search runs every `detect_every` frames and tracked faces are followed on the frames
     between (`hsemo_jax.predict.follow`; 1: every frame). `smooth`: "gaussian" or
@@ -177,7 +178,12 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
         raise InputError(f"blend weights must be {len(loaded)} non-negative numbers summing to 1, got {list(weights)}")
     classes, with_va = _expression_layout(loaded)
     au_head, au_thr = load_au_head(head, loaded[0], au_thresholds) if head else (None, None)
-    source = FrameSource(input_spec)
+    if isinstance(input_spec, (str, os.PathLike)):
+        source = FrameSource(os.fspath(input_spec))
+    else:  # numpy frames
+        from hsemo_jax.predict.arrays import ArraySource
+
+        source, input_spec = ArraySource(input_spec), "<array>"
     from hsemo_jax.predict.progress import Progress, frame_total
 
     bar = Progress(frame_total(source), enabled=progress)
@@ -190,8 +196,8 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
         try:
             rows, skipped, frames_seen = device.run(
                 source, program, batch_size=batch_size, max_faces=device.MAX_FACES, tracker=IoUTracker(),
-                on_rows=lambda new: on_rows(new, classes, with_va) if on_rows else None, progress=bar,
-                au_head=au_head)
+                make_row=_row, on_rows=lambda new: on_rows(new, classes, with_va) if on_rows else None,
+                progress=bar, au_head=au_head)
         finally:
             bar.close()
         return _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr)

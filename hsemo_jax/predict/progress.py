@@ -18,7 +18,7 @@ def frame_total(source) -> int | None:
     """Frames a `FrameSource` will give: the container's frame count for a video (None when it
     does not say), the number of files otherwise."""
     if source.kind != "video":
-        return len(source.files)
+        return len(source) if hasattr(source, "__len__") else len(source.files)
     cap = cv2.VideoCapture(str(source.files[0]))
     try:
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
