@@ -39,7 +39,7 @@ def _frames(n):
     return np.stack(frames)
 
 
-def test_device_resize_is_pillow_bilinear_within_one_level():
+def test_device_resize_is_pillows_but_for_rare_one_level_steps():
     """Shrinking, enlarging, and a box that leaves the frame (clamped as the host crop is)."""
     rgb = _frames(1)[0]
     resize = jax.jit(crop_resize, static_argnums=2)
@@ -52,7 +52,7 @@ def test_device_resize_is_pillow_bilinear_within_one_level():
             ours = np.asarray(resize(rgb, corners, size))
             pil = resize_uint8(rgb[y1:y2, x1:x2], (size, size)).astype(np.float32)
             diff = np.abs(ours - pil)
-            assert diff.max() <= 1 and diff.mean() < 0.2, (box, size, diff.max(), diff.mean())
+            assert diff.max() <= 1 and diff.mean() < 0.02, (box, size, diff.max(), diff.mean())  # float32 weights
     _, nonempty = crop_boxes(jnp.array([[5, 5, 5.9, 40], [330, 0, 400, 10]], jnp.float32), 240, 320)
     assert not np.asarray(nonempty).any()
 

@@ -5,18 +5,19 @@ every model -> softmax and blend -> per-face outputs. The host only decodes, tra
     -> BlazeFace (`hsemo_jax.models.detection.detect`): at most `max_faces` faces per frame
     -> the faces with a non-empty crop, compacted to a fixed budget of `budget` faces per batch
     -> each face cropped as the host does (`predict.detect.crop`: box truncated to int, clamped to
-       the frame, no margin) and resized to each model's input with Pillow's bilinear filter
-       (triangle stretched when shrinking, i.e. antialiased), in float32, rounded to 0..255 once
+       the frame, no margin) and resized to each model's input as Pillow does (bilinear, antialiased
+       when shrinking, 22-bit fixed-point weights, each of the two passes rounded to 0..255)
     -> (x / 255 - mean) / std -> every backbone -> softmax of the expression scores, blended with
        the weights; valence/arousal blended raw
     -> per-face outputs scattered back to (B, max_faces, ...) with a validity mask.
 
-The resize differs from the exact host path (`--exact-preprocess`, `models.transforms`) only in
-rounding: Pillow rounds to uint8 after each of its two passes and quantizes its weights to 22 bits.
-The README gives how far the probabilities move on real faces.
+The resize follows the exact host path (`--exact-preprocess`, `models.transforms`) operation for
+operation, except that the filter weights are computed in float32 where Pillow uses float64, so a
+weight can differ by one unit of 2^-22 and a pixel, rarely, by one level. The README gives how far
+the outputs move on real faces.
 
-The program is pure JAX (gathers, products and sums in float32: no matmul that a TPU would run in
-bfloat16, no host callback), so it cross-lowers for CUDA and TPU (tests/test_export.py).
+The program is pure JAX (gathers, integer and float32 products and sums: no matmul that a TPU
+would run in bfloat16, no host callback), so it cross-lowers for CUDA and TPU (tests/test_export.py).
 """
 from __future__ import annotations
 
@@ -56,15 +57,20 @@ class Backbone:
 
 def _taps(lo, hi, size: int, out_size: int, k: int):
     """Pillow's bilinear taps for resampling pixels [lo, hi) of an axis of `size` pixels to
-    `out_size`: indices (out_size, k) into the axis and normalized float32 weights (out_size, k)."""
-    scale = (hi - lo) / out_size
+    `out_size` (`precompute_coeffs`, in crop coordinates and the same operations, in float32):
+    indices (out_size, k) into the axis and normalized weights (out_size, k)."""
+    n = hi - lo
+    scale = n / out_size
     support = jnp.maximum(scale, 1.0)  # the triangle is stretched when shrinking (antialiasing)
-    centre = lo + (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * scale
-    taps = jnp.floor(centre - support - 0.5)[:, None] + jnp.arange(k, dtype=jnp.float32)
-    w = jnp.maximum(1.0 - jnp.abs(taps + 0.5 - centre[:, None]) / support, 0.0)
-    w = jnp.where((taps >= lo) & (taps < hi), w, 0.0)
-    w = w / jnp.maximum(w.sum(axis=1, keepdims=True), 1e-12)
-    return jnp.clip(taps, 0, size - 1).astype(jnp.int32), w
+    centre = (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * scale
+    taps = jnp.floor(centre - support + 0.5)[:, None] + jnp.arange(k, dtype=jnp.float32)  # Pillow's xmin on
+    w = jnp.maximum(1.0 - jnp.abs((taps - centre[:, None] + 0.5) * (1.0 / support)), 0.0)
+    w = jnp.where((taps >= 0) & (taps < n), w, 0.0)
+    total = w[:, 0]
+    for j in range(1, k):  # left to right, as Pillow sums
+        total = total + w[:, j]
+    w = w / jnp.where(total > 0, total, 1.0)[:, None]
+    return jnp.clip(taps + lo, 0, size - 1).astype(jnp.int32), w
 
 
 def crop_boxes(boxes, height: int, width: int):
@@ -76,17 +82,36 @@ def crop_boxes(boxes, height: int, width: int):
     return jnp.stack([x1, y1, x2, y2], axis=-1), (x2 > x1) & (y2 > y1)
 
 
+_PRECISION_BITS = 22  # Pillow's fixed-point weights (models/transforms.py)
+
+
+def _resample(x, axis: int, taps, weights):
+    """One Pillow pass on int32 pixels `x` along `axis` (0: rows, 1: columns): 22-bit fixed-point
+    weights, integer sums rounded half up, clipped to 0..255 (as `models.transforms._resample`)."""
+    coeffs = jnp.floor(0.5 + weights * (1 << _PRECISION_BITS)).astype(jnp.int32)  # (out, k)
+    if axis == 0:
+        acc = jnp.sum(x[taps] * coeffs[:, :, None, None], axis=1)
+    else:
+        acc = jnp.sum(x[:, taps] * coeffs[None, :, :, None], axis=2)
+    return jnp.clip((acc + (1 << (_PRECISION_BITS - 1))) >> _PRECISION_BITS, 0, 255)
+
+
 def crop_resize(frame, box, size: int):
     """One uint8 frame (H, W, 3) and integer crop corners (4,) -> the crop resized to
-    (size, size, 3), float32 in 0..255 rounded to integers (as Pillow's uint8 output)."""
+    (size, size, 3) as Pillow's bilinear resize does it (`models.transforms.resize_uint8`): two
+    separable passes in 22-bit fixed point, each rounded to 0..255, vertical first when the height
+    shrinks by more than twice as many pixels as the width (Pillow >= 13). Returned as float32."""
     h, w = frame.shape[:2]
     ky = math.ceil(2 * max(h / size, 1.0)) + 2  # enough taps for the largest possible crop
     kx = math.ceil(2 * max(w / size, 1.0)) + 2
     ty, wy = _taps(box[1], box[3], h, size, ky)
     tx, wx = _taps(box[0], box[2], w, size, kx)
-    rows = jnp.sum(frame[ty].astype(jnp.float32) * wy[:, :, None, None], axis=1)  # (size, W, 3)
-    out = jnp.sum(rows[:, tx] * wx[None, :, :, None], axis=2)  # (size, size, 3)
-    return jnp.clip(jnp.floor(out + 0.5), 0.0, 255.0)
+    x = frame.astype(jnp.int32)
+    rows_first = _resample(_resample(x, 0, ty, wy), 1, tx, wx)
+    columns_first = _resample(_resample(x, 1, tx, wx), 0, ty, wy)
+    in_h, in_w = box[3] - box[1], box[2] - box[0]
+    vertical_first = (size < in_h) & (in_h - size > 2 * (in_w - size))
+    return jnp.where(vertical_first, rows_first, columns_first).astype(jnp.float32)
 
 
 def make_program(detector: nnx.Module, backbones: Sequence[Backbone], weights: Sequence[float], *,
