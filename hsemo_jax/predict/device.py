@@ -203,19 +203,27 @@ def run(source, program: Callable, *, batch_size: int, max_faces: int, tracker, 
     skipped: list = []
     frames_seen = 0
     pending: list = []  # frames of the batch being filled
-    in_flight = None  # (frames, array, outputs) dispatched, not yet read
+    in_flight = None  # (frames, array, budget, outputs) dispatched, not yet read
+
+    budget = batch_size  # faces per batch through the models; grows (and stays) when a batch has more
 
     def dispatch(frames):
         arr = np.stack([f.rgb for f in frames])
         if len(frames) < batch_size:
             arr = np.concatenate([arr, np.zeros((batch_size - len(frames), *arr.shape[1:]), np.uint8)])
-        return frames, arr, program(arr, batch_size)
+        return frames, arr, budget, program(arr, budget)
 
     def collect(entry):
-        frames, arr, out = entry
+        nonlocal budget
+        frames, arr, used, out = entry
         out = jax.device_get(out)
-        if int(out["found"]) > batch_size:  # more faces than the budget: rerun with room for all
-            out = jax.device_get(program(arr, batch_size * max_faces))
+        found = int(out["found"])
+        if found > used:
+            # more faces than this batch's budget: rerun with room for them, and keep that budget
+            # (one compile per budget: batch_size times 2, 4, ... max_faces)
+            while budget < found:
+                budget = min(2 * budget, batch_size * max_faces)
+            out = jax.device_get(program(arr, budget))
         au = None
         if au_head is not None:
             f, s = out["embedding"].reshape(-1, out["embedding"].shape[-1]), out["scores"].reshape(-1, out["scores"].shape[-1])
