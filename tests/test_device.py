@@ -57,8 +57,13 @@ def test_device_resize_is_pillows_but_for_rare_one_level_steps():
     assert not np.asarray(nonempty).any()
 
 
-def test_device_path_matches_the_exact_host_path(model_dir):
-    kw = dict(batch_size=8, smooth="none")
+def test_device_path_matches_the_exact_host_path(model_dir, tmp_path):
+    """Same faces, boxes, probabilities, valence/arousal and AU head outputs as the host path."""
+    from hsemo_jax.labels import AU_NAMES
+    from hsemo_jax.models.heads import MTLHead, save_head
+
+    save_head(MTLHead(512 + 10, seed=3), tmp_path / "head")
+    kw = dict(batch_size=8, smooth="none", head=str(tmp_path / "head"))
     dev = predict(str(CLIP), [model_dir], **kw)
     host = predict(str(CLIP), [model_dir], exact_preprocess=True, **kw)
     assert list(dev["frame"]) == list(host["frame"]) == list(range(48))
@@ -66,8 +71,8 @@ def test_device_path_matches_the_exact_host_path(model_dir):
     assert set(dev["track_id"]) == {0}  # one face, one track
     for c in ("x1", "y1", "x2", "y2"):
         np.testing.assert_allclose(dev[c], host[c], atol=1e-3)
-    probs = [c for c in dev.names if c.startswith("p_")]
-    for c in probs + ["valence", "arousal"]:
+    probs = [f"p_{c}" for c in dev.expression_names]
+    for c in probs + ["valence", "arousal"] + [f"p_{a}" for a in AU_NAMES]:
         np.testing.assert_allclose(dev[c], host[c], atol=1e-4)
     np.testing.assert_allclose(sum(dev[c] for c in probs), 1.0, atol=1e-5)
 
@@ -116,3 +121,15 @@ def test_progress_lines_when_not_on_a_terminal(monkeypatch):
     bar.update(7)
     bar.close()
     assert unknown.getvalue().startswith("predict: 7 frames, ")
+
+
+def test_command_line_defaults_to_the_device_path():
+    import argparse
+
+    from hsemo_jax.commands import predict as predict_command
+
+    parser = argparse.ArgumentParser()
+    predict_command.add_arguments(parser)
+    args = parser.parse_args(["clip.mp4"])
+    assert args.detector == "blazeface" and not args.exact_preprocess
+    assert parser.parse_args(["clip.mp4", "--exact-preprocess"]).exact_preprocess
