@@ -1,6 +1,5 @@
 """`hsemo_jax.Recognizer` and `hsemo_jax.load_model` (no network: a random-weight model directory,
 and a published name served from a file placed in the cache, as tests/test_hub.py does)."""
-import io
 from pathlib import Path
 
 import cv2

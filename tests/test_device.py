@@ -47,7 +47,8 @@ def test_device_resize_is_pillows_but_for_rare_one_level_steps():
         corners, nonempty = crop_boxes(jnp.array(box, jnp.float32), *rgb.shape[:2])
         assert bool(nonempty)
         x1, y1, x2, y2 = (int(v) for v in np.asarray(corners))
-        assert (x1, y1, x2, y2) == (max(int(box[0]), 0), max(int(box[1]), 0), min(int(box[2]), 320), min(int(box[3]), 240))
+        expected = (max(int(box[0]), 0), max(int(box[1]), 0), min(int(box[2]), 320), min(int(box[3]), 240))
+        assert (x1, y1, x2, y2) == expected
         for size in (112, 224):
             ours = np.asarray(resize(rgb, corners, size))
             pil = resize_uint8(rgb[y1:y2, x1:x2], (size, size)).astype(np.float32)

@@ -226,8 +226,8 @@ def run(source, program: Callable, *, batch_size: int, max_faces: int, tracker, 
             out = jax.device_get(program(arr, budget))
         au = None
         if au_head is not None:
-            f, s = out["embedding"].reshape(-1, out["embedding"].shape[-1]), out["scores"].reshape(-1, out["scores"].shape[-1])
-            au = au_head(f, s).reshape(len(arr), max_faces, -1)
+            emb, scores = (out[k].reshape(-1, out[k].shape[-1]) for k in ("embedding", "scores"))
+            au = au_head(emb, scores).reshape(len(arr), max_faces, -1)
         new = []
         for i, frame in enumerate(frames):
             keep = out["valid"][i]

@@ -150,15 +150,16 @@ def _run_batch(models, weights, crops, batch_size, with_va, au_head=None):
     return probs, (va if with_va else None), au
 
 
-def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weights=None,
+def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weights=None,
             detector: str = "blazeface", detector_model: str | None = None, detect_width: int = DETECT_WIDTH,
             detect_every: int = DETECT_EVERY, smooth: str = "none", sigma: float = 2.0, k: int = 5,
             batch_size: int = 16, head: str | None = None, au_thresholds=None,
             exact_preprocess: bool = False, on_rows: Callable | None = None,
             progress: bool = False) -> Predictions:
     """Per-frame, per-face expression probabilities (+ valence/arousal) for a video, image, folder
-    or glob, or numpy frames (one uint8 RGB image (H, W, 3) or a stack (N, H, W, 3)). Two or more models are blended with `weights` (default equal). Faces are detected on
-    frames shrunk to `detect_width` (0: full size) and cropped from the full frame; in a video the
+    or glob, or numpy frames (one uint8 RGB image (H, W, 3) or a stack (N, H, W, 3)). Two or more
+    models are blended with `weights` (default equal). On the host path (below), faces are detected
+    on frames shrunk to `detect_width` (0: full size) and cropped from the full frame; in a video the
     full-frame search runs every `detect_every` frames and tracked faces are followed on the frames
     between (`hsemo_jax.predict.follow`; 1: every frame). `smooth`: "gaussian" or
     "box" per face track (sigma, k in frames; `hsemo_jax.postprocess.smooth`) or "none".
@@ -168,9 +169,9 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
 
     With a BlazeFace detector (the default) every batch of `batch_size` frames runs as one device
     program (`hsemo_jax.predict.device`: whole-frame detection on every frame, crops resized on the
-    device); `exact_preprocess` uses the host path instead, whose PIL-exact resize reproduces the
-    published numbers bit for bit (the other detectors always use it; there `batch_size` counts
-    faces). `progress`: frames done, percentage and ETA on stderr (`hsemo_jax.predict.progress`).
+    device; `detect_width` and `detect_every` do not apply); `exact_preprocess` uses the host path
+    instead, whose PIL-exact resize reproduces the published numbers bit for bit (the other
+    detectors always use it; there `batch_size` counts faces). `progress`: frames done, percentage and ETA on stderr (`hsemo_jax.predict.progress`).
     """
     loaded = load_models(models)
     weights = np.full(len(loaded), 1.0 / len(loaded)) if weights is None else np.asarray(weights, float)
