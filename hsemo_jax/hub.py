@@ -324,7 +324,7 @@ def resolve_model(name_or_dir: str | os.PathLike, *, base_url: str | None = None
 
 def load_published(name: str, **kw):
     """`hsemo_jax.load_model(resolve_model(name, **kw))`: a ready-to-run model, fetched if needed."""
-    from hsemo_jax import load_model
+    from hsemo_jax.checkpoint import load_model
 
     return load_model(resolve_model(name, **kw))
 

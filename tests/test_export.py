@@ -187,3 +187,24 @@ def test_inference_forward_exports_for_cpu_with_the_xla_forms(arch, monkeypatch)
     with jax.default_matmul_precision("float32"):
         got, want = restored.call(weights, x), forward(weights, x)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+def test_device_program_exports_for_gpu_and_tpu(no_kernels):
+    """`predict`'s whole device program (BlazeFace, face choice, crop and resize, two blended
+    backbones, softmax) on uint8 frames: gathers and float32 sums only, no callback."""
+    from hsemo_jax.checkpoint import ModelInfo
+    from hsemo_jax.models import blazeface
+    from hsemo_jax.predict import device
+
+    backbones = []
+    for seed in (0, 1):
+        m = registry.build("mobilefacenet", 10, seed=seed)
+        m.info = ModelInfo.for_arch("mobilefacenet", 10)
+        backbones.append(device.Backbone.of(m, with_va=True))
+    program = device.make_program(blazeface.build("short_range"), backbones, (0.25, 0.75), max_faces=3,
+                                  with_embedding=True)
+    exported = _export(program, np.zeros((2, 240, 320, 3), np.uint8), 4)
+    shapes = {k: v.shape for k, v in zip(sorted(["boxes", "det_scores", "valid", "probs", "found", "va", "embedding",
+                                                 "scores"]), exported.out_avals)}
+    assert shapes["boxes"] == (2, 3, 4) and shapes["probs"] == (2, 3, 8) and shapes["va"] == (2, 3, 2)
+    assert shapes["embedding"] == (2, 3, 512) and shapes["found"] == ()

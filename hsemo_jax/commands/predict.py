@@ -17,10 +17,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Default: enet_b0_8_va_mtl")
     p.add_argument("--blend", type=float, nargs="+", metavar="W",
                    help="blend weights, one per --model, summing to 1 (default: equal)")
-    p.add_argument("--detector", choices=DETECTORS, default="haar",
-                   help="face detector: OpenCV Haar cascade (default, bundled), YuNet (needs --detector-model), "
-                        "MediaPipe's BlazeFace short- or full-range (bundled), "
+    p.add_argument("--detector", choices=DETECTORS, default="blazeface",
+                   help="face detector: MediaPipe's BlazeFace short-range (default) or full-range (bundled; "
+                        "detection, crops and models then run as one device program per batch of frames), "
+                        "OpenCV Haar cascade (bundled), YuNet (needs --detector-model), "
                         "or none for pre-cropped faces (e.g. ABAW cropped_aligned)")
+    p.add_argument("--exact-preprocess", action="store_true",
+                   help="with BlazeFace, crop and resize faces on the host with the PIL-exact resize (as the "
+                        "other detectors do) to reproduce published numbers bit for bit; default: on the device")
     p.add_argument("--detector-model", help="YuNet .onnx file for --detector yunet; a folder with pnet.pt, rnet.pt, onet.pt for --detector mtcnn (else fetched by name)")
     p.add_argument("--detect-width", type=int, default=DETECT_WIDTH, metavar="PX",
                    help=f"detect faces on frames shrunk to at most this width, boxes mapped back to full "
@@ -37,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                               "model's features: adds 12 AU probabilities and labels")
     p.add_argument("--au-thresholds", type=float, nargs="+", metavar="T",
                    help="AU decision threshold(s): one for all or 12 (default: the head's stored ones, else 0.5)")
-    p.add_argument("--batch-size", type=int, default=16, help="faces per inference batch (fixed shape)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="frames per device batch with BlazeFace; faces per inference batch otherwise (fixed shape)")
     p.add_argument("--out", help="CSV to write (default: <input name>.emotions.csv in the current folder)")
     p.add_argument("--plot", help="PNG timeline of expressions and valence/arousal per face track")
 
@@ -63,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
                         detector=args.detector, detector_model=args.detector_model,
                         detect_width=args.detect_width, detect_every=args.detect_every, smooth=args.smooth,
                         sigma=args.sigma, k=args.k, batch_size=args.batch_size, head=args.head,
-                        au_thresholds=args.au_thresholds, on_rows=csv_out.write_rows,
-                        progress=sys.stderr.isatty())
+                        au_thresholds=args.au_thresholds, exact_preprocess=args.exact_preprocess,
+                        on_rows=csv_out.write_rows, progress=True)
     except KeyboardInterrupt:
         partial = csv_out.abort()
         print(f"interrupted: rows computed so far are in {partial}; {out} was not written", file=sys.stderr)

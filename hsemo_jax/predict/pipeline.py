@@ -7,8 +7,8 @@ shape (the last batch is padded), so each model compiles once.
 from __future__ import annotations
 
 import functools
+import os
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -16,8 +16,10 @@ import numpy as np
 
 from hsemo_jax import labels
 from hsemo_jax.errors import InputError
+from hsemo_jax.models import registry
 from hsemo_jax.predict.detect import DETECT_WIDTH, DETECTORS, crop, make_detector
 from hsemo_jax.predict.follow import FollowingDetector
+from hsemo_jax.predict.track import IoUTracker
 from hsemo_jax.predict.video import Frame, FrameSource, Skipped, decoder_messages, threaded_map
 
 DETECT_EVERY = 5  # video frames per full-frame face search (tracked faces are followed between)
@@ -53,6 +55,7 @@ class _Model:
     forward: Callable  # x_nhwc (B, S, S, 3) -> (embedding (B, D), scores (B, C))
     arch: str
     outputs: tuple[str, ...]
+    module: object  # the nnx model (with `.info`), for the device program
 
 
 def _softmax(x):
@@ -69,12 +72,13 @@ def load_models(specs: Sequence[str]) -> list[_Model]:
 
 @functools.lru_cache(maxsize=8)
 def _load_model(model_dir: str, name: str) -> _Model:
-    """Loaded once per process: later `predict` calls reuse the weights and the compiled forward."""
+    """Loaded once per process: later `predict` calls reuse the weights and the compiled forward.
+    The forward is compiled on first use (the device path never calls it)."""
     from hsemo_jax.checkpoint import load_model
     from hsemo_jax.models.inference import make_forward
 
     m = load_model(model_dir)
-    return _Model(name, make_forward(m, with_features=True), m.info.arch, m.info.outputs)
+    return _Model(name, make_forward(m, with_features=True), m.info.arch, m.info.outputs, m)
 
 
 def load_au_head(head_dir: str, model: _Model, thresholds=None):
@@ -192,36 +196,66 @@ def _run_batch(models, weights, crops, batch_size, with_va, au_head=None):
     return probs, (va if with_va else None), au
 
 
-def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weights=None,
-            detector: str = "haar", detector_model: str | None = None, detect_width: int = DETECT_WIDTH,
+def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weights=None,
+            detector: str = "blazeface", detector_model: str | None = None, detect_width: int = DETECT_WIDTH,
             detect_every: int = DETECT_EVERY, smooth: str = "none", sigma: float = 2.0, k: int = 5,
-            batch_size: int = 16, head: str | None = None,
-            au_thresholds=None, on_rows: Callable | None = None, progress: bool = False) -> Predictions:
+            batch_size: int = 16, head: str | None = None, au_thresholds=None,
+            exact_preprocess: bool = False, on_rows: Callable | None = None,
+            progress: bool = False) -> Predictions:
     """Per-frame, per-face expression probabilities (+ valence/arousal) for a video, image, folder
-    or glob. Two or more models are blended with `weights` (default equal). Faces are detected on
-    frames shrunk to `detect_width` (0: full size) and cropped from the full frame; in a video the
+    or glob, or numpy frames (one uint8 RGB image (H, W, 3) or a stack (N, H, W, 3)). Two or more
+    models are blended with `weights` (default equal). On the host path (below), faces are detected
+    on frames shrunk to `detect_width` (0: full size) and cropped from the full frame; in a video the
     full-frame search runs every `detect_every` frames and tracked faces are followed on the frames
     between (`hsemo_jax.predict.follow`; 1: every frame). `smooth`: "gaussian" or
     "box" per face track (sigma, k in frames; `hsemo_jax.postprocess.smooth`) or "none".
     `head`: a multi-task head directory (`hsemo-jax train-head`) on the first model's features: adds
     12 AU probabilities and labels (`au_thresholds`, else the head's stored ones, else 0.5).
     `on_rows(rows, classes, with_va)` receives the raw rows, in order, as they are computed.
+
+    With a BlazeFace detector (the default) every batch of `batch_size` frames runs as one device
+    program (`hsemo_jax.predict.device`: whole-frame detection on every frame, crops resized on the
+    device; `detect_width` and `detect_every` do not apply); `exact_preprocess` uses the host path
+    instead, whose PIL-exact resize reproduces the published numbers bit for bit (the other
+    detectors always use it; there `batch_size` counts faces). `progress`: frames done, percentage and ETA on stderr (`hsemo_jax.predict.progress`).
     """
     check_options(models=len(models), weights=weights, detector=detector, detect_width=detect_width,
                   detect_every=detect_every, smooth=smooth, sigma=sigma, k=k, batch_size=batch_size,
                   au_thresholds=au_thresholds)
-    source = FrameSource(input_spec)
+    if isinstance(input_spec, (str, os.PathLike)):
+        source = FrameSource(os.fspath(input_spec))
+    else:  # numpy frames
+        from hsemo_jax.predict.arrays import ArraySource
+
+        source, input_spec = ArraySource(input_spec), "<array>"
     loaded = load_models(models)
     weights = np.full(len(loaded), 1.0 / len(loaded)) if weights is None else np.asarray(weights, float)
     classes, with_va = _expression_layout(loaded)
     au_head, au_thr = load_au_head(head, loaded[0], au_thresholds) if head else (None, None)
+    from hsemo_jax.predict.progress import Progress, frame_total
+
+    bar = Progress(frame_total(source), enabled=progress)
+    if detector in registry.DETECTORS and not exact_preprocess:
+        from hsemo_jax.predict import device
+
+        program = device.program_for(detector, loaded, tuple(weights), with_va, with_embedding=au_head is not None)
+        try:
+            with decoder_messages() as chatter:
+                rows, skipped, frames_seen = device.run(
+                    source, program, batch_size=batch_size, max_faces=device.MAX_FACES, tracker=IoUTracker(),
+                    make_row=_row, on_rows=lambda new: on_rows(new, classes, with_va) if on_rows else None,
+                    progress=bar, au_head=au_head)
+        finally:
+            bar.close()
+        _report_input_notes(source, chatter)
+        return _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr)
     follow = FollowingDetector(make_detector(detector, detector_model, detect_width),
                                detect_every if source.kind == "video" else 1)
 
     rows: list[dict] = []  # face-less frames and faces, in frame order
     pending: list[tuple[dict, np.ndarray]] = []  # faces waiting for a full batch
     skipped: list[Skipped] = []
-    t0, frames_seen, streamed = time.perf_counter(), 0, 0
+    frames_seen, streamed = 0, 0
 
     def emit():  # hand every finished row, in order, to on_rows (none is finished while faces wait)
         nonlocal streamed
@@ -264,6 +298,7 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
             if not faces:
                 rows.append(_row(item, None, -1))
                 emit()
+                bar.update(1)
                 continue
             for box, tid, face in faces:
                 row = _row(item, box, int(tid))
@@ -271,17 +306,23 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
                 pending.append((row, face))
                 if len(pending) == batch_size:
                     flush()
-            if progress and frames_seen % 25 == 0:
-                rate = frames_seen / (time.perf_counter() - t0)
-                print(f"\r{frames_seen} frames, {rate:.1f} frames/s", end="", file=sys.stderr, flush=True)
+            bar.update(1)
         flush()
-        if progress:
-            print(file=sys.stderr)
+    bar.close()
+    _report_input_notes(source, chatter)
+    return _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr)
+
+
+def _report_input_notes(source, chatter: list[str]) -> None:
+    """What the user should hear about the input once it is read: short videos, decoder chatter."""
     for note in source.notes:
         print(f"warning: {note}", file=sys.stderr)
     if chatter:
         print(f"warning: {len(chatter)} message line(s) from the video/image decoders (FFmpeg, libjpeg) were "
               f"held back; the first: {chatter[0].strip()}", file=sys.stderr)
+
+
+def _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr) -> Predictions:
     if frames_seen == 0:
         raise InputError(f"{input_spec}: no readable frames ({len(skipped)} unreadable file(s))")
     table = rows_to_table(rows, classes, with_va, skipped)

@@ -1,0 +1,292 @@
+"""One jitted device program per batch of frames: detect -> choose faces -> crop and resize ->
+every model -> softmax and blend -> per-face outputs. The host only decodes, tracks and writes.
+
+    frames uint8 (B, H, W, 3)
+    -> BlazeFace (`hsemo_jax.models.detection.detect`): at most `max_faces` faces per frame
+    -> the faces with a non-empty crop, compacted to a fixed budget of `budget` faces per batch
+    -> each face cropped as the host does (`predict.detect.crop`: box truncated to int, clamped to
+       the frame, no margin) and resized to each model's input as Pillow does (bilinear, antialiased
+       when shrinking, 22-bit fixed-point weights, each of the two passes rounded to 0..255)
+    -> (x / 255 - mean) / std -> every backbone -> softmax of the expression scores, blended with
+       the weights; valence/arousal blended raw
+    -> per-face outputs scattered back to (B, max_faces, ...) with a validity mask.
+
+The resize follows the exact host path (`--exact-preprocess`, `models.transforms`) operation for
+operation, except that the filter weights are computed in float32 where Pillow uses float64, so a
+weight can differ by one unit of 2^-22 and a pixel, rarely, by one level. The README gives how far
+the outputs move on real faces.
+
+The program is pure JAX (gathers, integer and float32 products and sums: no matmul that a TPU
+would run in bfloat16, no host callback), so it cross-lowers for CUDA and TPU (tests/test_export.py).
+"""
+from __future__ import annotations
+
+import functools
+import sys
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from hsemo_jax.models.detection import detect
+
+MAX_FACES = 8  # faces per frame the detector keeps
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A loaded model as the device program needs it."""
+
+    module: nnx.Module
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int  # expression classes (the scores before valence/arousal)
+    with_va: bool
+
+    @classmethod
+    def of(cls, model: nnx.Module, with_va: bool) -> "Backbone":
+        info = model.info
+        k = len(info.outputs) - (2 if with_va else 0)
+        return cls(model, info.input_size, tuple(info.mean), tuple(info.std), k, with_va)
+
+
+def _taps(lo, hi, size: int, out_size: int, k: int):
+    """Pillow's bilinear taps for resampling pixels [lo, hi) of an axis of `size` pixels to
+    `out_size` (`precompute_coeffs`, in crop coordinates and the same operations, in float32):
+    indices (out_size, k) into the axis and normalized weights (out_size, k)."""
+    n = hi - lo
+    scale = n / out_size
+    support = jnp.maximum(scale, 1.0)  # the triangle is stretched when shrinking (antialiasing)
+    centre = (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * scale
+    taps = jnp.floor(centre - support + 0.5)[:, None] + jnp.arange(k, dtype=jnp.float32)  # Pillow's xmin on
+    w = jnp.maximum(1.0 - jnp.abs((taps - centre[:, None] + 0.5) * (1.0 / support)), 0.0)
+    w = jnp.where((taps >= 0) & (taps < n), w, 0.0)
+    total = w[:, 0]
+    for j in range(1, k):  # left to right, as Pillow sums
+        total = total + w[:, j]
+    w = w / jnp.where(total > 0, total, 1.0)[:, None]
+    return jnp.clip(taps + lo, 0, size - 1).astype(jnp.int32), w
+
+
+def crop_boxes(boxes, height: int, width: int):
+    """The host crop rule (`predict.detect.crop`) on (..., 4) boxes: corners truncated to integers,
+    clamped to the frame. Returns the integer corners as float32 and whether the crop is non-empty."""
+    b = jnp.trunc(boxes)
+    x1, y1 = jnp.maximum(b[..., 0], 0), jnp.maximum(b[..., 1], 0)
+    x2, y2 = jnp.minimum(b[..., 2], width), jnp.minimum(b[..., 3], height)
+    return jnp.stack([x1, y1, x2, y2], axis=-1), (x2 > x1) & (y2 > y1)
+
+
+_PRECISION_BITS = 22  # Pillow's fixed-point weights (models/transforms.py)
+
+
+def _resample(x, axis: int, taps, weights):
+    """One Pillow pass on int32 pixels `x` along `axis` (0: rows, 1: columns): 22-bit fixed-point
+    weights, integer sums rounded half up, clipped to 0..255 (as `models.transforms._resample`)."""
+    coeffs = jnp.floor(0.5 + weights * (1 << _PRECISION_BITS)).astype(jnp.int32)  # (out, k)
+    if axis == 0:
+        acc = jnp.sum(x[taps] * coeffs[:, :, None, None], axis=1)
+    else:
+        acc = jnp.sum(x[:, taps] * coeffs[None, :, :, None], axis=2)
+    return jnp.clip((acc + (1 << (_PRECISION_BITS - 1))) >> _PRECISION_BITS, 0, 255)
+
+
+def crop_resize(frame, box, size: int):
+    """One uint8 frame (H, W, 3) and integer crop corners (4,) -> the crop resized to
+    (size, size, 3) as Pillow's bilinear resize does it (`models.transforms.resize_uint8`): two
+    separable passes in 22-bit fixed point, each rounded to 0..255, vertical first when the height
+    shrinks by more than twice as many pixels as the width (Pillow >= 13). Returned as float32."""
+    h, w = frame.shape[:2]
+    ky = math.ceil(2 * max(h / size, 1.0)) + 2  # enough taps for the largest possible crop
+    kx = math.ceil(2 * max(w / size, 1.0)) + 2
+    ty, wy = _taps(box[1], box[3], h, size, ky)
+    tx, wx = _taps(box[0], box[2], w, size, kx)
+    x = frame.astype(jnp.int32)
+    rows_first = _resample(_resample(x, 0, ty, wy), 1, tx, wx)
+    columns_first = _resample(_resample(x, 1, tx, wx), 0, ty, wy)
+    in_h, in_w = box[3] - box[1], box[2] - box[0]
+    vertical_first = (size < in_h) & (in_h - size > 2 * (in_w - size))
+    return jnp.where(vertical_first, rows_first, columns_first).astype(jnp.float32)
+
+
+def make_program(detector: nnx.Module, backbones: Sequence[Backbone], weights: Sequence[float], *,
+                 max_faces: int = MAX_FACES, with_embedding: bool = False) -> Callable:
+    """`fn(frames uint8 (B, H, W, 3), budget) -> dict` of per-face outputs, jitted (`budget`, the
+    faces per batch that go through the models, is static):
+
+    boxes (B, F, 4) px, det_scores (B, F), valid (B, F) bool, probs (B, F, K) blended softmax,
+    va (B, F, 2) if every model has valence/arousal, and with_embedding the first model's
+    embedding (B, F, D) and raw scores (B, F, C); found (): the faces the batch had, of which the
+    first `budget` (in frame order) were run (rerun with budget B * F when found > budget).
+    Rows that are not valid are zeros. The weights are compile-time constants, as in
+    `models.inference.make_forward`."""
+    weights = [float(w) for w in weights]
+    with_va = all(b.with_va for b in backbones)
+    nets = []
+    for b in backbones:
+        b.module.eval()
+        graphdef, state = nnx.split(b.module)
+        nets.append((graphdef, jax.tree.map(np.asarray, state)))
+    detector.eval()
+    det_graphdef, det_state = nnx.split(detector)
+    det_state = jax.tree.map(np.asarray, det_state)
+
+    def program(frames, budget: int):
+        n, h, w, _ = frames.shape
+        found = detect(nnx.merge(det_graphdef, det_state), frames, max_faces=max_faces)
+        corners, nonempty = crop_boxes(found.boxes, h, w)
+        valid = found.valid & nonempty
+        flat_valid = valid.reshape(-1)
+        order = jnp.argsort(~flat_valid, stable=True)[:budget]  # valid faces first, in frame order
+        run = flat_valid[order]
+        frame_of = order // max_faces
+        box_of = corners.reshape(-1, 4)[order]
+        inputs = {}  # models with one input size and normalization share their crops
+        probs, va, extra = 0.0, 0.0, {}
+        for i, (b, (graphdef, state), wt) in enumerate(zip(backbones, nets, weights)):
+            key = (b.input_size, b.mean, b.std)
+            if key not in inputs:
+                crops = jax.vmap(lambda f, bx: crop_resize(frames[f], bx, b.input_size))(frame_of, box_of)
+                inputs[key] = (crops / 255.0 - jnp.asarray(b.mean, jnp.float32)) / jnp.asarray(b.std, jnp.float32)
+            m = nnx.merge(graphdef, state)
+            emb = m.features(inputs[key])
+            scores = m.head(emb).astype(jnp.float32)
+            probs = probs + wt * jax.nn.softmax(scores[:, :b.num_classes], axis=-1)
+            if with_va:
+                va = va + wt * scores[:, b.num_classes:b.num_classes + 2]
+            if i == 0 and with_embedding:
+                extra = {"embedding": emb.astype(jnp.float32), "scores": scores}
+
+        def scatter(x):  # (budget, ...) rows of the faces run -> (B, F, ...), zeros elsewhere
+            x = jnp.where(run.reshape(-1, *([1] * (x.ndim - 1))), x, 0)
+            full = jnp.zeros((n * max_faces, *x.shape[1:]), x.dtype).at[order].set(x)
+            return full.reshape(n, max_faces, *x.shape[1:])
+
+        ran = scatter(run).astype(bool)
+        out = {"boxes": jnp.where(ran[..., None], found.boxes, 0.0),
+               "det_scores": jnp.where(ran, found.scores, 0.0), "valid": ran,
+               "probs": scatter(probs), "found": flat_valid.sum()}
+        if with_va:
+            out["va"] = scatter(va)
+        out.update({k: scatter(v) for k, v in extra.items()})
+        return out
+
+    return jax.jit(program, static_argnums=1)
+
+
+@functools.lru_cache(maxsize=8)
+def load_detector(name: str) -> nnx.Module:
+    from hsemo_jax.convert.blazeface import load_blazeface
+
+    return load_blazeface(name)
+
+
+def run(source, program: Callable, *, batch_size: int, max_faces: int, tracker, make_row: Callable,
+        on_rows: Callable, progress, au_head: Callable | None = None):
+    """Frames of `source` through `program` (see `make_program`), `batch_size` frames per call.
+
+    Batch k + 1 is dispatched before the results of batch k are read (JAX dispatches
+    asynchronously), and frames are decoded in a background thread, so decoding, tracking and
+    writing overlap the device's work. Consecutive frames of one size share a batch (the last one,
+    or one before a size change, is padded with black frames). Returns (rows, skipped, frames):
+    rows as `make_row(frame, box, track_id)` makes them, with "probs", "va" and "au" filled in,
+    in frame order; `on_rows(rows)` gets each batch's rows.
+    """
+    from hsemo_jax.predict.video import Skipped, threaded_map
+
+    rows: list[dict] = []
+    skipped: list = []
+    frames_seen = 0
+    pending: list = []  # frames of the batch being filled
+    in_flight = None  # (frames, array, budget, outputs) dispatched, not yet read
+
+    budget = batch_size  # faces per batch through the models; grows (and stays) when a batch has more
+    sequence = [None]  # of the last frame tracked
+
+    def dispatch(frames):
+        arr = np.stack([f.rgb for f in frames])
+        if len(frames) < batch_size:
+            arr = np.concatenate([arr, np.zeros((batch_size - len(frames), *arr.shape[1:]), np.uint8)])
+        return frames, arr, budget, program(arr, budget)
+
+    def collect(entry):
+        nonlocal budget
+        frames, arr, used, out = entry
+        out = jax.device_get(out)
+        found = int(out["found"])
+        if found > used:
+            # more faces than this batch's budget: rerun with room for them, and keep that budget
+            # (one compile per budget: batch_size times 2, 4, ... max_faces)
+            while budget < found:
+                budget = min(2 * budget, batch_size * max_faces)
+            out = jax.device_get(program(arr, budget))
+        au = None
+        if au_head is not None:
+            emb, scores = (out[k].reshape(-1, out[k].shape[-1]) for k in ("embedding", "scores"))
+            au = au_head(emb, scores).reshape(len(arr), max_faces, -1)
+        new = []
+        for i, frame in enumerate(frames):
+            if frame.sequence != sequence[0]:  # another video or picture: no track continues into it
+                tracker.end_tracks()
+                sequence[0] = frame.sequence
+            keep = out["valid"][i]
+            boxes = out["boxes"][i][keep].astype(np.float32)
+            ids = tracker.update(boxes, frame.index)
+            if not len(boxes):
+                new.append(make_row(frame, None, -1))
+            for j, slot in enumerate(np.flatnonzero(keep)):
+                row = make_row(frame, boxes[j], int(ids[j]))
+                row["probs"] = out["probs"][i, slot].astype(np.float64)
+                row["va"] = out["va"][i, slot].astype(np.float64) if "va" in out else None
+                row["au"] = None if au is None else au[i, slot]
+                new.append(row)
+        rows.extend(new)
+        on_rows(new)
+        progress.update(len(frames))
+
+    def submit():
+        nonlocal in_flight, pending
+        entry = dispatch(pending)
+        pending = []
+        if in_flight is not None:
+            collect(in_flight)
+        in_flight = entry
+
+    for item in threaded_map(lambda x: x, source):
+        if isinstance(item, Skipped):
+            skipped.append(item)
+            print(f"skipped {item.source}: {item.reason}", file=sys.stderr)
+            continue
+        frames_seen += 1
+        if pending and item.rgb.shape != pending[0].rgb.shape:
+            submit()
+        pending.append(item)
+        if len(pending) == batch_size:
+            submit()
+    if pending:
+        submit()
+    if in_flight is not None:
+        collect(in_flight)
+    return rows, skipped, frames_seen
+
+
+
+_PROGRAMS: dict = {}
+
+
+def program_for(detector_name: str, models: Sequence, weights: Sequence[float], with_va: bool,
+                with_embedding: bool = False, max_faces: int = MAX_FACES) -> Callable:
+    """`make_program` for `pipeline.load_models` models, built once per process and set of models
+    (later runs, e.g. repeated `Recognizer.predict` calls, reuse the compiled programs)."""
+    key = (detector_name, tuple(id(m.module) for m in models), tuple(float(w) for w in weights), with_va,
+           with_embedding, max_faces)
+    if key not in _PROGRAMS:
+        backbones = [Backbone.of(m.module, with_va) for m in models]
+        _PROGRAMS[key] = make_program(load_detector(detector_name), backbones, weights, max_faces=max_faces,
+                                      with_embedding=with_embedding)
+    return _PROGRAMS[key]

@@ -1,0 +1,92 @@
+"""`hsemo_jax.Recognizer` and `hsemo_jax.load_model` (no network: a random-weight model directory,
+and a published name served from a file placed in the cache, as tests/test_hub.py does)."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import hsemo_jax
+from hsemo_jax.checkpoint import ModelInfo, save_model
+from hsemo_jax.errors import InputError
+from hsemo_jax.labels import HSE_CLASSES_8
+from hsemo_jax.models import preprocess, registry
+from hsemo_jax.predict import predict
+
+CLIP = Path(__file__).resolve().parents[1] / "examples" / "astronaut.mp4"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("models") / "mbf"
+    save_model(registry.build("mobilefacenet", 10, seed=7), ModelInfo.for_arch("mobilefacenet", 10), out)
+    return str(out)
+
+
+def _faces():
+    cap = cv2.VideoCapture(str(CLIP))
+    ok, bgr = cap.read()
+    cap.release()
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return [rgb[43:104, 85:146], rgb[30:120, 70:160], rgb]
+
+
+def test_predict_emotions_as_hsemotion(model_dir):
+    fer = hsemo_jax.Recognizer(model_dir, progress=False)
+    assert fer.is_mtl and tuple(fer.class_names) == HSE_CLASSES_8
+    faces = _faces()
+    model = hsemo_jax.load_model(model_dir)
+    raw = np.asarray(model(preprocess("mobilefacenet", faces)))  # the model on PIL-exact inputs
+    label, scores = fer.predict_emotions(faces[0])
+    assert scores.shape == (10,) and label == HSE_CLASSES_8[int(np.argmax(raw[0, :8]))]
+    np.testing.assert_allclose(scores, raw[0], rtol=1e-5, atol=1e-5)
+    labels, scores = fer.predict_emotions(faces, logits=False)
+    assert labels == [HSE_CLASSES_8[int(i)] for i in np.argmax(raw[:, :8], axis=1)]
+    e = np.exp(raw[:, :8] - raw[:, :8].max(axis=1, keepdims=True))
+    np.testing.assert_allclose(scores[:, :8], e / e.sum(axis=1, keepdims=True), atol=1e-5)
+    np.testing.assert_allclose(scores[:, 8:], raw[:, 8:], atol=1e-5)  # valence, arousal stay raw
+    gray = cv2.cvtColor(faces[0], cv2.COLOR_RGB2GRAY)
+    assert fer.predict_emotions(gray)[0] in HSE_CLASSES_8  # grayscale is converted
+    with pytest.raises(InputError, match="uint8"):
+        fer.predict_emotions(faces[0].astype(np.float32))
+    with pytest.raises(InputError, match="no faces"):
+        fer.predict_emotions([])
+
+
+def test_predict_returns_the_csv_columns_as_a_dataframe(model_dir, capsys):
+    import pandas as pd
+
+    fer = hsemo_jax.Recognizer(model_dir, batch_size=8)
+    df = fer.predict(str(CLIP))
+    assert isinstance(df, pd.DataFrame) and len(df) == 48
+    table = predict(str(CLIP), [model_dir], batch_size=8)
+    assert list(df.columns) == table.names
+    np.testing.assert_allclose(df["p_Happiness"].to_numpy(), table["p_Happiness"])
+    assert {"frame", "time", "track_id", "x1", "valence", "arousal", "expression", "compound"} <= set(df.columns)
+    assert "48/48 frames (100%)" in capsys.readouterr().err  # progress, not on a terminal
+    quiet = hsemo_jax.Recognizer(model_dir, batch_size=8, progress=False).predict(_faces()[2])
+    assert len(quiet) == 1 and quiet["track_id"][0] == 0 and "frames (" not in capsys.readouterr().err
+
+
+def test_published_name_and_pt_file(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("torch")
+    from test_hub import NAME, _checkpoint_bytes, _pin
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv("HSEMO_JAX_CACHE", str(root))
+    monkeypatch.setenv("HSEMO_JAX_BASE_URL", "http://127.0.0.1:9/")  # nothing listens: no download
+    data, _ = _checkpoint_bytes(registry.build("mobilefacenet", 10, seed=3))
+    _pin(monkeypatch, data)
+    (root / "downloads").mkdir(parents=True)
+    (root / "downloads" / f"{NAME}.pt").write_bytes(data)
+    model = hsemo_jax.load_model(NAME)
+    assert model.info.arch == "mobilefacenet"
+    pt = tmp_path / "mine.pt"
+    pt.write_bytes(data)
+    face = _faces()[0]
+    by_name = hsemo_jax.Recognizer(NAME, progress=False).predict_emotions(face)
+    by_file = hsemo_jax.Recognizer(str(pt), progress=False).predict_emotions(face)
+    assert by_name[0] == by_file[0]
+    np.testing.assert_allclose(by_name[1], by_file[1], atol=1e-6)
+    with pytest.raises(InputError, match="unknown model"):
+        hsemo_jax.load_model("no_such_model")

@@ -1,0 +1,136 @@
+"""The device program of `predict` (`hsemo_jax.predict.device`) against the exact host path, on the
+bundled astronaut clip; progress lines; numpy frames in."""
+import io
+from pathlib import Path
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hsemo_jax.checkpoint import ModelInfo, save_model
+from hsemo_jax.errors import InputError
+from hsemo_jax.models import registry
+from hsemo_jax.models.transforms import resize_uint8
+from hsemo_jax.predict import predict
+from hsemo_jax.predict.device import crop_boxes, crop_resize
+from hsemo_jax.predict.progress import Progress
+
+CLIP = Path(__file__).resolve().parents[1] / "examples" / "astronaut.mp4"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A converted MobileFaceNet with random weights (10 outputs: 8 expressions + V + A)."""
+    out = tmp_path_factory.mktemp("models") / "mbf"
+    save_model(registry.build("mobilefacenet", 10, seed=7), ModelInfo.for_arch("mobilefacenet", 10), out)
+    return str(out)
+
+
+def _frames(n):
+    cap = cv2.VideoCapture(str(CLIP))
+    frames = []
+    for _ in range(n):
+        ok, bgr = cap.read()
+        assert ok
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cap.release()
+    return np.stack(frames)
+
+
+def test_device_resize_is_pillows_but_for_rare_one_level_steps():
+    """Shrinking, enlarging, and a box that leaves the frame (clamped as the host crop is)."""
+    rgb = _frames(1)[0]
+    resize = jax.jit(crop_resize, static_argnums=2)
+    for box in [(100.7, 50.2, 300.9, 230.1), (10, 10, 60, 50), (-5.5, -3, 400, 350)]:
+        corners, nonempty = crop_boxes(jnp.array(box, jnp.float32), *rgb.shape[:2])
+        assert bool(nonempty)
+        x1, y1, x2, y2 = (int(v) for v in np.asarray(corners))
+        expected = (max(int(box[0]), 0), max(int(box[1]), 0), min(int(box[2]), 320), min(int(box[3]), 240))
+        assert (x1, y1, x2, y2) == expected
+        for size in (112, 224):
+            ours = np.asarray(resize(rgb, corners, size))
+            pil = resize_uint8(rgb[y1:y2, x1:x2], (size, size)).astype(np.float32)
+            diff = np.abs(ours - pil)
+            assert diff.max() <= 1 and diff.mean() < 0.02, (box, size, diff.max(), diff.mean())  # float32 weights
+    _, nonempty = crop_boxes(jnp.array([[5, 5, 5.9, 40], [330, 0, 400, 10]], jnp.float32), 240, 320)
+    assert not np.asarray(nonempty).any()
+
+
+def test_device_path_matches_the_exact_host_path(model_dir, tmp_path):
+    """Same faces, boxes, probabilities, valence/arousal and AU head outputs as the host path."""
+    from hsemo_jax.labels import AU_NAMES
+    from hsemo_jax.models.heads import MTLHead, save_head
+
+    save_head(MTLHead(512 + 10, seed=3), tmp_path / "head")
+    kw = dict(batch_size=8, smooth="none", head=str(tmp_path / "head"))
+    dev = predict(str(CLIP), [model_dir], **kw)
+    host = predict(str(CLIP), [model_dir], exact_preprocess=True, **kw)
+    assert list(dev["frame"]) == list(host["frame"]) == list(range(48))
+    assert dev.has_face.all() and host.has_face.all()
+    assert set(dev["track_id"]) == {0}  # one face, one track
+    for c in ("x1", "y1", "x2", "y2"):
+        np.testing.assert_allclose(dev[c], host[c], atol=1e-3)
+    probs = [f"p_{c}" for c in dev.expression_names]
+    for c in probs + ["valence", "arousal"] + [f"p_{a}" for a in AU_NAMES]:
+        np.testing.assert_allclose(dev[c], host[c], atol=1e-4)
+    np.testing.assert_allclose(sum(dev[c] for c in probs), 1.0, atol=1e-5)
+
+
+def test_more_faces_than_the_budget_and_numpy_frames(model_dir):
+    """Two faces per frame with a budget of one face per frame: the batch is rerun with room for
+    all; numpy frames give what the same frames give as a video."""
+    frames = _frames(3)
+    half = frames[:, :, 40:200]  # the astronaut's face is within x 80..220 in the first frames
+    double = np.ascontiguousarray(np.concatenate([half, half[:, :, ::-1]], axis=2))  # (3, 240, 320, 3), two faces
+    one = predict(double, [model_dir], batch_size=1)
+    many = predict(double, [model_dir], batch_size=8)  # compiled shapes are shared by the tests
+    assert (np.bincount(one["frame"]) == 2).all() and len(set(one["track_id"])) == 2
+    np.testing.assert_allclose(one["x1"], many["x1"], atol=1e-3)  # batches of 1 and 8 round differently
+    for c in ("p_Anger", "valence"):
+        np.testing.assert_allclose(one[c], many[c], atol=1e-5)
+    video = predict(str(CLIP), [model_dir], batch_size=8)
+    arrays = predict(_frames(48), [model_dir], batch_size=8)
+    assert list(arrays["source"][:1]) == ["<array>"] and np.isnan(arrays["time"]).all()
+    np.testing.assert_allclose(arrays["p_Happiness"], video["p_Happiness"], atol=1e-6)
+    single = predict(frames[0], [model_dir], batch_size=8)
+    assert list(single["frame"]) == [0] and single.has_face.all()
+    with pytest.raises(InputError, match="uint8"):
+        predict(frames.astype(np.float32), [model_dir])
+    with pytest.raises(InputError, match="shape"):
+        predict(np.zeros((4, 5), np.uint8)[None, None], [model_dir])
+
+
+def test_progress_lines_when_not_on_a_terminal(monkeypatch):
+    out = io.StringIO()
+    bar = Progress(40, file=out, desc="clip")
+    for _ in range(40):
+        bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 10  # every 10%
+    assert lines[0].startswith("clip: 4/40 frames (10%), ") and "ETA" in lines[0]
+    assert lines[-1].startswith("clip: 40/40 frames (100%)") and "ETA" not in lines[-1]
+    quiet = io.StringIO()
+    bar = Progress(40, file=quiet, enabled=False)
+    bar.update(40)
+    bar.close()
+    assert quiet.getvalue() == ""
+    unknown = io.StringIO()
+    bar = Progress(None, file=unknown)
+    bar.update(7)
+    bar.close()
+    assert unknown.getvalue().startswith("predict: 7 frames, ")
+
+
+def test_command_line_defaults_to_the_device_path():
+    import argparse
+
+    from hsemo_jax.commands import predict as predict_command
+
+    parser = argparse.ArgumentParser()
+    predict_command.add_arguments(parser)
+    args = parser.parse_args(["clip.mp4"])
+    assert args.detector == "blazeface" and not args.exact_preprocess
+    assert parser.parse_args(["clip.mp4", "--exact-preprocess"]).exact_preprocess
