@@ -82,7 +82,7 @@ def _flax_trainer(arch: str, sd: dict | None, class_weight):
     else:
         model = registry.build(arch, 10)
     a = registry.get_arch(arch)
-    obj = BackboneObjective(a.mean, a.std, class_weight=class_weight, hflip=False,
+    obj = BackboneObjective(a.mean, a.std, class_weight=class_weight,
                             attention_weight=0.1 if a.family == "ddamfn" else 0.0)
     return Trainer(model, obj, optim.make_optimizer("adam", 1e-4)), a
 
