@@ -36,8 +36,10 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -285,6 +287,20 @@ def _enable_grain_workers() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """grain worker_init_fn: the worker exits once the process that started it is gone, so a
+    training process killed with SIGKILL does not leave its decoding workers running."""
+    del worker_index, worker_count
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def make_loader(source, prep: Preprocessing, *, batch_size: int, train: bool = False,
                 seed: int = 0, augment: AugmentConfig | None | str = DEFAULT,
                 num_epochs: int | None = 1, shard_options: grain.sharding.ShardOptions | None = None,
@@ -346,7 +362,8 @@ def make_loader(source, prep: Preprocessing, *, batch_size: int, train: bool = F
     if worker_count > 0:
         _enable_grain_workers()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                         per_worker_buffer_size=prefetch))
+                                                         per_worker_buffer_size=prefetch),
+                            worker_init_fn=_exit_with_parent)
     return it
 
 

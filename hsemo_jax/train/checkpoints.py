@@ -36,6 +36,13 @@ def _host(tree):
     return to_host(tree)
 
 
+def _barriers(prefix: str):
+    """Each manager's own names for its multi-process barriers: orbax names them by step, so the
+    latest and best managers saving the same step at once (an evaluation step that is also a
+    save step) would otherwise both wait at `_async_write_complete.<step>` and fail."""
+    return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix)
+
+
 class RunCheckpoints:
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3, keep_best: int = 1,
                  best_metric: str | None = None, best_mode: str = "max", async_save: bool = True):
@@ -44,7 +51,8 @@ class RunCheckpoints:
         self.latest = ocp.CheckpointManager(
             directory / "latest", item_names=("state", "data", "iterator"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                                 cleanup_tmp_directories=True))
+                                                 cleanup_tmp_directories=True,
+                                                 multiprocessing_options=_barriers("latest")))
         self.best = None
         if best_metric:
             self.best = ocp.CheckpointManager(
@@ -52,7 +60,7 @@ class RunCheckpoints:
                 options=ocp.CheckpointManagerOptions(
                     max_to_keep=keep_best, best_fn=lambda m: float(m[best_metric]), best_mode=best_mode,
                     keep_checkpoints_without_metrics=False, enable_async_checkpointing=async_save,
-                    cleanup_tmp_directories=True))
+                    cleanup_tmp_directories=True, multiprocessing_options=_barriers("best")))
 
     @staticmethod
     def _args(state, data: dict, iterator=None):

@@ -346,8 +346,9 @@ def _pretrain_loaders(cfg: Config, train, val, labels):
     weights = balanced_weights(labels["expr"], labels["expr_mask"]) if d.sampling == "class_balanced" else None
     loader = TrainBatches(train, prep, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
                           augment=PRESETS[d.augment], weights=weights, **io)
-    evaluation = (EvalBatches(val, prep, global_batch=cfg.train.eval_batch or cfg.train.batch_size, **io)
-                  if val is not None else None)
+    # validation decodes in this process (threads): no worker processes to start per evaluation
+    evaluation = (EvalBatches(val, prep, global_batch=cfg.train.eval_batch or cfg.train.batch_size,
+                              read_threads=d.read_threads, prefetch=d.prefetch) if val is not None else None)
     return loader, evaluation
 
 
