@@ -32,6 +32,10 @@ def test_learning_rate_scaling_rules():
         C.load_config(None, ["optim.lr_scaling=\"cube\""])
 
 
+def tpu_header(path):
+    return path.read_text().split("\n\n")[0]
+
+
 def test_shipped_configs_are_valid_and_say_how_to_run_them():
     assert len(CONFIGS) >= 4
     for path in CONFIGS:
@@ -42,6 +46,12 @@ def test_shipped_configs_are_valid_and_say_how_to_run_them():
     ddamfn = C.load_config(next(p for p in CONFIGS if "ddamfn" in p.name))
     assert (ddamfn.model.arch, ddamfn.loss.attention_weight, ddamfn.optim.schedule, ddamfn.optim.gamma) == \
         ("ddamfn", 0.1, "exponential", 0.6)
+    assert (ddamfn.data.augment, ddamfn.data.sampling, ddamfn.loss.class_weights) == ("ddamfn", "class_balanced", "none")
+    enet = C.load_config(next(p for p in CONFIGS if p.name == "pretrain_enet_b0_affectnet.toml"))
+    assert (enet.data.augment, enet.train.batch_size, enet.optim.lr) == ("hsemotion", 48, 1e-4)  # spec §1a
+    tpu = C.load_config(next(p for p in CONFIGS if p.name == "pretrain_enet_b0_affectnet_tpu.toml"))
+    assert tpu.train.batch_size >= 1024 and tpu.train.batch_size % 8 == 0 and tpu.data.workers > 0
+    assert "tpu_scripts/pretrain.sh" in tpu_header(next(p for p in CONFIGS if "_tpu" in p.name))
     head = C.load_config(next(p for p in CONFIGS if "head" in p.name))
     assert (head.optim.name, head.optim.eps, head.train.batch_size, head.loss.l2) == ("keras_adam", 1e-7, 512, 1 / 512)
 
