@@ -207,3 +207,39 @@ def test_validation_over_8_devices_gathers_every_row_once(build):
     assert metrics["accuracy"] == accuracy(labels["expr"], ref[:, :8], 8)
     np.testing.assert_allclose([metrics["CCC_V"], metrics["CCC_A"]], ccc(labels["va"], ref[:, 8:]), rtol=1e-4)
     assert 0 <= metrics["accuracy_7"] <= 1
+
+
+def test_validation_each_epoch_and_the_best_model_for_load_model_and_predict(tmp_path, capsys, build):
+    """2 epochs with validation after each: val_* columns in metrics.csv and TensorBoard, RUN/model =
+    the best checkpoint by val accuracy, read by load_model and `hsemo-jax predict --model`."""
+    import csv
+
+    import cv2
+
+    from hsemo_jax.checkpoint import load_model
+    from hsemo_jax.train.checkpoints import RunCheckpoints
+
+    code, err = _pretrain(tmp_path, capsys, "--train", str(build), "--val", str(build), "--set", "train.steps=0",
+                          "--set", "train.epochs=2", "--set", "optim.lr=0.01", "--set", "checkpoint.keep_best=1")
+    assert code == 0, err
+    run = tmp_path / "run"
+    with open(run / "metrics.csv") as f:
+        val = [r for r in csv.DictReader(f) if r["val_accuracy"]]
+    assert [int(r["step"]) for r in val] == [6, 12]  # 48 examples / 8 per step: an epoch is 6 steps
+    assert {"val_accuracy_7", "val_CCC_V", "val_CCC_A", "val_macro_f1"} <= set(val[0])
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    best = max(val, key=lambda r: (float(r["val_accuracy"]), -int(r["step"])))
+    ckpt = RunCheckpoints(run / "checkpoints", best_metric="accuracy")
+    assert ckpt.best_step() == int(best["step"])
+    ckpt.close()
+    model = load_model(run / "model")
+    assert model.info.arch == "tiny_cnn" and model.info.source["step"] == int(best["step"])
+    faces = tmp_path / "faces"
+    for i in range(3):
+        F.write_jpeg(faces / f"{i}.jpg", F.crop(i, 64))
+    out = tmp_path / "pred.csv"
+    assert cli.main(["predict", str(faces), "--model", str(run / "model"), "--detector", "none", "--out", str(out)]) == 0
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and rows[0]["expression"] in HSE_CLASSES_8 and "valence" in rows[0]
+    capsys.readouterr()
