@@ -21,7 +21,7 @@ from hsemo_jax.train.config import Config
 
 # Fields that may change between the start of a run and its resumption.
 RESUMABLE_CHANGES = {"run_dir", "train.progress", "train.log_every", "train.tensorboard", "distributed",
-                     "checkpoint.async_save"}
+                     "checkpoint.async_save", "data.read_threads", "data.prefetch"}
 CLASSIFIER = {"efficientnet": "classifier", "mobilefacenet": "fc", "ddamfn": "fc", "mobilevit": "fc", "tiny": "fc"}
 # separate-mode model selection per task (spec §3.4): EXPR best val accuracy, VA / AU best val loss
 HEAD_SELECTION = {"expr": ("EXPR_accuracy", "max"), "va": ("loss", "min"), "au": ("loss", "min")}
