@@ -71,9 +71,11 @@ def test_a_missing_split(tmp_path, capsys, build):
     assert code == 2 and f"data.val: {build}: no split 'test' (splits: train, validation)" in err
 
 
-def test_a_batch_larger_than_the_split(tmp_path, capsys, build):
+def test_a_batch_larger_than_the_split_or_not_a_multiple_of_the_devices(tmp_path, capsys, build):
     code, err = _pretrain(tmp_path, capsys, "--train", str(build), "--set", "train.batch_size=64")
     assert code == 2 and "data.train:" in err and "48 examples, fewer than one global batch" in err
+    code, err = _pretrain(tmp_path, capsys, "--train", str(build), "--set", "train.eval_batch=12")
+    assert code == 2 and "train.eval_batch: 12 is not a multiple of the 8 devices" in err
 
 
 def test_labels_that_do_not_fit_the_8_expression_outputs(tmp_path, capsys):

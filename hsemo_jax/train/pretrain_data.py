@@ -1,6 +1,6 @@
 """Pretraining data: a TFDS build (`hsemo-jax build-dataset`) read through grain, as the objective's batches.
 
-    train = open_split(cfg.data.train, cfg.data.train_split, "data.train", num_outputs=10)
+    train = open_split(cfg.data.train, cfg.data.train_split, "data.train", num_outputs=10, image_size=224)
     loader = TrainBatches(train, prep, global_batch=256, seed=0, augment=DDAMFN, workers=2)
     batch = next(loader)      # this process's rows of global batch 0:
                               # images uint8 (B, S, S, 3), erase int32 (B, 4), mask, expr, expr_mask, va, va_mask
@@ -219,13 +219,14 @@ def open_split(path: str, split: str, field: str, *, num_outputs: int, image_siz
     return Split(source, where, spec)
 
 
-def _shard(global_batch: int, where: str):
+def _shard(global_batch: int):
+    """(rows per process, this process's grain ShardOptions) of a global batch."""
     import grain
     import jax
 
     count, index = jax.process_count(), jax.process_index()
     if global_batch % count:
-        raise InputError(f"train.batch_size: {global_batch} is not a multiple of the {count} processes")
+        raise InputError(f"the global batch {global_batch} is not a multiple of the {count} processes")
     return global_batch // count, grain.sharding.ShardOptions(index, count)
 
 
@@ -245,7 +246,7 @@ class TrainBatches:
         if self.batches_per_epoch == 0:
             raise InputError(f"{split.where}: {self.rows} examples, fewer than one global batch "
                              f"(train.batch_size = {global_batch})")
-        self.local_batch, shard = _shard(global_batch, split.where)
+        self.local_batch, shard = _shard(global_batch)
         self.sampling = "class_balanced" if weights is not None else "shuffle"
         self.dataset = make_loader(split.source, prep, batch_size=self.local_batch, train=True, seed=seed,
                                    augment=augment, num_epochs=None, shard_options=shard, fields=split.spec.fields,
@@ -298,7 +299,7 @@ class EvalBatches:
         from data_pipelines.loaders import make_loader
 
         self.split = split
-        self.local_batch, shard = _shard(global_batch, split.where)
+        self.local_batch, shard = _shard(global_batch)
         self.dataset = make_loader(split.source, prep, batch_size=self.local_batch, train=False,
                                    shard_options=shard, fields=split.spec.fields, normalize=False,
                                    worker_count=workers, read_threads=read_threads, prefetch=prefetch)

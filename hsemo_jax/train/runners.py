@@ -287,7 +287,13 @@ def _pretrain_data(cfg: Config, scan: bool = True):
     from hsemo_jax.models import registry
     from hsemo_jax.train.pretrain_data import open_split
 
+    import jax
+
     arch = registry.get_arch(cfg.model.arch)
+    devices = jax.device_count()  # a multiple of the process count
+    for name, batch in (("train.batch_size", cfg.train.batch_size), ("train.eval_batch", cfg.train.eval_batch)):
+        if batch % devices:
+            raise InputError(f"{name}: {batch} is not a multiple of the {devices} devices")
     kw = dict(num_outputs=cfg.model.num_outputs, image_size=arch.input_size)
     train = open_split(cfg.data.train, cfg.data.train_split, "data.train", **kw)
     val = open_split(cfg.data.val, cfg.data.val_split, "data.val", **kw) if cfg.data.val else None
