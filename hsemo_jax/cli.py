@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from hsemo_jax import runtime
-from hsemo_jax.errors import InputError
+from hsemo_jax.errors import InputError, InputWarning
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -46,6 +47,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _print_input_warnings(command: str) -> None:
+    """`InputWarning`s as one line each, `hsemo-jax COMMAND: warning: ...`; others as Python prints them."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InputWarning):
+            print(f"hsemo-jax {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 # commands that run train steps: one CPU device (see hsemo_jax/runtime.py)
 TRAINING = {"train-head", "pretrain", "distill"}
 
@@ -58,15 +72,24 @@ def main(argv: list[str] | None = None) -> int:
     runtime.configure(split_cpu=not training)  # before any command imports JAX's backends
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
+    _print_input_warnings(args.command)
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)
-    except (InputError, FileNotFoundError) as e:
-        print(f"hsemo-jax {args.command}: error: {e}", file=sys.stderr)
+    except (InputError, OSError) as e:  # bad input, or a path the system refuses: one line, no traceback
+        print(f"hsemo-jax {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hsemo-jax {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _message(e: Exception) -> str:
+    """The error for the user; a system error names its path(s) and the reason, not the errno."""
+    if isinstance(e, OSError) and e.filename is not None:
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+        return f"{where}: {e.strerror or e}"
+    return str(e) or type(e).__name__
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Exceptions for bad input. The CLI prints these without a traceback."""
+"""Exceptions (and the warning) for bad input. The CLI prints these without a traceback."""
 
 
 class InputError(ValueError):
@@ -11,3 +11,8 @@ class CheckpointError(InputError):
 
 class UnsafePickleError(CheckpointError):
     """A pickle that refers to a global outside the allow-list; nothing from it was executed."""
+
+
+class InputWarning(UserWarning):
+    """Input that is used, but not all of it or not verified (e.g. zip members that were skipped);
+    the CLI prints it as one line."""

@@ -9,6 +9,8 @@ would), not the 0600 / 0700 of `tempfile.mkstemp` / `mkdtemp`.
     atomic_path(path)                 a temporary file path for writers that take a path or stream
     atomic_directory(path)            a temporary folder that takes `path`'s place when complete
     replace_directory(src, dest)      move a complete folder onto `dest`, replacing an old one
+    write_arrays_with_meta(dir, ...)  a small model's arrays (.npz) and metadata (.json)
+    check_writable(path)              before the work: can an output file be written at `path`?
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import secrets
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator
+
+from hsemo_jax.errors import InputError
 
 _TRIES = 100
 
@@ -89,6 +93,26 @@ def replace_directory(src: str | os.PathLike, dest: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+    """Check, before any work, that an output file can be written at `path` as `atomic_path`
+    writes it: not an existing folder, no file where a folder on its way should be, and the
+    nearest existing folder on its way open to a new file (a probe file is created there and
+    removed; missing folders are left to the writer). Raises `InputError` naming `path` and the
+    reason; creates nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: the {what} is an existing folder; give a file name")
+    folder = next(f for f in path.absolute().parents if f.exists() or f.is_symlink())
+    if not folder.is_dir():
+        raise InputError(f"{path}: cannot write the {what}: {folder} is a file, not a folder")
+    try:
+        os.unlink(_fresh(folder / path.name, "",
+                         lambda p: os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))))
+    except OSError as e:
+        raise InputError(f"{path}: cannot write the {what} into {folder} ({e.strerror or e})") from None
+    return path
+
+
 def _fresh(path: Path, suffix: str, create: Callable[[Path], None]) -> Path:
     """Create (with `create`, which must fail if the name exists) a new hidden sibling of `path`
     with a random name; the umask applies to the mode `create` asks for."""
@@ -100,3 +124,21 @@ def _fresh(path: Path, suffix: str, create: Callable[[Path], None]) -> Path:
             continue
         return tmp
     raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def write_arrays_with_meta(directory: str | os.PathLike, stem: str, arrays: dict, meta: dict) -> Path:
+    """DIR/<stem>.npz (`arrays`, name -> array) + DIR/<stem>.json (`meta`). Both are encoded in
+    memory first (a value JSON cannot hold raises here, before any file is touched), then each is
+    written atomically, the .npz first. Returns DIR."""
+    import io
+    import json
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    text = json.dumps(meta, indent=1) + "\n"
+    d = Path(directory)
+    atomic_write(d / f"{stem}.npz", buf.getvalue())
+    atomic_write(d / f"{stem}.json", text)
+    return d

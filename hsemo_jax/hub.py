@@ -6,20 +6,25 @@
 
 Cache layout (root: `$HSEMO_JAX_CACHE`, else `~/.cache/hsemo-jax`):
 
-    downloads/<name>.pt          the published PyTorch file, as downloaded
-    downloads/<name>.pt.sha256   its SHA-256, recorded on the first download (trust on first use)
+    downloads/<name>.pt          the published PyTorch file, downloaded or placed there by hand
     models/<name>/               the converted model directory of a published model
     models/sha256-<hex>/         the converted model directory of a local .pt/.pth file
+    downloads/mtcnn/pnet.pt ...  other published files (`fetch_file`): MTCNN's weights
+
+Every published file, downloaded or placed, is checked against the git blob id the registry pins
+for it (`hsemo_jax.models.registry.PUBLISHED`); a converted directory records the SHA-256 and blob
+id of the file it was converted from, and is converted again when the file at `downloads/` is no
+longer that file. A file placed by hand is never deleted: one that is not the published file is
+refused, naming it and both hashes.
 
 Downloads use only the standard library (`urllib.request`). They are streamed to
-`<file>.part`, checked (length, SHA-256) and renamed into place with `os.replace`, so an
+`<file>.part`, checked (length, hashes) and renamed into place with `os.replace`, so an
 interrupted or corrupted download never leaves a file that looks complete. Without internet
-access, place the published file at `downloads/<name>.pt` yourself: it is then used as is
-(and its SHA-256 recorded), or pass the .pt file or a converted directory directly.
+access, place the published file at `downloads/<name>.pt` yourself, or pass the .pt file or a
+converted directory directly.
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import socket
@@ -27,38 +32,26 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 from hsemo_jax.checkpoint import META_FILE, read_info
-from hsemo_jax.errors import CheckpointError, InputError
-from hsemo_jax.fileio import atomic_write
+from hsemo_jax.digests import FileDigests, file_digests
+from hsemo_jax.errors import CheckpointError, InputError, InputWarning
 from hsemo_jax.models import registry
 from hsemo_jax.paths import cache_dir
 
-__all__ = ["KNOWN_SHA256", "cache_dir", "resolve_model", "load_published", "download",
-           "published_names"]
+__all__ = ["cache_dir", "resolve_model", "load_published", "download", "published_names", "fetch_file",
+           "load_mtcnn"]
 
 BASE_URL_ENV = "HSEMO_JAX_BASE_URL"
 TORCH_SUFFIXES = (".pt", ".pth")
 DEFAULT_TIMEOUT = 60.0  # seconds without progress (connect or read) before giving up
 _CHUNK = 1 << 16
 
-# Published file name -> expected lowercase hex SHA-256. Empty for now: entries are added here when
-# the published files have been verified. Until then the hash of the first successful download
-# is recorded next to it (`<name>.pt.sha256`) and every later use is checked against that.
-KNOWN_SHA256: dict[str, str] = {}
-
 
 def published_names() -> tuple[str, ...]:
     return tuple(registry.PUBLISHED)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _norm_hash(value: str | None, what: str) -> str | None:
@@ -77,25 +70,15 @@ def _unlink(path: Path) -> None:
         pass
 
 
-def _read_record(record: Path) -> str | None:
-    """The recorded SHA-256 (`sha256sum` format: first token), or None if there is no record."""
-    try:
-        text = record.read_text()
-    except FileNotFoundError:
-        return None
-    return _norm_hash(text.split()[0] if text.split() else "", str(record))
-
-
-def _check_hash(file: Path, actual: str, expected: dict[str, str], *, delete: Path | None) -> None:
-    """Raise CheckpointError if `actual` differs from any expected hash (source -> hash)."""
-    for source, want in expected.items():
-        if want != actual:
-            if delete is not None:
-                _unlink(delete)
-            raise CheckpointError(
-                f"{file}: SHA-256 mismatch: expected {want} ({source}), got {actual}; "
-                "the file was deleted and nothing was cached. If the published file legitimately "
-                "changed, delete the recorded hash and try again")
+def _mismatch(file: Path, digests: FileDigests, *, sha256: str | None = None,
+              git_blob: str | None = None, name: str | None = None) -> str | None:
+    """Why `file` is not what is expected (a user's SHA-256, the registry's pinned blob id), or None."""
+    if git_blob is not None and digests.git_blob != git_blob:
+        return (f"{file}: not the published {name}.pt: its git blob id is {digests.git_blob}, "
+                f"hsemo_jax.models.registry pins {git_blob}")
+    if sha256 is not None and digests.sha256 != sha256:
+        return f"{file}: SHA-256 mismatch: expected {sha256} (expected_sha256), got {digests.sha256}"
+    return None
 
 
 # ----------------------------------------------------------------------------------- download
@@ -140,21 +123,26 @@ class _Progress:
         sys.stderr.flush()
 
 
-def _offline_error(name: str, url: str, reason, dest: Path) -> InputError:
+_MODEL_ALTERNATIVE = "pass the .pt file / a converted directory to --model"
+
+
+def _offline_error(name: str, url: str, reason, dest: Path, alternative: str) -> InputError:
     return InputError(
         f"cannot download {name} from {url} ({reason}). Download it on a machine with internet "
-        f"access and place it at {dest}, or pass the .pt file / a converted directory to --model")
+        f"access and place it at {dest}, or {alternative}")
 
 
 def download(url: str, dest: str | os.PathLike, *, name: str | None = None,
-             expected_sha256: str | None = None, progress: bool = True,
-             timeout: float = DEFAULT_TIMEOUT) -> str:
-    """Download `url` to `dest` atomically; returns the file's SHA-256.
+             expected_sha256: str | None = None, expected_git_blob: str | None = None,
+             progress: bool = True, timeout: float = DEFAULT_TIMEOUT,
+             alternative: str = _MODEL_ALTERNATIVE) -> FileDigests:
+    """Download `url` to `dest` atomically; returns the file's digests.
 
-    Streams to `<dest>.part`, checks Content-Length and `expected_sha256`, then renames the
-    file into place. Cannot connect (offline, DNS, refused, HTTP error) -> InputError saying
-    where to place the file by hand; connection lost, truncated body or timeout while reading,
-    or a hash mismatch -> CheckpointError. On any error neither `.part` nor `dest` is left.
+    Streams to `<dest>.part`, checks Content-Length, `expected_sha256` and `expected_git_blob`,
+    then renames the file into place. Cannot connect (offline, DNS, refused, HTTP error) ->
+    InputError saying where to place the file by hand (or the `alternative`); connection lost, truncated body or timeout
+    while reading, or a hash mismatch -> CheckpointError. On any error neither `.part` nor `dest`
+    is left.
     """
     dest = Path(dest)
     name = name or dest.stem
@@ -164,11 +152,11 @@ def download(url: str, dest: str | os.PathLike, *, name: str | None = None,
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
-        raise _offline_error(name, url, f"HTTP {e.code} {e.reason}", dest) from None
+        raise _offline_error(name, url, f"HTTP {e.code} {e.reason}", dest, alternative) from None
     except urllib.error.URLError as e:
-        raise _offline_error(name, url, e.reason, dest) from None
+        raise _offline_error(name, url, e.reason, dest, alternative) from None
     except (OSError, http.client.HTTPException) as e:
-        raise _offline_error(name, url, e or type(e).__name__, dest) from None
+        raise _offline_error(name, url, e or type(e).__name__, dest, alternative) from None
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     with response:
@@ -178,23 +166,21 @@ def download(url: str, dest: str | os.PathLike, *, name: str | None = None,
         except ValueError:
             total = None
         bar = _Progress(dest.name, total, progress)
-        digest, done, ok = hashlib.sha256(), 0, False
+        done, ok = 0, False
         try:
             with open(part, "wb") as f:
                 while chunk := response.read(_CHUNK):
                     f.write(chunk)
-                    digest.update(chunk)
                     done += len(chunk)
                     bar.update(done)
             if total is not None and done != total:
                 raise CheckpointError(
                     f"download of {name} from {url} was interrupted: got {done} of {total} bytes; "
                     "nothing was cached, try again")
-            actual = digest.hexdigest()
-            if expected is not None and actual != expected:
-                raise CheckpointError(
-                    f"{dest}: SHA-256 mismatch for the download from {url}: expected {expected}, "
-                    f"got {actual}; nothing was cached")
+            digests = file_digests(part)
+            wrong = _mismatch(dest, digests, sha256=expected, git_blob=expected_git_blob, name=name)
+            if wrong:
+                raise CheckpointError(f"{wrong}, for the download from {url}; nothing was cached")
             os.replace(part, dest)
             ok = True
         except (socket.timeout, TimeoutError) as e:
@@ -206,9 +192,9 @@ def download(url: str, dest: str | os.PathLike, *, name: str | None = None,
                                   f"({type(e).__name__}: {e}); nothing was cached, try again") from None
         finally:
             if not ok:
-                _unlink(part)
+                _unlink(part)  # ours: a download that did not complete
             bar.close(done, ok)
-    return actual
+    return digests
 
 
 # ------------------------------------------------------------------------------------ resolve
@@ -218,14 +204,15 @@ def _is_model_dir(path: Path) -> bool:
     return path.is_dir() and (path / META_FILE).is_file()
 
 
-def _converted_source_hash(model_dir: Path) -> str | None:
-    """SHA-256 of the file a cached model was converted from; None if the cache entry is unusable."""
+def _converted_source(model_dir: Path) -> dict:
+    """What a cached model was converted from (`source` of its metadata); {} if it is unusable."""
     if not _is_model_dir(model_dir):
-        return None
+        return {}
     try:
-        return str(read_info(model_dir).source.get("sha256", "")).lower()
+        source = read_info(model_dir).source
     except CheckpointError:
-        return None
+        return {}
+    return source if isinstance(source, dict) else {}
 
 
 def _convert(src: Path, out: Path, arch: str | None, num_classes: int | None = None) -> Path:
@@ -242,11 +229,12 @@ def _convert(src: Path, out: Path, arch: str | None, num_classes: int | None = N
 
 
 def _resolve_local_file(path: Path, expected: str | None) -> Path:
-    actual = _sha256_file(path)
-    if expected is not None and actual != expected:
-        raise CheckpointError(f"{path}: SHA-256 mismatch: expected {expected}, got {actual}")
-    out = cache_dir() / "models" / f"sha256-{actual}"
-    if _converted_source_hash(out) == actual:
+    digests = file_digests(path)
+    wrong = _mismatch(path, digests, sha256=expected)
+    if wrong:
+        raise CheckpointError(wrong)
+    out = cache_dir() / "models" / f"sha256-{digests.sha256}"
+    if _converted_source(out).get("sha256") == digests.sha256:
         return out
     return _convert(path, out, arch=None)
 
@@ -257,55 +245,41 @@ def _resolve_published(name: str, *, base_url: str | None, expected: str | None,
     root = cache_dir()
     model_dir = root / "models" / name
     dest = root / "downloads" / f"{name}.pt"
-    record = dest.with_name(dest.name + ".sha256")
+    if pub.git_blob is None:
+        warnings.warn(f"{name}: hsemo_jax.models.registry pins no hash for this published file; "
+                      f"{dest} is used unverified", InputWarning, stacklevel=3)
 
-    wanted: dict[str, str] = {}
-    if expected is not None:
-        wanted["expected_sha256"] = expected
-    elif name in KNOWN_SHA256:
-        wanted["hsemo_jax.hub.KNOWN_SHA256"] = _norm_hash(KNOWN_SHA256[name], f"KNOWN_SHA256[{name!r}]")
-    recorded = _read_record(record)
-    if recorded is not None:
-        wanted[f"recorded in {record}"] = recorded
+    # 1. The published file is in the cache (downloaded earlier, or placed there by hand): it must
+    #    be the published file; the conversion is reused if it was made from this very file.
+    if dest.is_file():
+        digests = file_digests(dest)
+        wrong = _mismatch(dest, digests, sha256=expected, git_blob=pub.git_blob, name=name)
+        if wrong:
+            raise CheckpointError(
+                f"{wrong}. The file was left as it is: replace it with {pub.url(name)}, or remove "
+                "it to download it again (or pass your own .pt file to --model)")
+        if _converted_source(model_dir).get("sha256") == digests.sha256:
+            return model_dir
+        return _convert(dest, model_dir, arch=pub.arch, num_classes=pub.num_classes)
 
-    # 1. Already converted: no network, no re-hashing of the download.
-    converted = _converted_source_hash(model_dir)
-    if converted is not None:
-        for source, want in wanted.items():
-            if want != converted:
-                raise CheckpointError(
-                    f"{model_dir}: converted from a file with SHA-256 {converted}, expected {want} "
-                    f"({source}); delete {model_dir} (and {dest}) to fetch it again")
+    # 2. Converted earlier, and the download removed since: the conversion records its source.
+    source = _converted_source(model_dir)
+    if source and (pub.git_blob is None or source.get("git_blob") == pub.git_blob) and (
+            expected is None or source.get("sha256") == expected):
         return model_dir
 
-    # 2. The published file is in the cache (downloaded earlier, or placed there by hand).
-    fresh = False
-    if dest.is_file():
-        actual = _sha256_file(dest)
-        _check_hash(dest, actual, wanted, delete=dest)
+    # 3. Download, then convert.
+    base = base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or None
+    if base:
+        url = (base if base.endswith("/") else base + "/") + f"{name}.pt"
     else:
-        base = base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or None
-        if base:
-            url = (base if base.endswith("/") else base + "/") + f"{name}.pt"
-        else:
-            url = pub.url(name)
-        actual = download(url, dest, name=name, expected_sha256=expected, progress=progress,
-                          timeout=timeout)
-        fresh = True
-        _check_hash(dest, actual, wanted, delete=dest)  # vs. KNOWN_SHA256 and the recorded hash
-
-    new_record = recorded is None
-    if new_record:  # trust on first use
-        atomic_write(record, f"{actual}  {dest.name}\n")
-
-    # 3. Convert once.
+        url = pub.url(name)
+    download(url, dest, name=name, expected_sha256=expected, expected_git_blob=pub.git_blob,
+             progress=progress, timeout=timeout)
     try:
         return _convert(dest, model_dir, arch=pub.arch, num_classes=pub.num_classes)
     except BaseException:
-        if fresh:  # a download that cannot be converted is not worth keeping (or trusting)
-            _unlink(dest)
-            if new_record:
-                _unlink(record)
+        _unlink(dest)  # our own download, which cannot be converted: not worth keeping
         raise
 
 
@@ -321,9 +295,9 @@ def resolve_model(name_or_dir: str | os.PathLike, *, base_url: str | None = None
       from `base_url + name + '.pt'` if `base_url` or `$HSEMO_JAX_BASE_URL` is set (mirrors,
       tests), else from the official HSEmotion URL.
 
-    `expected_sha256` checks the .pt file (overrides `KNOWN_SHA256`); the hash of the first
-    download of a published file is recorded and checked on every later use. `progress` shows a
-    download progress line on stderr (one updating line on a terminal, start/end lines otherwise).
+    `expected_sha256` checks the .pt file; a published file is also checked against the git blob id
+    the registry pins for it. `progress` shows a download progress line on stderr (one updating
+    line on a terminal, start/end lines otherwise).
     `timeout`: seconds without progress before a connection or download is abandoned.
     """
     expected = _norm_hash(expected_sha256, "expected_sha256")
@@ -353,3 +327,49 @@ def load_published(name: str, **kw):
     from hsemo_jax import load_model
 
     return load_model(resolve_model(name, **kw))
+
+
+# ------------------------------------------------------------------------------- other files
+
+
+def fetch_file(name: str, *, base_url: str | None = None, progress: bool = True,
+               timeout: float = DEFAULT_TIMEOUT, alternative: str = "pass the file's directory") -> Path:
+    """A published file (`hsemo_jax.models.registry.PUBLISHED_FILES`, e.g. "mtcnn/pnet.pt") at
+    `<cache>/downloads/<name>`, downloaded on first use from its URL (or `base_url + name`,
+    `$HSEMO_JAX_BASE_URL`) and checked against its pinned SHA-256 on every use. A file there that
+    is not the published one is refused and left as it is."""
+    if name not in registry.PUBLISHED_FILES:
+        raise InputError(f"{name}: unknown published file; expected one of {', '.join(registry.PUBLISHED_FILES)}")
+    pub = registry.PUBLISHED_FILES[name]
+    dest = cache_dir() / "downloads" / name
+    if dest.is_file():
+        digests = file_digests(dest)
+        if digests.sha256 != pub.sha256:
+            raise CheckpointError(
+                f"{dest}: not the published {name}: its SHA-256 is {digests.sha256}, hsemo_jax.models.registry "
+                f"pins {pub.sha256}. The file was left as it is: replace it with {pub.url}, or remove it to "
+                "download it again")
+        return dest
+    base = base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or None
+    url = (base if base.endswith("/") else base + "/") + name if base else pub.url
+    download(url, dest, name=name, expected_sha256=pub.sha256, progress=progress, timeout=timeout,
+             alternative=alternative)
+    return dest
+
+
+def load_mtcnn(weights: str | os.PathLike | None = None, **fetch):
+    """MTCNN (`hsemo_jax.models.mtcnn`) with facenet-pytorch's weights: from a directory holding
+    pnet.pt, rnet.pt and onet.pt (its data/ folder), or, with None, the published files fetched
+    once and cached (`fetch_file`; `fetch` is passed on)."""
+    from hsemo_jax.convert.mtcnn import NETS, read_mtcnn
+
+    if weights is None:
+        alternative = "pass a directory with pnet.pt, rnet.pt and onet.pt (--detector-model)"
+        return read_mtcnn({n: fetch_file(f"mtcnn/{n}.pt", alternative=alternative, **fetch) for n in NETS})
+    folder = Path(weights).expanduser()
+    files = {n: folder / f"{n}.pt" for n in NETS}
+    missing = [n for n, f in files.items() if not f.is_file()]
+    if missing:
+        raise InputError(f"{folder}: expected a directory with MTCNN's {', '.join(f'{n}.pt' for n in NETS)} "
+                         f"(facenet-pytorch's data/ folder); missing {', '.join(f'{n}.pt' for n in missing)}")
+    return read_mtcnn(files)

@@ -57,23 +57,52 @@ def binary_counts(y_true_na, pred_na, mask_n):
     return (t * p).sum(-2), p.sum(-2), t.sum(-2)
 
 
+def _at_least_f32(a):
+    a = jnp.asarray(a)
+    return a.astype(jnp.promote_types(a.dtype, jnp.float32))
+
+
+def ccc_moments(x_n, y_n, mask_n=None, *, ddof: int = 0):
+    """Masked moments for CCC over the last axis, two-pass (centred), at least float32, jnp and
+    differentiable. x_n, y_n: (..., N); mask_n: (..., N) bool or 0/1, None = every row.
+
+    Returns (mean_x, mean_y, var_x, var_y, cov_xy, count), each (...): means over the masked rows,
+    (co)variances divided by max(count - ddof, 1) (ddof 0: population, 1: unbiased)."""
+    x, y = _at_least_f32(x_n), _at_least_f32(y_n)
+    m = jnp.ones(x.shape[-1:], jnp.float32) if mask_n is None else jnp.asarray(mask_n).astype(jnp.float32)
+    count = m.sum(-1, keepdims=True)
+    n = jnp.maximum(count, 1.0)
+    mx = (x * m).sum(-1, keepdims=True) / n
+    my = (y * m).sum(-1, keepdims=True) / n
+    dx = (x - mx) * m
+    dy = (y - my) * m
+    d = jnp.maximum(count - ddof, 1.0)[..., 0]
+    return mx[..., 0], my[..., 0], (dx * dx).sum(-1) / d, (dy * dy).sum(-1) / d, (dx * dy).sum(-1) / d, count[..., 0]
+
+
 @jax.jit
 def ccc_stats(x_n, y_n, mask_n):
-    """Population moments for CCC over the last axis, masked, float32 two-pass.
+    """Population moments for CCC over the last axis, masked, float32 two-pass (`ccc_moments`).
 
     x_n (truth), y_n (prediction): (..., N); mask_n: (..., N). Returns (..., 5):
     [mean_x, mean_y, var_x, var_y, cov_xy].
     """
-    m = mask_n.astype(jnp.float32)
-    n = jnp.maximum(m.sum(-1, keepdims=True), 1.0)
-    mx = (x_n * m).sum(-1, keepdims=True) / n
-    my = (y_n * m).sum(-1, keepdims=True) / n
-    dx = (x_n - mx) * m
-    dy = (y_n - my) * m
-    vx = (dx * dx).sum(-1) / n[..., 0]
-    vy = (dy * dy).sum(-1) / n[..., 0]
-    cxy = (dx * dy).sum(-1) / n[..., 0]
-    return jnp.stack(jnp.broadcast_arrays(mx[..., 0], my[..., 0], vx, vy, cxy), axis=-1)
+    return jnp.stack(jnp.broadcast_arrays(*ccc_moments(x_n, y_n, mask_n)[:5]), axis=-1)
+
+
+def batch_ccc(pred_n, true_n, mask_n=None, *, eps: float = 0.0, unbiased: bool = False):
+    """CCC of one batch as a differentiable jnp scalar (the losses' CCC), over the masked rows:
+        2 cov / (var(pred) + var(true) + (mean_pred - mean_true)^2 + eps)
+    with population (co)variances, or unbiased ones (n - 1) when `unbiased`. 0 where fewer than
+    1 (unbiased: 2) rows are masked or the denominator is 0. pred_n, true_n, mask_n: (..., N).
+
+    The ABAW-7 head's loss uses population statistics and eps = Keras' 1e-7 (spec §3.4), the
+    ABAW-2 distillation unbiased statistics without eps (spec §2.4); the validation metric is
+    `ccc` (host, float64 from `ccc_stats`, NaN where undefined)."""
+    mx, my, vx, vy, cxy, count = ccc_moments(pred_n, true_n, mask_n, ddof=int(unbiased))
+    den = vx + vy + (mx - my) ** 2 + eps
+    ok = (count > int(unbiased)) & (den > 0)
+    return jnp.where(ok, 2 * cxy / jnp.where(ok, den, 1.0), 0.0)
 
 
 @partial(jax.jit, static_argnames="num_classes")
@@ -306,5 +335,5 @@ def cohen_kappa(a, b, num_classes: int | None = None) -> float:
 __all__: Sequence[str] = (
     "ccc", "macro_f1", "accuracy", "au_f1", "abaw_mtl", "kl_divergence",
     "cohen_kappa", "va_mask", "class_counts", "binary_counts", "ccc_stats", "f1_from_counts",
-    "macro_from_counts", "ccc_from_stats",
+    "macro_from_counts", "ccc_from_stats", "ccc_moments", "batch_ccc",
 )

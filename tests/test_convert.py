@@ -85,11 +85,22 @@ def test_unsafe_pickle_is_refused_and_never_runs(tmp_path, capsys):
     assert not marker.exists() and not (tmp_path / "m").exists()
 
 
-def test_legacy_format_asks_to_resave(tmp_path, mbf_state, capsys):
+def test_zip_members_outside_the_archive_are_one_warning_line(tmp_path, mbf_state, capsys):
+    src = tmp_path / "mbf.pt"
+    torch.save(mbf_state, src)
+    with zipfile.ZipFile(src, "a") as zf:
+        zf.writestr("../../etc/x", b"x")
+    assert _convert(src, tmp_path / "m") == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"hsemo-jax convert: warning: {src}: ignored 1 zip member outside 'mbf/', which "
+                   "torch.save never writes: '../../etc/x'"]
+
+
+def test_legacy_format_converts(tmp_path, mbf_state):
     src = tmp_path / "old.pt"
     torch.save(mbf_state, src, _use_new_zipfile_serialization=False)
-    assert _convert(src, tmp_path / "m") == 2
-    assert "torch>=1.6" in capsys.readouterr().err
+    assert _convert(src, tmp_path / "m") == 0
+    assert json.loads((tmp_path / "m" / META_FILE).read_text())["arch"] == "mobilefacenet"
 
 
 def test_arch_inference_and_mismatch(mbf_state):
@@ -110,6 +121,51 @@ def test_arch_flag_must_match_keys(tmp_path, mbf_state, capsys):
     torch.save(mbf_state, src)
     assert _convert(src, tmp_path / "m", "--arch", "ddamfn") == 2
     assert "--arch ddamfn" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def timm_b0(tmp_path_factory):
+    """Whole pickled timm B0s: TF "same" padding (Conv2dSame, eps 1e-3), symmetric padding (eps
+    1e-5), and symmetric padding with eps 1e-3 (a model neither architecture is)."""
+    timm = pytest.importorskip("timm")
+    folder = tmp_path_factory.mktemp("timm")
+    paths = {}
+    for name, arch, eps in [("tf", "tf_efficientnet_b0", None), ("sym", "efficientnet_b0", None),
+                            ("sym_eps3", "efficientnet_b0", 1e-3)]:
+        model = timm.create_model(arch, pretrained=False, num_classes=8)
+        for m in model.modules():
+            if eps and isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eps = eps
+        paths[name] = folder / f"{name}.pt"
+        torch.save(model, paths[name])
+    return paths
+
+
+def test_arch_flag_contradicting_padding_or_eps_is_refused(tmp_path, timm_b0, capsys):
+    """`--arch efficientnet_b0` on a TF-padded checkpoint used to convert, scores off by up to 0.37."""
+    out = tmp_path / "m"
+    assert _convert(timm_b0["tf"], out, "--arch", "efficientnet_b0") == 2
+    err = capsys.readouterr().err
+    assert err == (f"hsemo-jax convert: error: {timm_b0['tf']}: --arch efficientnet_b0 contradicts the "
+                   "checkpoint: its modules show TF 'same' padding modules (timm.layers.conv2d_same.Conv2dSame)"
+                   " and batch-norm eps 0.001, efficientnet_b0 has symmetric padding and eps 1e-05; the "
+                   "checkpoint is tf_efficientnet_b0\n")
+    assert _convert(timm_b0["sym"], out, "--arch", "tf_efficientnet_b0") == 2
+    err = capsys.readouterr().err
+    assert ("its modules show no padding modules (symmetric padding) and batch-norm eps 1e-05, "
+            "tf_efficientnet_b0 has TF 'same' padding and eps 0.001; the checkpoint is efficientnet_b0") in err
+    assert _convert(timm_b0["sym_eps3"], out) == 2
+    err = capsys.readouterr().err
+    assert "none of them has" in err and "tf_efficientnet_b0 or efficientnet_b0" in err
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
+
+    sd = {k: v.numpy() for k, v in torch.load(timm_b0["sym"], weights_only=False).state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"b0\.pt: --arch tf_efficientnet_b2 contradicts the checkpoint: "
+                                              r"its keys are those of tf_efficientnet_b0 or efficientnet_b0"):
+        infer_arch(sd, None, "b0.pt", "tf_efficientnet_b2")
+    assert infer_arch(sd, None, "b0.pt", "efficientnet_b0")[0] == "efficientnet_b0"  # a state dict: as told
+    assert _convert(timm_b0["sym"], out) == 0  # inferred from the modules
+    assert json.loads((out / META_FILE).read_text())["arch"] == "efficientnet_b0"
 
 
 def test_every_subcommand_has_help(capsys):

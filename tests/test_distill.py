@@ -13,9 +13,10 @@ import pytest
 
 from hsemo_jax import cli
 from hsemo_jax.errors import InputError
-from hsemo_jax.train import distill as D
-from hsemo_jax.train import distill_data as DD
-from hsemo_jax.train.distill_model import DistillModel, load_distill_model
+from hsemo_jax.distill import data as DD
+from hsemo_jax.distill import objective as D
+from hsemo_jax.distill.model import load_distill_model, teacher_logits
+from hsemo_jax.models.heads import DistillModel
 
 T, LAM = 1.5, 0.4
 
@@ -221,7 +222,7 @@ def test_the_teacher_is_frozen_state_not_a_parameter(tiny_pair):
     student.train()
     x = jnp.asarray(hand_batch()["expr.images"], jnp.float32)[None] / 255.0
     before = np.asarray(teacher.expr.bn0.mean[...])
-    out = student.teacher_logits(x)  # eval mode even though the student is in train mode
+    out = teacher_logits(student, x)  # eval mode even though the student is in train mode
     np.testing.assert_array_equal(np.asarray(teacher.expr.bn0.mean[...]), before)
     assert out["expr"].shape == (1, 6, 7) and out["va"].shape == (1, 6, 40)
 
@@ -421,7 +422,7 @@ def test_describe_config_and_shipped_configs(capsys):
     assert cli.main(["distill", "--describe-config"]) == 0
     text = capsys.readouterr().out
     assert "distill.temperature = 1.5" in text and "optim.lr" in text and "head.tasks" not in text
-    configs = sorted((Path(D.__file__).parent / "configs").glob("distill_*.toml"))
+    configs = sorted((Path(cli.__file__).parent / "train" / "configs").glob("distill_*.toml"))
     assert len(configs) >= 2
     for path in configs:
         cfg = load_config(path)

@@ -1,5 +1,5 @@
 """The accelerator path, proven on CPU: every backbone's inference forward, one train step per
-backbone, `smooth`, `search_au_thresholds` and the sweep cross-lower for GPU and TPU with
+backbone, BlazeFace's face detection, `smooth`, `search_au_thresholds` and the sweep cross-lower for GPU and TPU with
 `jax.export`; the exported modules hold no CPU kernel call (`hsemo_*`) and no host callback,
 and nothing asked for the CPU kernels (`ops.dispatch.cpu_kernels` is where every kernel form
 starts). On CPU, `jax.export` of the inference forward works too: it keeps the XLA forms."""
@@ -57,9 +57,33 @@ def test_inference_forward_exports_for_gpu_and_tpu(arch, no_kernels):
     assert exported.platforms == ACCELERATORS and exported.out_avals[0].shape == (2, 10)
 
 
+@pytest.mark.parametrize("detector", tuple(registry.DETECTORS))
+def test_face_detection_exports_for_gpu_and_tpu(detector, no_kernels):
+    """BlazeFace's whole `detect` (letterbox, network, decoding, weighted NMS) on uint8 frames."""
+    from hsemo_jax.models import blazeface, detection
+
+    model = blazeface.build(registry.get_detector(detector).variant)
+    graphdef, state = nnx.split(model)
+    frames = np.zeros((2, 240, 320, 3), np.uint8)
+    exported = _export(jax.jit(lambda state, f: detection.detect(nnx.merge(graphdef, state), f, max_faces=4)),
+                       state, frames)
+    boxes, keypoints, scores, valid = exported.out_avals
+    assert boxes.shape == (2, 4, 4) and keypoints.shape == (2, 4, 6, 2) and valid.shape == (2, 4)
+
+
+def test_mtcnn_detect_exports_for_gpu_and_tpu(no_kernels):
+    from hsemo_jax.models.mtcnn import MTCNN
+    from hsemo_jax.models.mtcnn_cascade import detect
+
+    graphdef, state = nnx.split(MTCNN())
+    frames = np.zeros((2, 120, 160, 3), np.uint8)
+    exported = _export(jax.jit(lambda state, x: detect(nnx.merge(graphdef, state), x)), state, frames)
+    assert exported.out_avals[0].shape == (2, 32, 4)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_train_step_exports_for_gpu_and_tpu(arch, no_kernels):
-    from hsemo_jax.train import optim
+    from hsemo_jax import optim
     from hsemo_jax.train.loop import Trainer
     from hsemo_jax.train.objectives import BackboneObjective
 

@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from hsemo_jax.fileio import atomic_directory, atomic_path, atomic_write, replace_directory
+from hsemo_jax.fileio import atomic_directory, atomic_path, atomic_write, check_writable, replace_directory
 
 
 @pytest.fixture
@@ -107,3 +107,17 @@ def test_replace_directory_puts_the_old_folder_back_when_the_move_fails(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["built", "final"]
     replace_directory(src, dest)
     assert (dest / "a").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+
+
+def test_check_writable_refuses_before_the_work_and_creates_nothing(tmp_path):
+    from hsemo_jax.errors import InputError
+
+    target = tmp_path / "new" / "deeper" / "out.csv"
+    assert check_writable(target) == target
+    assert list(tmp_path.iterdir()) == []  # neither the missing folders nor a probe are left
+    with pytest.raises(InputError, match="existing folder"):
+        check_writable(tmp_path, "CSV")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match=r"file\b.*is a file, not a folder"):
+        check_writable(tmp_path / "file" / "sub" / "out.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

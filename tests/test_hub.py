@@ -19,7 +19,8 @@ import torch
 from hsemo_jax import hub
 from hsemo_jax.checkpoint import FORMAT, META_FILE, ModelInfo
 from hsemo_jax.convert import export_torch_state
-from hsemo_jax.errors import CheckpointError, InputError
+from hsemo_jax.digests import FileDigests, file_digests
+from hsemo_jax.errors import CheckpointError, InputError, InputWarning
 from hsemo_jax.models import registry
 
 NAME = "mbf_va_mtl"  # published name whose architecture is mobilefacenet (10 outputs)
@@ -43,6 +44,17 @@ def checkpoints():
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _blob(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _pin(monkeypatch, data: bytes | None) -> None:
+    """Pin NAME to `data`'s git blob id (None: nothing pinned), as the registry does the real file."""
+    pub = registry.PUBLISHED[NAME]
+    monkeypatch.setitem(registry.PUBLISHED, NAME,
+                        registry.Published(pub.arch, pub.num_classes, None if data is None else _blob(data)))
 
 
 class FileServer:
@@ -129,9 +141,9 @@ def fake_convert(monkeypatch):
 
     def convert(src, out, arch, num_classes=None):
         calls.append(src)
-        source = {"file": src.name, "sha256": _sha(src.read_bytes())}
+        source = {"file": src.name, "sha256": _sha(src.read_bytes()), "git_blob": _blob(src.read_bytes())}
         info = ModelInfo.for_arch(arch, num_classes, source=source)
-        out.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)
         (out / META_FILE).write_text(json.dumps({"format": FORMAT, **asdict(info)}))
         return out
 
@@ -139,12 +151,9 @@ def fake_convert(monkeypatch):
     return calls
 
 
-def _assert_nothing_cached(cache, *, record: str | None = None):
+def _assert_nothing_cached(cache):
     dl = cache / "downloads"
-    left = [p.name for p in dl.iterdir()] if dl.exists() else []
-    assert left == ([f"{NAME}.pt.sha256"] if record else []), left
-    if record:
-        assert (dl / f"{NAME}.pt.sha256").read_text().split()[0] == record
+    assert not dl.exists() or not list(dl.iterdir()), list(dl.iterdir())
     assert not (cache / "models" / NAME).exists()
 
 
@@ -153,31 +162,44 @@ def test_cache_dir(monkeypatch, tmp_path):
     assert hub.cache_dir() == tmp_path / "c"
     monkeypatch.delenv("HSEMO_JAX_CACHE")
     assert hub.cache_dir().parts[-2:] == (".cache", "hsemo-jax")
-    assert hub.KNOWN_SHA256 == {}
+
+
+def test_file_digests(tmp_path):
+    (tmp_path / "hello").write_bytes(b"hello\n")
+    d = file_digests(tmp_path / "hello")
+    assert d.git_blob == "ce013625030ba8dba906f756967f9e9ca394464a"  # `git hash-object hello`
+    assert d.sha256 == hashlib.sha256(b"hello\n").hexdigest() and d.size == 6
+    data = np.random.default_rng(1).bytes(3 << 20 | 5)  # several chunks
+    (tmp_path / "big").write_bytes(data)
+    assert file_digests(tmp_path / "big") == FileDigests(len(data), _sha(data), _blob(data))
+
+
+def test_every_published_file_is_pinned():
+    for name, pub in registry.PUBLISHED.items():
+        assert pub.git_blob is not None and len(pub.git_blob) == 40 and int(pub.git_blob, 16) >= 0, name
 
 
 def test_download_convert_then_cache_without_network(cache, server, checkpoints, monkeypatch):
     (data, sd), _ = checkpoints
+    _pin(monkeypatch, data)
     server.serve(NAME, data)
     out = hub.resolve_model(NAME, base_url=server.url, progress=False)
     assert out == cache / "models" / NAME and (out / META_FILE).is_file()
     assert server.hits == [f"/models/{NAME}.pt"]
     dl = cache / "downloads" / f"{NAME}.pt"
-    assert dl.read_bytes() == data
-    assert (cache / "downloads" / f"{NAME}.pt.sha256").read_text().split()[0] == _sha(data)
-    assert not list(cache.rglob("*.part"))
+    assert dl.read_bytes() == data and [p.name for p in dl.parent.iterdir()] == [dl.name]
 
     server.stop()  # from now on any network access fails
     model = hub.load_published(NAME, base_url=server.url, progress=False)
     assert model.info.arch == "mobilefacenet" and model.info.num_classes == 10
-    assert model.info.source["sha256"] == _sha(data)
+    assert model.info.source["sha256"] == _sha(data) and model.info.source["git_blob"] == _blob(data)
     loaded = export_torch_state(model, "mobilefacenet")
     np.testing.assert_array_equal(loaded["fc.weight"], sd["fc.weight"])
     np.testing.assert_array_equal(loaded["fc.bias"], sd["fc.bias"])
     assert len(server.hits) == 1
 
     # The converted directory is gone but the download is not: re-converted, still offline,
-    # after checking the file against the recorded hash.
+    # after checking the file against the pinned hash.
     shutil.rmtree(out)
     calls = []
     monkeypatch.setattr(hub, "_convert", lambda src, out, arch, num_classes=None: calls.append(src) or out)
@@ -187,6 +209,7 @@ def test_download_convert_then_cache_without_network(cache, server, checkpoints,
 
 def test_download_progress_and_env_base_url(cache, server, checkpoints, monkeypatch, capfd):
     (data, _), _ = checkpoints
+    _pin(monkeypatch, data)
     server.serve(NAME, data)
     dest = cache / "downloads" / f"{NAME}.pt"
     monkeypatch.setenv("HSEMO_JAX_BASE_URL", server.url.rstrip("/"))  # joined with a "/"
@@ -196,7 +219,7 @@ def test_download_progress_and_env_base_url(cache, server, checkpoints, monkeypa
     err = capfd.readouterr().err
     assert f"downloading {NAME}.pt" in err and str(len(data)) in err
 
-    assert hub.download(server.url + f"{NAME}.pt", cache / "x.pt", progress=False) == _sha(data)
+    assert hub.download(server.url + f"{NAME}.pt", cache / "x.pt", progress=False).sha256 == _sha(data)
     assert capfd.readouterr().err == ""
 
     class Terminal(io.StringIO):
@@ -229,8 +252,10 @@ def test_download_timeout_leaves_nothing(cache, server, checkpoints):
     _assert_nothing_cached(cache)
 
 
-def test_changed_file_fails_against_recorded_hash(cache, server, checkpoints, fake_convert):
+def test_download_that_is_not_the_pinned_file_caches_nothing(cache, server, checkpoints, fake_convert,
+                                                            monkeypatch):
     (first, _), (second, _) = checkpoints
+    _pin(monkeypatch, first)
     server.serve(NAME, first, second)
     out = hub.resolve_model(NAME, base_url=server.url, progress=False)
     assert hub.resolve_model(NAME, base_url=server.url, progress=False) == out  # cached
@@ -241,36 +266,76 @@ def test_changed_file_fails_against_recorded_hash(cache, server, checkpoints, fa
     with pytest.raises(CheckpointError) as exc:
         hub.resolve_model(NAME, base_url=server.url, progress=False)
     msg = str(exc.value)
-    assert str(cache / "downloads" / f"{NAME}.pt") in msg
-    assert _sha(first) in msg and _sha(second) in msg
+    assert str(cache / "downloads" / f"{NAME}.pt") in msg and "nothing was cached" in msg
+    assert _blob(first) in msg and _blob(second) in msg
     assert len(server.hits) == 2
-    _assert_nothing_cached(cache, record=_sha(first))
+    _assert_nothing_cached(cache)
 
 
-def test_tampered_cached_download_is_deleted(cache, checkpoints, closed_url):
-    (data, _), _ = checkpoints
-    dl = cache / "downloads"
-    dl.mkdir(parents=True)
-    (dl / f"{NAME}.pt").write_bytes(data + b"tampered")
-    (dl / f"{NAME}.pt.sha256").write_text(f"{_sha(data)}  {NAME}.pt\n")
-    with pytest.raises(CheckpointError, match=_sha(data + b"tampered")):
+def test_placed_file_that_is_not_the_published_one_is_refused_and_kept(cache, closed_url):
+    """The real pin: a random file at downloads/enet_b0_8_va_mtl.pt was accepted without a word."""
+    name = "enet_b0_8_va_mtl"
+    dest = cache / "downloads" / f"{name}.pt"
+    dest.parent.mkdir(parents=True)
+    junk = np.random.default_rng(0).bytes(5000)
+    dest.write_bytes(junk)
+    with pytest.raises(CheckpointError) as exc:
+        hub.resolve_model(name, base_url=closed_url, progress=False)
+    assert str(exc.value).startswith(
+        f"{dest}: not the published {name}.pt: its git blob id is {_blob(junk)}, hsemo_jax.models.registry "
+        f"pins {registry.PUBLISHED[name].git_blob}. The file was left as it is")
+    assert dest.read_bytes() == junk and not (cache / "models").exists()
+
+
+def test_file_replaced_after_conversion_is_converted_again(cache, checkpoints, closed_url, fake_convert,
+                                                           monkeypatch):
+    """A different file placed later at the same path used to be ignored (the old conversion kept
+    being used); once the conversion was removed, the file was deleted."""
+    (first, _), (second, _) = checkpoints
+    dest = cache / "downloads" / f"{NAME}.pt"
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(first)
+    _pin(monkeypatch, first)
+    out = hub.resolve_model(NAME, base_url=closed_url, progress=False)
+    assert fake_convert == [dest]
+
+    dest.write_bytes(second)  # not the pinned file: refused, kept, the old conversion not used
+    for _ in range(2):
+        with pytest.raises(CheckpointError, match=f"its git blob id is {_blob(second)}"):
+            hub.resolve_model(NAME, base_url=closed_url, progress=False)
+        assert dest.read_bytes() == second
+        shutil.rmtree(out, ignore_errors=True)  # also once the conversion is gone
+
+    _pin(monkeypatch, second)  # e.g. a release that pins a newly published file
+    hub.resolve_model(NAME, base_url=closed_url, progress=False)
+    assert fake_convert == [dest, dest]
+    assert json.loads((out / META_FILE).read_text())["source"]["sha256"] == _sha(second)
+    hub.resolve_model(NAME, base_url=closed_url, progress=False)
+    assert len(fake_convert) == 2  # converted from this very file: reused
+
+    _pin(monkeypatch, None)  # nothing pinned: any file there is used, with a warning, and followed
+    dest.write_bytes(first)
+    with pytest.warns(InputWarning, match=f"{NAME}: hsemo_jax.models.registry pins no hash") as seen:
         hub.resolve_model(NAME, base_url=closed_url, progress=False)
-    _assert_nothing_cached(cache, record=_sha(data))
+    assert len(seen) == 1 and "used unverified" in str(seen[0].message)
+    assert len(fake_convert) == 3 and json.loads((out / META_FILE).read_text())["source"]["sha256"] == _sha(first)
 
 
-@pytest.mark.parametrize("how", ["argument", "known"])
+@pytest.mark.parametrize("how", ["argument", "pinned"])
 def test_wrong_expected_hash_caches_nothing(cache, server, checkpoints, monkeypatch, how):
     (data, _), _ = checkpoints
     server.serve(NAME, data)
-    wrong = "0" * 64
     kw = {}
     if how == "argument":
+        _pin(monkeypatch, data)
+        wrong, got = "0" * 64, _sha(data)
         kw["expected_sha256"] = wrong
     else:
-        monkeypatch.setitem(hub.KNOWN_SHA256, NAME, wrong)
+        _pin(monkeypatch, b"another file")
+        wrong, got = _blob(b"another file"), _blob(data)
     with pytest.raises(CheckpointError) as exc:
         hub.resolve_model(NAME, base_url=server.url, progress=False, **kw)
-    assert wrong in str(exc.value) and _sha(data) in str(exc.value)
+    assert wrong in str(exc.value) and got in str(exc.value)
     assert str(cache / "downloads" / f"{NAME}.pt") in str(exc.value)
     _assert_nothing_cached(cache)
 
@@ -292,14 +357,15 @@ def test_http_error_is_an_input_error(cache, server):
     _assert_nothing_cached(cache)
 
 
-def test_file_placed_by_hand_is_used_offline(cache, checkpoints, closed_url, fake_convert):
+def test_file_placed_by_hand_is_used_offline(cache, checkpoints, closed_url, fake_convert, monkeypatch):
     (data, _), _ = checkpoints
+    _pin(monkeypatch, data)
     dl = cache / "downloads"
     dl.mkdir(parents=True)
     (dl / f"{NAME}.pt").write_bytes(data)
     out = hub.resolve_model(NAME, base_url=closed_url, progress=False)
     assert out == cache / "models" / NAME and (out / META_FILE).is_file()
-    assert (dl / f"{NAME}.pt.sha256").read_text().split()[0] == _sha(data)
+    assert [p.name for p in dl.iterdir()] == [f"{NAME}.pt"]
     assert fake_convert == [dl / f"{NAME}.pt"]
 
 

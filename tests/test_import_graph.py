@@ -8,8 +8,8 @@ seen.
 
 Layers, bottom to top (nothing points up):
 
-    leaf modules  hsemo_jax.{paths, labels, checks, fileio, errors, runtime}
-    ops/ <- models/ <- convert/, checkpoint, hub <- postprocess/, metrics
+    leaf modules  hsemo_jax.{paths, labels, checks, fileio, digests, errors, runtime}
+    ops/ <- models/ <- convert/, checkpoint, hub <- postprocess/, metrics, optim
         <- train/, distill/, predict/, intensity/, export/, extract <- bench/, commands/ <- cli
     data_pipelines/ (beside them; the applications may use it): leaf modules and models'
         preprocessing only
@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("hsemo_jax", "data_pipelines")
 
-LEAF = tuple(f"hsemo_jax.{m}" for m in ("paths", "labels", "checks", "fileio", "errors", "runtime"))
+LEAF = tuple(f"hsemo_jax.{m}" for m in ("paths", "labels", "checks", "fileio", "digests", "errors", "runtime"))
 PREPROCESSING = ("hsemo_jax.models", "hsemo_jax.models.transforms", "hsemo_jax.models.registry")
 
 
@@ -54,14 +54,6 @@ RULES = {
     "intensity without the trainer":          Rule(INTENSITY, TRAIN),
     "leaf modules import only leaf modules":  Rule(LEAF, PACKAGES, allowed=LEAF),
     "data pipelines: leaf and preprocessing": Rule(DATA, HSEMO, allowed=LEAF + PREPROCESSING),
-}
-# Rules whose offending imports other parts of the refactor are still removing, with what is left.
-# Each has its own xfail test below; once a rule holds, delete its entry here and its test, and
-# `test_rule` checks it strictly. Their edges are left out of the cycle check meanwhile (they
-# close the cycles that the refactor removes).
-PENDING = {
-    "inference without the trainer": "predict/pipeline.py loads heads with train.runners.load_head",
-    "intensity without the trainer": "intensity/regressor.py uses train.head.Dense and train.optim",
 }
 
 
@@ -229,31 +221,13 @@ def test_cycle_finder_and_rules_report_what_they_find():
 
 
 def test_no_import_cycle(graph):
-    pending = {edge for name in PENDING for edge in violations(graph, RULES[name])}
-    settled = {src: {dst for dst in dsts if (src, dst) not in pending} for src, dsts in graph.items()}
-    found = cycles(settled)
+    found = cycles(graph)
     assert not found, "import cycles:\n" + "\n".join("  " + " -> ".join(c) for c in found)
 
 
 # ----------------------------------------------------------------------------------------------
 # the layering rules
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", [n for n in RULES if n not in PENDING])
+@pytest.mark.parametrize("name", list(RULES))
 def test_rule(graph, name):
     check_rule(graph, name)
-
-
-@pytest.mark.xfail(reason=PENDING["inference without the trainer"], strict=False)
-def test_inference_without_the_trainer(graph):
-    check_rule(graph, "inference without the trainer")
-
-
-@pytest.mark.xfail(reason=PENDING["intensity without the trainer"], strict=False)
-def test_intensity_without_the_trainer(graph):
-    check_rule(graph, "intensity without the trainer")
-
-
-def test_every_pending_rule_has_its_own_test():
-    names = {n for n in globals() if n.startswith("test_")}
-    for rule in PENDING:
-        assert "test_" + rule.replace(" ", "_") in names, rule

@@ -114,3 +114,77 @@ def test_sweep_command_writes_csv(files, capsys, tmp_path):
     m = gt.expr > -1
     unsmoothed = [r for r in rows if r["task"] == "EXPR" and r["k"] == "0"][0]
     assert float(unsmoothed["score"]) == pytest.approx(metrics.macro_f1(gt.expr[m], pred.expr[m]), abs=1e-9)
+
+
+def _edited(files, tmp_path, column, value, row=1):
+    """pred.txt with field `column` of data row `row` replaced by `value`."""
+    lines = (files / "pred.txt").read_text().splitlines()
+    fields = lines[row].split(",")
+    fields[column] = value
+    lines[row] = ",".join(fields)
+    path = tmp_path / "edited.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_evaluate_refuses_expression_probabilities_that_are_not_a_distribution(files, tmp_path):
+    lines = (files / "pred.txt").read_text().splitlines()
+    fields = lines[3].split(",")
+    fields[3:11] = ["0.9"] * 8
+    lines[3] = ",".join(fields)
+    (tmp_path / "p.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"p.txt:4: .*sum to 7.2"):
+        run_cmd("hsemo_jax.commands.evaluate", [str(tmp_path / "p.txt"), str(files / "gt.txt")])
+    with pytest.raises(InputError, match=r"edited.txt:2: Neutral probability '-0.2' outside \[0, 1\]"):
+        run_cmd("hsemo_jax.commands.evaluate", [str(_edited(files, tmp_path, 3, "-0.2")), str(files / "gt.txt")])
+
+
+def test_evaluate_warns_of_valence_outside_its_range(files, tmp_path, capsys):
+    path = _edited(files, tmp_path, 1, "3.5", row=5)
+    assert run_cmd("hsemo_jax.commands.evaluate", [str(path), str(files / "gt.txt")]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and f"{path}:6" in err and "valence 3.5 outside [-1, 1]" in err, err
+
+
+@pytest.mark.parametrize("thresholds", ["0", "1", "1.5", "-0.1", "0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,1"])
+def test_au_thresholds_outside_zero_one_are_refused(files, thresholds, capsys):
+    with pytest.raises(SystemExit):
+        run_cmd("hsemo_jax.commands.evaluate", [str(files / "pred.txt"), str(files / "gt.txt"),
+                                                "--au-thresholds", thresholds])
+    assert "between 0 and 1" in capsys.readouterr().err
+
+
+def test_files_with_a_utf8_byte_order_mark_are_read(files, tmp_path, capsys):
+    for name in ("pred.txt", "gt.txt"):
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + (files / name).read_bytes())
+    assert run_cmd("hsemo_jax.commands.evaluate", [str(tmp_path / "pred.txt"), str(tmp_path / "gt.txt")]) == 0
+    with_bom = capsys.readouterr().out
+    run_cmd("hsemo_jax.commands.evaluate", [str(files / "pred.txt"), str(files / "gt.txt")])
+    assert with_bom.replace(str(tmp_path), "") == capsys.readouterr().out.replace(str(files), "")
+    images = [abaw_io.ce_image_name("v", f) for f in range(1, 8)]
+    abaw_io.write_ce_submission(str(tmp_path / "ce.txt"), images, np.arange(7))
+    (tmp_path / "ce.txt").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "ce.txt").read_bytes())
+    assert run_cmd("hsemo_jax.commands.evaluate", [str(tmp_path / "ce.txt")]) == 0
+    assert "C-EXPR submission" in capsys.readouterr().out
+
+
+def test_sweep_calls_unsmoothed_best_when_smoothing_only_ties_it(files, tmp_path, capsys):
+    """A notebook sigma of 0.1 gives the neighbours weights of e^-10: the scores move in the 6th
+    digit at most, which is no reason to smooth."""
+    run_cmd("hsemo_jax.commands.sweep",
+            [str(files / "pred.txt"), str(files / "gt.txt"), "--filters", "box,gaussian,hsemotion",
+             "--sigmas", "0.1", "--ks", "0,1", "--csv", str(tmp_path / "t.csv")])
+    out = capsys.readouterr().out
+    for task in ("VA", "AU"):
+        best = re.search(rf"best {task}: .*", out).group(0)
+        assert "unsmoothed" in best and "filter" not in best and "sigma" not in best, best
+
+
+def test_sweep_checks_its_csv_path_before_the_sweep(files, tmp_path, monkeypatch):
+    from hsemo_jax.postprocess import sweeping
+
+    monkeypatch.setattr(sweeping, "sweep", lambda *a, **k: pytest.fail("the sweep ran"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        run_cmd("hsemo_jax.commands.sweep", [str(files / "pred.txt"), str(files / "gt.txt"),
+                                             "--csv", str(tmp_path / "file" / "t.csv")])

@@ -143,8 +143,8 @@ def test_threaded_map_keeps_order_and_reraises():
 
 
 def test_multitask_head_adds_action_units(model_dir, tmp_path):
-    from hsemo_jax.train.head import MTLHead
-    from hsemo_jax.train.runners import save_head
+    from hsemo_jax.labels import AU_NAMES
+    from hsemo_jax.models.heads import MTLHead, save_head
 
     head_dir = tmp_path / "head"
     save_head(MTLHead(512 + 10, seed=3), head_dir)
@@ -174,3 +174,122 @@ def test_detection_on_a_shrunk_frame_finds_the_full_resolution_box():
     size = full[0, 2] - full[0, 0]
     assert np.abs(small - full).max() < 0.08 * size
     assert 600 <= small[0, 0] and small[0, 2] <= 1112  # in full-frame pixels
+
+
+def _no_decoding(monkeypatch):
+    """Any frame decoded fails the test: these errors must come before the work."""
+    from hsemo_jax.predict.video import FrameSource
+
+    def decode(self):
+        pytest.fail("a frame was decoded")
+        yield
+
+    monkeypatch.setattr(FrameSource, "__iter__", decode)
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--batch-size", "0"], "batch size"),
+    (["--smooth", "gaussian", "--sigma", "-1"], "sigma"),
+    (["--smooth", "gaussian", "--k", "-2"], "k "),
+    (["--smooth", "box", "--k", "-2"], "k "),
+    (["--detect-width", "-5"], "detect width"),
+    (["--detect-every", "0"], "detect every"),
+    (["--au-thresholds", "1.5"], "thresholds"),
+    (["--out", "{tmp}"], "folder"),
+    (["--out", "{file}/o.csv"], "{file}"),
+    (["--plot", "{file}/p.png"], "{file}"),
+])
+def test_arguments_and_outputs_are_checked_before_any_frame(model_dir, tmp_path, capsys, monkeypatch, extra, words):
+    _no_decoding(monkeypatch)
+    (tmp_path / "file").write_text("in the way\n")
+    fill = lambda s: s.format(tmp=tmp_path, file=tmp_path / "file")  # noqa: E731
+    out = tmp_path / "o.csv"
+    assert cli_main(["predict", str(CLIP), "--model", model_dir, "--out", str(out), *map(fill, extra)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and fill(words) in err, err
+    assert not out.exists() and not (tmp_path / "o.csv.partial").exists()
+
+
+def test_a_read_only_output_folder_is_refused_before_any_frame(model_dir, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    _no_decoding(monkeypatch)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.access(ro, os.W_OK):  # root: the mode bits bind nobody; refuse as the kernel would
+        real_open = os.open
+
+        def refuse(path, *args, **kwargs):
+            if Path(path).parent == ro:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", refuse)
+    for flag in ("--out", "--plot"):
+        args = ["--out", str(tmp_path / "o.csv")] if flag == "--plot" else []
+        assert cli_main(["predict", str(CLIP), "--model", model_dir, *args, flag, str(ro / "x")]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and str(ro) in err, err
+    assert not list(ro.iterdir()) and not list(tmp_path.glob("o.csv*"))
+
+
+def _truncated_video(path, frames=60):
+    """An MJPG AVI cut in the middle: OpenCV opens it and decodes about half of the frames its
+    header declares, while FFmpeg prints what it finds on file descriptor 2."""
+    rng = np.random.default_rng(0)
+    full = path.with_name("full_" + path.name)
+    writer = cv2.VideoWriter(str(full), cv2.VideoWriter_fourcc(*"MJPG"), 25, (112, 112))
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8))
+    writer.release()
+    data = full.read_bytes()
+    path.write_bytes(data[:len(data) // 2 + 777])
+    return path
+
+
+def test_a_video_that_ends_early_is_reported_and_decoder_chatter_summarised(model_dir, tmp_path, capfd):
+    video = _truncated_video(tmp_path / "cut.avi")
+    out = tmp_path / "cut.csv"
+    assert cli_main(["predict", str(video), "--model", model_dir, "--detector", "none", "--out", str(out)]) == 0
+    frames = {int(r["frame"]) for r in _read_csv(out)}
+    assert 10 < len(frames) < 50
+    err = capfd.readouterr().err
+    assert f"{video}: decoded {len(frames)} of the 60 frames its header declares" in err, err
+    assert err.count("[mjpeg @") <= 1 and "message line(s) from the video/image decoders" in err, err
+    assert len(err.strip().splitlines()) == 2, err  # the two warnings, no raw decoder output
+
+
+def test_decoder_chatter_of_a_damaged_image_is_summarised_once(model_dir, tmp_path, capfd):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        cv2.imwrite(str(folder / name), rng.integers(0, 255, (112, 112, 3), dtype=np.uint8))
+        (folder / name).write_bytes((folder / name).read_bytes()[:1500])  # libjpeg: premature end
+    table = predict(str(folder), [model_dir], detector="none", batch_size=4)
+    assert len(table) == 3
+    err = capfd.readouterr().err
+    assert "3 message line(s) from the video/image decoders" in err and err.count("JPEG") == 1, err
+
+
+def test_unrelated_images_never_share_a_track_id(model_dir, tmp_path):
+    """Photos of a folder are separate pictures: each face its own track. Numbered frames of one
+    ABAW video folder are one sequence; two such folders (one glob) are two."""
+    crops = [np.full((112, 112, 3), 40 * i, np.uint8) for i in range(1, 4)]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, img in zip(("beach.jpg", "party.jpg", "office.jpg"), crops):
+        cv2.imwrite(str(photos / name), img)
+    table = predict(str(photos), [model_dir], detector="none", batch_size=4)
+    assert sorted(table["track_id"]) == [0, 1, 2]
+    for video in ("v1", "v2"):
+        (tmp_path / "aligned" / video).mkdir(parents=True)
+        for i, img in enumerate(crops, start=1):
+            cv2.imwrite(str(tmp_path / "aligned" / video / f"{i:05d}.jpg"), img)
+    table = predict(str(tmp_path / "aligned" / "*" / "*.jpg"), [model_dir], detector="none", batch_size=4)
+    tracks = {Path(s).parent.name: set() for s in table["source"]}
+    for s, t in zip(table["source"], table["track_id"]):
+        tracks[Path(s).parent.name].add(int(t))
+    assert len(tracks["v1"]) == len(tracks["v2"]) == 1 and tracks["v1"] != tracks["v2"]

@@ -188,7 +188,7 @@ def test_validation_over_8_devices_gathers_every_row_once(build):
     from data_pipelines.loaders import Preprocessing
     from hsemo_jax.metrics import accuracy, ccc
     from hsemo_jax.models import build as build_model
-    from hsemo_jax.train import optim
+    from hsemo_jax import optim
     from hsemo_jax.train.loop import Trainer
     from hsemo_jax.train.objectives import BackboneObjective
 

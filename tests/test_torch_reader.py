@@ -1,7 +1,6 @@
 """Tests for hsemo_jax.convert.torch_reader: torch-free, code-free checkpoint reading."""
 
 import collections
-import hashlib
 import os
 import pickle
 import subprocess
@@ -18,7 +17,6 @@ from hsemo_jax.convert.torch_reader import (
     extract_state_dict,
     load_torch_file,
     read_state_dict,
-    sha256_file,
 )
 from hsemo_jax.errors import CheckpointError, UnsafePickleError
 
@@ -285,10 +283,44 @@ def test_trusted_names_stay_inert(tmp_path):
         read_state_dict(tmp_path / "t.pt")
 
 
-def test_legacy_format_is_explained(tmp_path):
-    torch.save({"w": torch.ones(2)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
-    with pytest.raises(CheckpointError, match=r"old\.pt.*legacy.*torch>=1\.6"):
-        read_state_dict(tmp_path / "old.pt")
+def _legacy(path, obj):
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(path)
+    return path.read_bytes()
+
+
+def test_legacy_format_dtypes_views_shared_storage(tmp_path):
+    """torch < 1.6 files (facenet-pytorch's MTCNN weights are such files) read like zip ones."""
+    ref = _mixed_state_dict()
+    _legacy(tmp_path / "old.pt", ref)
+    sd = read_state_dict(tmp_path / "old.pt")
+    _assert_same(sd, ref)
+    assert sd["scalar"].shape == ()
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.9, -1])
+def test_legacy_truncated_file_is_refused(tmp_path, keep):
+    data = _legacy(tmp_path / "old.pt", {"w": torch.arange(1000.0), "v": torch.ones(300)})
+    (tmp_path / "cut.pt").write_bytes(data[: int(len(data) * keep) if keep > 0 else keep])
+    with pytest.raises(CheckpointError, match=r"cut\.pt: .*(legacy|holds)"):
+        read_state_dict(tmp_path / "cut.pt")
+
+
+def test_legacy_storage_claims_are_bounded_by_the_file(tmp_path):
+    """A storage that claims more elements than the file holds is refused before it is allocated."""
+    data = _legacy(tmp_path / "old.pt", {"w": torch.ones(3)})
+    big = data.replace(b"K\x03N", b"J\xff\xff\xff\x3fN", 1)  # numel 3 -> 2**30 - 1 in the persistent id
+    assert big != data
+    (tmp_path / "big.pt").write_bytes(big)
+    with pytest.raises(CheckpointError, match=r"big\.pt: storage .* more than the file holds"):
+        read_state_dict(tmp_path / "big.pt")
+
+
+def test_legacy_unsafe_global_is_refused(tmp_path):
+    data = _legacy(tmp_path / "old.pt", {"w": torch.ones(2)})
+    (tmp_path / "evil.pt").write_bytes(data.replace(b"collections\nOrderedDict", b"posix\nsystem", 1))
+    with pytest.raises(UnsafePickleError, match=r"evil\.pt.*posix\.system"):
+        read_state_dict(tmp_path / "evil.pt")
 
 
 def test_bad_files(tmp_path):
@@ -322,8 +354,56 @@ def test_bad_files(tmp_path):
         read_state_dict(tmp_path / "garbage.pt")
 
 
-def test_sha256_file(tmp_path):
-    data = np.random.default_rng(1).bytes(300_001)
-    (tmp_path / "f").write_bytes(data)
-    assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
-    assert sha256_file(tmp_path / "f", chunk_size=7) == hashlib.sha256(data).hexdigest()
+def test_records_must_be_stored_or_deflated(tmp_path):
+    """bzip2 and lzma inflate without a bound per step in zipfile; torch.save never writes them."""
+    torch.save({"w": torch.arange(4.0)}, tmp_path / "good.pt")
+    with zipfile.ZipFile(tmp_path / "good.pt") as zin, zipfile.ZipFile(tmp_path / "bz.pt", "w") as zout:
+        for info in zin.infolist():
+            method = zipfile.ZIP_BZIP2 if info.filename.endswith("/data/0") else zipfile.ZIP_DEFLATED
+            zout.writestr(info.filename, zin.read(info), compress_type=method)
+    with pytest.raises(CheckpointError, match=r"bz\.pt: record 'good/data/0' is compressed with method 12"):
+        read_state_dict(tmp_path / "bz.pt")
+    _rewrite_zip(tmp_path / "bz.pt", tmp_path / "stored.pt", lambda n, d: d)  # deflated data.pkl: read
+    np.testing.assert_array_equal(read_state_dict(tmp_path / "stored.pt")["w"], np.arange(4.0, dtype=np.float32))
+
+
+def test_tensor_bytes_are_bounded_in_total(tmp_path, monkeypatch):
+    """Storages read plus tensors copied out of them count against MAX_TENSOR_BYTES, before each
+    allocation; a tensor that is its whole storage costs nothing more."""
+    from hsemo_jax.convert import torch_reader
+
+    base = torch.arange(100.0).reshape(10, 10)  # 400 bytes
+    torch.save(collections.OrderedDict(a=base, b=base.t(), c=base.t()), tmp_path / "views.pt")
+    monkeypatch.setattr(torch_reader, "MAX_TENSOR_BYTES", 1200)
+    read_state_dict(tmp_path / "views.pt")  # the storage, then b and c copied out of it: 3 x 400 bytes
+    monkeypatch.setattr(torch_reader, "MAX_TENSOR_BYTES", 1199)
+    with pytest.raises(CheckpointError, match=r"views\.pt: tensor of size \(10, 10\) of 400 bytes would bring "
+                                              r"the checkpoint's tensors to 1200 bytes, more than 1199"):
+        read_state_dict(tmp_path / "views.pt")
+
+
+def test_shared_module_is_listed_under_each_name_as_torch_does(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules["__main__"], "TinyNet", TinyNet, raising=False)
+    net = TinyNet()
+    net.twin = net.head  # one module, two names
+    torch.save(net, tmp_path / "shared.pt")
+    sd = read_state_dict(tmp_path / "shared.pt")
+    _assert_same(sd, net.state_dict())
+    assert np.shares_memory(sd["head.0.weight"], sd["twin.0.weight"])
+
+
+def test_zip_members_outside_the_archive_folder_are_named_in_a_warning(tmp_path):
+    from hsemo_jax.errors import InputWarning
+
+    torch.save({"w": torch.ones(2)}, tmp_path / "good.pt")
+    with zipfile.ZipFile(tmp_path / "good.pt", "a") as z:
+        for name in ("../escape", "/etc/cron.d/x", "good/../../up", "other/file"):
+            z.writestr(name, b"x")
+    with pytest.warns(InputWarning) as seen:
+        sd = read_state_dict(tmp_path / "good.pt")
+    np.testing.assert_array_equal(sd["w"], np.ones(2, np.float32))
+    assert len(seen) == 1
+    msg = str(seen[0].message)
+    assert msg.startswith(f"{tmp_path / 'good.pt'}: ignored 4 zip members outside 'good/'")
+    for name in ("'../escape'", "'/etc/cron.d/x'", "'good/../../up'", "'other/file'"):
+        assert name in msg

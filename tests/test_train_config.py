@@ -17,7 +17,7 @@ CONFIGS = sorted((Path(C.__file__).parent / "configs").glob("*.toml"))
 
 
 def test_learning_rate_scaling_rules():
-    from hsemo_jax.train.optim import scaled_lr
+    from hsemo_jax.optim import scaled_lr
 
     assert scaled_lr(1e-4, "none", 1024, 48) == 1e-4
     assert scaled_lr(1e-4, "linear", 1024, 256) == pytest.approx(4e-4)
@@ -178,8 +178,7 @@ def test_init_from_copies_matching_weights_and_keeps_the_new_classifier(tmp_path
 def test_saved_head_loads_back(tmp_path):
     from flax import nnx
 
-    from hsemo_jax.train.head import MTLHead
-    from hsemo_jax.train.runners import load_head, save_head
+    from hsemo_jax.models.heads import MTLHead, load_head, save_head
 
     head = MTLHead(30, seed=4)
     save_head(head, tmp_path)

@@ -95,7 +95,7 @@ def test_bf16_compute_keeps_fp32_master_weights(tmp_path, head32):
 
 def test_classifier_only_phase_freezes_the_backbone_but_not_its_bn_statistics():
     """optim.trainable = "classifier" (AffectNet recipe phase 1): only `fc` moves; BN stays in train mode."""
-    from hsemo_jax.train import optim
+    from hsemo_jax import optim
     from hsemo_jax.train.loop import Trainer
     from hsemo_jax.train.objectives import BackboneObjective
 

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hsemo_jax.train import losses, optim
-from hsemo_jax.train.head import MTLHead
+from hsemo_jax.models.heads import MTLHead
+from hsemo_jax import optim
+from hsemo_jax.train import losses
 
 RNG = np.random.default_rng(0)
 N, C, K = 12, 8, 12

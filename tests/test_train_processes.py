@@ -144,9 +144,6 @@ tensorboard = false
 save_every = 3
 """
 PRETRAIN_STEPS = 32  # 64 training examples / 8 per step x 4 epochs; validation after each epoch
-# The C++ CPU kernels were not bit-reproducible from run to run when this was written; the
-# pretrain processes run the XLA forms (HSEMO_JAX_FUSED_KERNELS=0) until that is fixed.
-XLA_FORMS = {"HSEMO_JAX_FUSED_KERNELS": "0"}
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +182,7 @@ def _rows(csv_path: Path) -> tuple[dict, dict]:
 def pretrain_reference(workdir, pretrain_data):
     """An uninterrupted 1-process x 2-device run, grain in this process (data.workers = 0)."""
     run = workdir / "pretrain_reference"
-    subprocess.run(_pretrain_cmd(workdir, pretrain_data, run), env=_env(workdir / "cache_pt", **XLA_FORMS), cwd=REPO,
+    subprocess.run(_pretrain_cmd(workdir, pretrain_data, run), env=_env(workdir / "cache_pt"), cwd=REPO,
                    check=True, capture_output=True, timeout=300)
     return run
 
@@ -198,7 +195,7 @@ def test_pretrain_sigkill_then_rerun_resumes_bit_identical(workdir, pretrain_dat
     (the batches do not depend on the worker count). The killed run's workers exit with it."""
     run = workdir / f"pretrain_killed_{workers}"
     cmd = _pretrain_cmd(workdir, pretrain_data, run, "--set", f"data.workers={workers}")
-    env = _env(workdir / "cache_pt", **XLA_FORMS)
+    env = _env(workdir / "cache_pt")
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     try:
@@ -239,7 +236,7 @@ def test_pretrain_two_processes_each_reading_its_shard_equal_one_process(workdir
         dist_args = ["--set", "distributed.initialize=true", "--set", f"distributed.coordinator_address=127.0.0.1:{port}",
                      "--set", "distributed.num_processes=2", "--set", f"distributed.process_id={pid}"]
         procs.append(subprocess.Popen(_pretrain_cmd(workdir, pretrain_data, run, *dist_args),
-                                      env=_env(workdir / "cache_pt2", devices=1, **XLA_FORMS), cwd=REPO,
+                                      env=_env(workdir / "cache_pt2", devices=1), cwd=REPO,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     try:
         outs = [p.communicate(timeout=300)[0].decode() for p in procs]

@@ -66,9 +66,9 @@ def feature_data(n: int, d: int = 20, seed: int = 0, missing: float = 0.0) -> di
 # ----------------------------------------------------------------------------------------------
 import pytest  # noqa: E402
 
+from hsemo_jax.models.heads import MTLHead  # noqa: E402
 from hsemo_jax.train import distributed as dist  # noqa: E402
-from hsemo_jax.train import optim  # noqa: E402
-from hsemo_jax.train.head import MTLHead  # noqa: E402
+from hsemo_jax import optim  # noqa: E402
 from hsemo_jax.train.loop import Trainer  # noqa: E402
 from hsemo_jax.train.objectives import BackboneObjective, HeadObjective  # noqa: E402
 

@@ -75,7 +75,7 @@ def _torch_step(model, arch: str, mean, std, class_weight, lr: float = 1e-4):
 
 def _flax_trainer(arch: str, sd: dict | None, class_weight):
     from hsemo_jax.models import registry
-    from hsemo_jax.train import optim
+    from hsemo_jax import optim
     from hsemo_jax.train.loop import Trainer
     from hsemo_jax.train.objectives import BackboneObjective
 

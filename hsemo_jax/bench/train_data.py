@@ -110,7 +110,7 @@ def step_rate(arch: str, batch: int, seconds: float) -> dict:
     import jax
 
     from hsemo_jax.models import registry
-    from hsemo_jax.train import optim
+    from hsemo_jax import optim
     from hsemo_jax.train.loop import Trainer
     from hsemo_jax.train.objectives import BackboneObjective
 

@@ -54,6 +54,8 @@ def au_thresholds(text: str):
     vals = float_list(text)
     if len(vals) not in (1, 12):
         raise argparse.ArgumentTypeError(f"give 1 or 12 AU thresholds, got {len(vals)}")
+    if not all(0 < v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"AU thresholds must lie between 0 and 1 (exclusive), got {text!r}")
     return vals[0] if len(vals) == 1 else vals
 
 
@@ -77,13 +79,13 @@ def blend_weights(text: str) -> tuple[float, float, float]:
     return vals
 
 
-def add_config_arguments(p: argparse.ArgumentParser, *, set_example: str,
-                         describes: str = "every config field") -> None:
+def add_config_arguments(p: argparse.ArgumentParser, *, set_example: str) -> None:
     """`--out RUN`, `--set SECTION.KEY=VALUE` (repeatable) and `--describe-config` of the training commands."""
     p.add_argument("--out", help="run directory (overrides run_dir)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help=f"override a config field (repeatable), e.g. --set {set_example}")
-    p.add_argument("--describe-config", action="store_true", help=f"print {describes} and exit")
+    p.add_argument("--describe-config", action="store_true",
+                   help="print the config fields this command reads, with defaults and documentation, and exit")
 
 
 CONFIG_PATH_KEYS = ("data.train", "data.val", "run_dir", "model.init")
@@ -114,7 +116,7 @@ def add_scoring_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blend-with", metavar="PRED_B",
                    help="second model's MTL predictions of the same images to blend with (see --blend-weights)")
     p.add_argument("--au-thresholds", type=au_thresholds, default=0.5, metavar="T|T1,...,T12",
-                   help="AU decision threshold(s) for P_AU (default 0.5)")
+                   help="AU decision threshold(s) in (0, 1) for P_AU (default 0.5)")
     p.add_argument("--allow-missing", action="store_true",
                    help="skip labelled ground-truth rows that have no prediction instead of failing")
 

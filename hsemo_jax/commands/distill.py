@@ -18,9 +18,6 @@ import argparse
 from hsemo_jax.commands.arguments import add_config_arguments, load_run_config
 from hsemo_jax.errors import InputError
 
-# config sections distill reads; the others must stay at their defaults
-SECTIONS = ("run_dir", "data.val", "data.synthetic_rows", "data.hflip", "optim", "train", "checkpoint",
-            "distributed", "distill")
 PATH_KEYS = ("run_dir", "data.val", "distill.expr", "distill.va", "distill.expr_va", "distill.teacher_dir",
              "distill.teacher_init", "distill.student_init")
 
@@ -29,28 +26,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="TOML/JSON config file")
     p.add_argument("--stage", choices=("both", "teacher", "student"), help="overrides distill.stage")
     p.add_argument("--teacher", help="finished teacher directory for --stage student (overrides distill.teacher_dir)")
-    add_config_arguments(p, set_example="distill.expr=EXPR.npz", describes="every config field distill reads")
-
-
-def _describe() -> str:
-    from hsemo_jax.train.config import describe
-
-    blocks = describe().split("\n")
-    out, keep = [], False
-    for line in blocks:
-        if not line.startswith(" "):
-            key = line.split(" = ")[0]
-            keep = any(key == s or key.startswith(s + ".") for s in SECTIONS)
-        if keep:
-            out.append(line)
-    return "\n".join(out)
+    add_config_arguments(p, set_example="distill.expr=EXPR.npz")
 
 
 def run(args: argparse.Namespace) -> int:
-    from hsemo_jax.train.distill_runner import run_distill
+    from hsemo_jax.distill.runner import run_distill
+    from hsemo_jax.train.config import describe
 
     if args.describe_config:
-        print(_describe())
+        print(describe("distill"))
         return 0
     if not args.config:
         raise InputError("distill: give a CONFIG file (see hsemo_jax/train/configs/distill_*.toml)")

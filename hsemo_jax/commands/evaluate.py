@@ -9,6 +9,8 @@ A C-EXPR submission (no labels exist): class histogram, KL(prior || histogram), 
 """
 from __future__ import annotations
 
+import sys
+
 from hsemo_jax.commands import arguments as cc
 
 
@@ -81,6 +83,8 @@ def run(args) -> int:
 
     pred = abaw_io.read_mtl_predictions(args.pred)
     print(f"predictions {args.pred}: {len(pred.images)} rows ({pred.kind} layout)")
+    if warning := pred.va_warning():
+        print(f"warning: {warning}", file=sys.stderr)
     if args.compare:
         other = abaw_io.read_mtl_predictions(args.compare)
         if other.images != pred.images:

@@ -9,7 +9,7 @@ Pearson kept. The metric is the mean over targets of Pearson's r over the videos
         (--features FEATS [FEATS ...] | --faces FACES [FACES ...] --model MODEL [--cache DIR])
         [--targets auto|reaction7|vidmimic6|NAME,...] [--input scores|embedding|both] [--every 5]
         [--variant linear|mlp] [--loss pearson|weighted] [--weights W,...] [--epochs N]
-        [--batch-size 512] [--lr 1e-3] [--seed 0] [--train-val] [--on-missing error|skip]
+        [--batch-size N] [--lr 1e-3] [--seed 0] [--train-val] [--on-missing error|skip]
         --out RUN
     hsemo-jax intensity predict RUN
         (--features FEATS [FEATS ...] | --faces FACES [FACES ...] [--model MODEL] [--cache DIR])
@@ -77,7 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--weights", help="comma-separated per-target weights of the weighted loss (normalised); "
                    "default: 1/[1,8,4,2,8,8] for vidmimic6, uniform otherwise")
     t.add_argument("--epochs", type=int, help="default: 100 (linear), 20 (mlp)")
-    t.add_argument("--batch-size", type=int, default=512, help="default 512")
+    t.add_argument("--batch-size", type=int,
+                   help="videos per step (default: from the training set, about 16 steps an epoch within "
+                   "32..512; 512, the notebook's, from 8192 videos on)")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     t.add_argument("--hidden", type=int, default=64, help="mlp hidden units (default 64)")
     t.add_argument("--seed", type=int, default=0)
@@ -113,6 +115,7 @@ def _source_kwargs(args) -> dict:
 
 def _train(args) -> int:
     from hsemo_jax.errors import InputError
+    from hsemo_jax.fileio import check_writable
     from hsemo_jax.intensity.regressor import TrainConfig
     from hsemo_jax.intensity.runs import train_run
 
@@ -122,6 +125,7 @@ def _train(args) -> int:
             weights = [float(w) for w in args.weights.split(",")]
         except ValueError:
             raise InputError(f"--weights {args.weights!r}: expected comma-separated numbers") from None
+    check_writable(Path(args.out) / "regressor.json", "regressor")
     cfg = TrainConfig(variant=args.variant, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       loss=args.loss, weights=weights, hidden=args.hidden, seed=args.seed)
     res, names = train_run(args.labels, args.out, cfg, val_labels=args.val_labels, targets=args.targets,
@@ -138,9 +142,11 @@ def _train(args) -> int:
 
 
 def _predict(args) -> int:
+    from hsemo_jax.fileio import check_writable
     from hsemo_jax.intensity.regressor import mean_pearson, pearson_per_target
     from hsemo_jax.intensity.runs import predict_run
 
+    check_writable(args.out, "submission")
     p = predict_run(args.run_dir, args.out, videos=args.videos, labels=args.labels, **_source_kwargs(args))
     print(f"wrote {args.out}: {len(p.videos)} videos", file=sys.stderr)
     if p.truth is not None:

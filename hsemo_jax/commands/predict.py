@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hsemo_jax.predict.detect import DETECT_WIDTH
+from hsemo_jax.predict.detect import DETECT_WIDTH, DETECTORS
 from hsemo_jax.predict.pipeline import DETECT_EVERY
 
 
@@ -17,10 +17,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Default: enet_b0_8_va_mtl")
     p.add_argument("--blend", type=float, nargs="+", metavar="W",
                    help="blend weights, one per --model, summing to 1 (default: equal)")
-    p.add_argument("--detector", choices=("haar", "yunet", "none"), default="haar",
+    p.add_argument("--detector", choices=DETECTORS, default="haar",
                    help="face detector: OpenCV Haar cascade (default, bundled), YuNet (needs --detector-model), "
+                        "MediaPipe's BlazeFace short- or full-range (bundled), "
                         "or none for pre-cropped faces (e.g. ABAW cropped_aligned)")
-    p.add_argument("--detector-model", help="YuNet .onnx file for --detector yunet")
+    p.add_argument("--detector-model", help="YuNet .onnx file for --detector yunet; a folder with pnet.pt, rnet.pt, onet.pt for --detector mtcnn (else fetched by name)")
     p.add_argument("--detect-width", type=int, default=DETECT_WIDTH, metavar="PX",
                    help=f"detect faces on frames shrunk to at most this width, boxes mapped back to full "
                         f"resolution for cropping (default {DETECT_WIDTH}; 0 = full resolution)")
@@ -44,13 +45,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from collections import Counter
 
+    from hsemo_jax.fileio import check_writable
     from hsemo_jax.predict import predict
+    from hsemo_jax.predict.pipeline import check_options
     from hsemo_jax.predict.writer import CsvOutput, plot
 
-    out = Path(args.out or f"{Path(args.input.rstrip('/')).stem or 'predictions'}.emotions.csv")
+    models = tuple(args.models or ("enet_b0_8_va_mtl",))
+    check_options(models=len(models), weights=args.blend, detector=args.detector, detect_width=args.detect_width,
+                  detect_every=args.detect_every, smooth=args.smooth, sigma=args.sigma, k=args.k,
+                  batch_size=args.batch_size, au_thresholds=args.au_thresholds)
+    out = check_writable(args.out or f"{Path(args.input.rstrip('/')).stem or 'predictions'}.emotions.csv", "CSV")
+    if args.plot:
+        check_writable(args.plot, "plot")
     csv_out = CsvOutput(out)
     try:
-        table = predict(args.input, tuple(args.models or ("enet_b0_8_va_mtl",)), weights=args.blend,
+        table = predict(args.input, models, weights=args.blend,
                         detector=args.detector, detector_model=args.detector_model,
                         detect_width=args.detect_width, detect_every=args.detect_every, smooth=args.smooth,
                         sigma=args.sigma, k=args.k, batch_size=args.batch_size, head=args.head,

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from hsemo_jax.train.config import describe
 
     if args.describe_config:
-        print(describe())
+        print(describe("pretrain"))
         return 0
     if not args.config:
         raise InputError("pretrain: give a CONFIG file (see hsemo_jax/train/configs/)")

@@ -32,17 +32,21 @@ def _markdown(rows) -> str:
 
 def run(args) -> int:
     import os
+    import sys
     import time
 
     import numpy as np
 
     from hsemo_jax.errors import InputError
-    from hsemo_jax.postprocess import abaw_io
-    from hsemo_jax.postprocess.sweeping import NOTEBOOK_SIGMAS, SweepGrid, sweep
+    from hsemo_jax.fileio import check_writable
+    from hsemo_jax.postprocess import abaw_io, sweeping
 
+    out = check_writable(args.csv or os.path.splitext(args.pred)[0] + "_sweep.csv", "sweep table")
     pred = abaw_io.read_mtl_predictions(args.pred)
     if pred.kind != "scores":
         print(f"warning: {args.pred} holds labels, not scores; smoothing one-hot labels is rarely what you want")
+    if warning := pred.va_warning():
+        print(f"warning: {warning}", file=sys.stderr)
     gt = abaw_io.read_mtl_labels(args.gt)
     al = abaw_io.align(pred, gt, allow_missing=args.allow_missing)
     tasks = tuple(t.strip().upper() for t in args.tasks.split(",") if t.strip())
@@ -54,11 +58,11 @@ def run(args) -> int:
         weights = args.blend_weights or tuple(float(w) for w in np.linspace(0, 1, 11))
     elif args.blend_weights:
         raise InputError("--blend-weights needs --blend-with")
-    grid = SweepGrid(filters=tuple(f.strip() for f in args.filters.split(",") if f.strip()),
-                     sigmas=args.sigmas or NOTEBOOK_SIGMAS, ks=args.ks or (0, 1, 5, 10, 50, 100),
+    grid = sweeping.SweepGrid(filters=tuple(f.strip() for f in args.filters.split(",") if f.strip()),
+                     sigmas=args.sigmas or sweeping.NOTEBOOK_SIGMAS, ks=args.ks or (0, 1, 5, 10, 50, 100),
                      blend_weights=tuple(weights))
     t0 = time.perf_counter()
-    table = sweep(al.truth(), pred_a, al.videos, al.frames, pred_b=pred_b, grid=grid, tasks=tasks,
+    table = sweeping.sweep(al.truth(), pred_a, al.videos, al.frames, pred_b=pred_b, grid=grid, tasks=tasks,
                   au_thresholds=args.au_thresholds)
     dt = time.perf_counter() - t0
     n_settings = len(table.rows)
@@ -66,12 +70,16 @@ def run(args) -> int:
     for task in tasks:
         rows = sorted(table.for_task(task), key=lambda r: -r["score"])
         best = table.best(task)
-        base = [r for r in table.for_task(task) if r["k"] == 0]
-        extra = f" (unsmoothed: {base[0]['score']:.4f})" if base else ""
-        print(f"\nbest {task}: {best['score']:.4f} with filter {best['filter']}, w {best['blend_weight']:g}, "
-              f"sigma {best['sigma']:g}, k {best['k']}{extra}")
+        weight = f", w {best['blend_weight']:g}" if args.blend_with else ""
+        if best["k"] == 0:
+            print(f"\nbest {task}: {best['score']:.4f} unsmoothed{weight} (no smoothing setting does better by more "
+                  f"than {sweeping.TIE:g})")
+        else:
+            base = [r["score"] for r in table.for_task(task) if r["k"] == 0]
+            extra = f" (unsmoothed: {max(base):.4f})" if base else ""
+            print(f"\nbest {task}: {best['score']:.4f} with filter {best['filter']}{weight}, sigma {best['sigma']:g}, "
+                  f"k {best['k']}{extra}")
         print(_markdown(rows[: max(args.top, 1)]))
-    out = args.csv or os.path.splitext(args.pred)[0] + "_sweep.csv"
     table.write_csv(out)
     print(f"\nwrote {out}")
     return 0

@@ -4,7 +4,9 @@ FEATURES / VAL: feature datasets (.npz or a directory of .npy): x (N, D+10) = em
 backbone's 10 scores, and any of expr (N,), va (N, 2), au (N, 12) with the ABAW missing codes
 (-1, -5, -1) or explicit *_mask arrays (see hsemo_jax/train/data.py). Defaults follow the paper
 (hsemo_jax/train/configs/head_abaw7.toml): each head alone on its own rows, Keras Adam 1e-3, batch 512.
-Writes RUN/head.npz + RUN/head.json; rerunning the same command resumes an interrupted run.
+Writes RUN/head.npz + RUN/head.json (the trained tasks) and RUN/metrics_final.json (the final
+validation metrics of the trained tasks); nothing is written before the inputs pass their checks.
+Rerunning the same command resumes an interrupted run.
 """
 from __future__ import annotations
 
@@ -29,10 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hsemo_jax.errors import InputError
-    from hsemo_jax.train.config import describe
+    from hsemo_jax.train.config import describe, load_config
 
     if args.describe_config:
-        print(describe())
+        print(describe("train-head", load_config(args.config or DEFAULT_CONFIG)))
         return 0
     tasks = "[" + ",".join(f'"{t}"' for t in args.tasks) + "]" if args.tasks else None
     cfg = load_run_config(args.config or DEFAULT_CONFIG, args,
@@ -46,5 +48,5 @@ def run(args: argparse.Namespace) -> int:
     if result:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k.startswith(("P_", "CCC", "EXPR")))
         print(f"validation: {shown}")
-    print(f"wrote {cfg.run_dir}/head.npz", file=sys.stderr)
+    print(f"wrote {cfg.run_dir}/head.npz, head.json, metrics_final.json", file=sys.stderr)
     return 0

@@ -42,6 +42,8 @@ RENAMES: dict[str, list[tuple[str, str]]] = {
     "ddamfn": [("features.", "trunk.")],
     # timm ByobNet's classifier `head.fc`; `head(f)` is the scores method of every model.
     "mobilevit": [("head.fc.", "fc.")],
+    # facenet-pytorch's PNet / RNet / ONet state dicts: attribute names as in torch.
+    "mtcnn": [],
 }
 
 

@@ -6,12 +6,14 @@ Two variants on the per-video statistics vector x (4·D):
   Pearson loss (the notebook's `Pearson_ERI_loss`);
 * `mlp`:    Dense(64, ReLU) -> Dense(K, sigmoid), 20 epochs, weighted Pearson loss.
 
-Kernels glorot-uniform, biases zero (Keras defaults; `hsemo_jax.train.head.Dense`). Training:
-Keras Adam (lr 1e-3, eps 1e-7; `hsemo_jax.train.optim`), mini-batches of 512 in a fresh seeded
-order every epoch (the last batch is the remainder, masked, as Keras' smaller last batch), one
-jitted `lax.scan` per epoch; after every epoch the validation mean Pearson is computed and the
-best epoch's weights are kept (Keras ModelCheckpoint on val mean-Pearson). Without validation data
-the last epoch is kept.
+The modules are `hsemo_jax.models.heads.LinearSigmoid` / `MLPSigmoid` (`build_regressor`): kernels
+glorot-uniform, biases zero (Keras defaults). Training: Keras Adam (lr 1e-3, eps 1e-7;
+`hsemo_jax.optim`), mini-batches in a fresh seeded order every epoch (the last batch is the
+remainder, masked, as Keras' smaller last batch), one jitted `lax.scan` per epoch. The batch
+follows the data size (`default_batch_size`): the notebook's 512 on its ~15k-video sets, 32 on a
+few hundred videos, where 512 makes an epoch a single step. After every epoch the validation mean
+Pearson is computed and the best epoch's weights are kept (Keras ModelCheckpoint on val
+mean-Pearson). Without validation data the last epoch is kept.
 
 Loss, per mini-batch, population statistics over its rows:
     r_k = mean((y - ȳ)(p - p̄)) / (σ_y σ_p + ε),  ε = 1e-7 (Keras epsilon)
@@ -23,13 +25,11 @@ Metric: P = (1/K) Σ_k pearson(ŷ[:, k], y[:, k]) over all videos (scipy's `pear
 a constant column has no correlation and gives NaN, as in scipy.
 
 Saved as DIR/regressor.npz (parameters, '/'-joined paths) + DIR/regressor.json (architecture,
-targets, feature description, training summary), each written to a temporary file and renamed;
-the JSON is written last, so a directory with a readable JSON holds a complete model.
+targets, feature description, training summary): the `intensity_regressor` kind of
+`models.heads.save_small`, written atomically.
 """
 from __future__ import annotations
 
-import io
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,17 +42,15 @@ import optax
 from flax import nnx
 
 from hsemo_jax.errors import InputError
-from hsemo_jax.fileio import atomic_write
-from hsemo_jax.train.head import Dense
-from hsemo_jax.train.optim import make_optimizer, path_str
+from hsemo_jax.models.heads import HIDDEN, VARIANTS, build_regressor, load_small, save_small
+from hsemo_jax.optim import make_optimizer
 
-FORMAT = "hsemo-jax-intensity-regressor/1"
 KERAS_EPSILON = 1e-7
 L2_LAMBDA = 1.0 / 512
-HIDDEN = 64
-VARIANTS = ("linear", "mlp")
 DEFAULT_EPOCHS = {"linear": 100, "mlp": 20}
 DEFAULT_LOSS = {"linear": "pearson", "mlp": "weighted"}
+BATCH_RANGE = (32, 512)  # default batch: rows / STEPS_PER_EPOCH, within these bounds
+STEPS_PER_EPOCH = 16
 VIDMIMIC_INVERSE_WEIGHTS = (1.0, 8.0, 4.0, 2.0, 8.0, 8.0)
 
 
@@ -124,45 +122,8 @@ def mean_pearson(pred_nk, true_nk) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# models
+# inference
 # ----------------------------------------------------------------------------------------------
-class LinearSigmoid(nnx.Module):
-    """x (N, in_dim) -> sigmoid(x W + b) (N, K)."""
-
-    def __init__(self, in_dim: int, k: int, *, rng: np.random.Generator):
-        self.out = Dense(in_dim, k, rng=rng)
-
-    def __call__(self, x):
-        return jax.nn.sigmoid(self.out(x))
-
-    def regularized_kernels(self):
-        return [self.out.kernel[...]]
-
-
-class MLPSigmoid(nnx.Module):
-    """x (N, in_dim) -> sigmoid(relu(x W1 + b1) W2 + b2) (N, K)."""
-
-    def __init__(self, in_dim: int, k: int, hidden: int = HIDDEN, *, rng: np.random.Generator):
-        self.hidden = Dense(in_dim, hidden, rng=rng)
-        self.out = Dense(hidden, k, rng=rng)
-
-    def __call__(self, x):
-        return jax.nn.sigmoid(self.out(jax.nn.relu(self.hidden(x))))
-
-    def regularized_kernels(self):
-        return []
-
-
-def build_regressor(variant: str, in_dim: int, k: int, *, hidden: int = HIDDEN, seed: int = 0):
-    """A fresh `linear` or `mlp` regressor (Keras-default initialisation from `seed`)."""
-    if variant not in VARIANTS:
-        raise InputError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    if in_dim < 1 or k < 1:
-        raise InputError(f"regressor needs in_dim >= 1 and K >= 1, got {in_dim}, {k}")
-    rng = np.random.default_rng(seed)
-    return LinearSigmoid(in_dim, k, rng=rng) if variant == "linear" else MLPSigmoid(in_dim, k, hidden, rng=rng)
-
-
 def predict(model, x_nd, batch: int = 4096) -> np.ndarray:
     """(N, K) float32 intensities of the regressor on x_nd (N, in_dim)."""
     x = np.asarray(x_nd, np.float32)
@@ -174,11 +135,19 @@ def predict(model, x_nd, batch: int = 4096) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # training
 # ----------------------------------------------------------------------------------------------
+def default_batch_size(rows: int) -> int:
+    """The batch for `rows` training videos: about STEPS_PER_EPOCH steps an epoch, within
+    BATCH_RANGE (280 videos: 32, not the notebook's 512, which made an epoch one step and left the
+    regressor far from trained after 100 epochs; ~15k videos: 512, the notebook's)."""
+    low, high = BATCH_RANGE
+    return int(min(high, max(low, rows // STEPS_PER_EPOCH)))
+
+
 @dataclass
 class TrainConfig:
     variant: str = "linear"
     epochs: int | None = None          # None: 100 (linear) / 20 (mlp)
-    batch_size: int = 512
+    batch_size: int | None = None      # None: default_batch_size(training rows)
     lr: float = 1e-3
     loss: str | None = None            # "pearson" | "weighted"; None: per variant
     weights: Sequence[float] | None = None  # weighted loss; None: default_weights(targets)
@@ -186,7 +155,7 @@ class TrainConfig:
     hidden: int = HIDDEN
     seed: int = 0
 
-    def resolved(self, target_names: Sequence[str]) -> "TrainConfig":
+    def resolved(self, target_names: Sequence[str], rows: int) -> "TrainConfig":
         if self.variant not in VARIANTS:
             raise InputError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         loss = self.loss or DEFAULT_LOSS[self.variant]
@@ -198,10 +167,11 @@ class TrainConfig:
             raise InputError(f"target weights must be {k} non-negative numbers with a positive sum, "
                              f"got {list(np.asarray(self.weights).tolist())}")
         epochs = DEFAULT_EPOCHS[self.variant] if self.epochs is None else int(self.epochs)
-        if epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.hidden < 1:
+        batch = default_batch_size(rows) if self.batch_size is None else int(self.batch_size)
+        if epochs < 1 or batch < 1 or not self.lr > 0 or self.hidden < 1:
             raise InputError("epochs, batch size, hidden units must be >= 1 and the learning rate > 0")
         l2 = (L2_LAMBDA if self.variant == "linear" else 0.0) if self.l2 is None else float(self.l2)
-        return TrainConfig(variant=self.variant, epochs=epochs, batch_size=int(self.batch_size), lr=float(self.lr),
+        return TrainConfig(variant=self.variant, epochs=epochs, batch_size=batch, lr=float(self.lr),
                            loss=loss, weights=[float(x) for x in w / w.sum()], l2=l2, hidden=int(self.hidden),
                            seed=int(self.seed))
 
@@ -242,7 +212,7 @@ def fit(x_train, y_train, target_names: Sequence[str], config: TrainConfig, *, x
         if xv.ndim != 2 or xv.shape[1] != x.shape[1] or yv.shape != (xv.shape[0], k):
             raise InputError(f"validation data: x {xv.shape} and y {yv.shape} do not match the training "
                              f"data ({x.shape[1]} features, {k} targets)")
-    cfg = config.resolved(target_names)
+    cfg = config.resolved(target_names, len(x))
     model = build_regressor(cfg.variant, x.shape[1], k, hidden=cfg.hidden, seed=cfg.seed)
     graphdef, params = nnx.split(model)
     tx = make_optimizer("keras_adam", optax.constant_schedule(cfg.lr), eps=KERAS_EPSILON)
@@ -304,59 +274,12 @@ def fit(x_train, y_train, target_names: Sequence[str], config: TrainConfig, *, x
 # ----------------------------------------------------------------------------------------------
 # save / load
 # ----------------------------------------------------------------------------------------------
-def _flat_params(model) -> dict:
-    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return {path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(pure)[0]}
-
-
 def save_regressor(model, out_dir: str | os.PathLike, meta: dict) -> Path:
     """Write OUT/regressor.npz + OUT/regressor.json. meta must hold variant, in_dim, targets
     (names), hidden; anything else (features, training summary) is stored as is."""
-    for key in ("variant", "in_dim", "targets", "hidden"):
-        if key not in meta:
-            raise ValueError(f"save_regressor: meta lacks {key!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.savez(buf, **_flat_params(model))
-    atomic_write(out / "regressor.npz", buf.getvalue())
-    atomic_write(out / "regressor.json", (json.dumps({"format": FORMAT, **meta}, indent=1) + "\n").encode())
-    return out
+    return save_small(model, out_dir, {"kind": "intensity_regressor", **meta})
 
 
 def load_regressor(run_dir: str | os.PathLike):
     """(model, meta) saved by `save_regressor` in `run_dir`."""
-    d = Path(run_dir)
-    meta_path, npz_path = d / "regressor.json", d / "regressor.npz"
-    if not meta_path.is_file():
-        raise InputError(f"{d}: no regressor.json (not a trained intensity regressor; "
-                         "create one with `hsemo-jax intensity train`)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{meta_path}: not valid JSON ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise InputError(f"{meta_path}: expected format {FORMAT!r}, got {meta.get('format')!r}")
-    model = build_regressor(meta["variant"], int(meta["in_dim"]), len(meta["targets"]), hidden=int(meta["hidden"]))
-    state = nnx.state(model, nnx.Param)
-    pure = nnx.to_pure_dict(state)
-    if not npz_path.is_file():
-        raise InputError(f"{npz_path}: missing (the regressor parameters)")
-    try:
-        with np.load(npz_path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError) as e:
-        raise InputError(f"{npz_path}: not a readable .npz archive ({e})") from None
-
-    def take(path, v):
-        key = path_str(path)
-        if key not in arrays:
-            raise InputError(f"{npz_path}: missing array {key!r}")
-        if arrays[key].shape != np.shape(v):
-            raise InputError(f"{npz_path}: array {key!r} has shape {arrays[key].shape}, expected {np.shape(v)}")
-        return arrays[key].astype(np.float32)
-
-    pure = jax.tree_util.tree_map_with_path(take, pure)
-    nnx.replace_by_pure_dict(state, pure)
-    nnx.update(model, state)
-    return model, meta
+    return load_small(run_dir, "intensity_regressor")

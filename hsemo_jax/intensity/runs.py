@@ -71,6 +71,10 @@ def train_run(labels: str, out: str | Path, config, *, val_labels: str | None = 
         x_t, y_t = np.concatenate([x_t, x_v]), np.concatenate([y_t, y_v])
         x_v = y_v = None
     res = fit(x_t, y_t, train.names, config, x_val=x_v, y_val=y_v, log=log if progress else None)
+    if res.config.batch_size >= len(x_t) and res.best_epoch == res.config.epochs:
+        log(f"warning: every epoch was a single step (batch size {res.config.batch_size}, {len(x_t)} training "
+            f"videos) and the last epoch was the best: the regressor is likely undertrained; use a smaller "
+            f"--batch-size or more --epochs")
     names = [f"{kind}_{i}" for i in range(ff.dim)]
     meta = {
         "variant": res.config.variant, "in_dim": int(x_t.shape[1]), "hidden": res.config.hidden,

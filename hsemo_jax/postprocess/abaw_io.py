@@ -1,6 +1,7 @@
 """ABAW file formats (spec §6): MTL ground truth and predictions, CE submissions, per-video files.
 
-Readers check every field and raise `InputError` naming the file, the 1-based line and the value.
+Readers check every field and raise `InputError` naming the file, the 1-based line and the value;
+a UTF-8 byte order mark at the start of a file is ignored.
 Writers write a temporary file in the target directory and `os.replace` it, so a reader never sees
 a half-written file.
 
@@ -14,7 +15,8 @@ MTL predictions, two layouts told apart by the header:
       rows `img,v,a,expr_index,au1,...,au12` (16 fields, AUs 0/1);
     * "scores" (this package; keeps what smoothing, blending and threshold search need): header
       `image,valence,arousal,Neutral,...,Other,AU1,...,AU26`, rows of 23 fields: V, A, the 8 EXPR
-      probabilities (Aff-Wild2 order) and the 12 AU probabilities.
+      probabilities (Aff-Wild2 order, summing to 1) and the 12 AU probabilities, all in [0, 1].
+    Predicted V/A outside [-1, 1] are read as they are (`MTLPredictions.va_warning` tells).
 Test list (`test_set_examples/MTL.txt`): header, then `img,` rows.
 CE submission (ce7#c96): header `image_location,Fearfully_Surprised,...,Sadly_Angry`, rows
     `<video>/<%05d>.jpg,<class 0..6>`.
@@ -37,6 +39,7 @@ from hsemo_jax.labels import AFFWILD_EXPR_8, AU_NAMES, CEXPR_SUBMISSION_NAMES, V
 SUBMISSION_HEADER = "image,valence,arousal,expression,aus"
 SCORES_HEADER = ",".join(["image", *VA_NAMES, *AFFWILD_EXPR_8, *AU_NAMES])
 CE_HEADER = ",".join(["image_location", *CEXPR_SUBMISSION_NAMES])
+EXPR_SUM_TOLERANCE = 0.01  # the 8 probabilities of a row sum to 1 up to rounding in the file
 _IMAGE = re.compile(r"^(?P<video>[^,]+)/(?P<frame>\d+)\.jpg$")
 
 
@@ -78,6 +81,16 @@ class MTLPredictions:
     def expr_labels(self) -> np.ndarray:
         return np.argmax(self.expr, axis=1).astype(np.int32)
 
+    def va_warning(self) -> str | None:
+        """A warning when predicted valence or arousal leave [-1, 1], the labels' range (CCC uses
+        them as they are), naming the first such value and its line; None when all lie inside."""
+        bad = np.abs(self.va) > 1
+        if not bad.any():
+            return None
+        i, j = np.argwhere(bad)[0]
+        return (f"{self.path}:{self.lines[i]}: {VA_NAMES[j]} {self.va[i, j]:g} outside [-1, 1], the labels' range "
+                f"({int(bad.any(axis=1).sum())} row(s) in all); the metrics use the values as they are")
+
 
 @dataclass
 class CESubmission:
@@ -94,7 +107,7 @@ class CESubmission:
 
 def _read_lines(path: str) -> list[str]:
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, "r", encoding="utf-8-sig") as f:  # a byte order mark (Excel's UTF-8) is dropped
             text = f.read()
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not a UTF-8 text file ({e})") from None
@@ -204,9 +217,12 @@ def read_mtl_predictions(path: str) -> MTLPredictions:
         else:
             p = [_num(path, ln, AFFWILD_EXPR_8[j], x) for j, x in enumerate(f[3:11])]
             q = [_num(path, ln, AU_NAMES[j], x) for j, x in enumerate(f[11:])]
-            for name, x, raw in zip(AU_NAMES, q, f[11:]):
+            for name, x, raw in zip(AFFWILD_EXPR_8 + AU_NAMES, p + q, f[3:]):
                 if not 0.0 <= x <= 1.0:
                     raise InputError(f"{path}:{ln}: {name} probability {raw!r} outside [0, 1]")
+            if abs(math.fsum(p) - 1.0) > EXPR_SUM_TOLERANCE:
+                raise InputError(f"{path}:{ln}: the 8 expression probabilities sum to {math.fsum(p):.4g}, "
+                                 "expected 1 (softmax probabilities, not logits or independent scores)")
             expr.append(p); aus.append(q)
     _check_unique(path, images, lns)
     return MTLPredictions(path=path, kind=kind, images=images, videos=np.array(vids, dtype=object),
@@ -244,7 +260,7 @@ def read_image_list(path: str) -> list[str]:
 
 def is_ce_submission(path: str) -> bool:
     """Whether `path` starts with a C-EXPR submission's header (rather than an MTL file's)."""
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
+    with open(path, "r", encoding="utf-8-sig", errors="replace") as f:
         return f.readline().strip().startswith("image_location,Fearfully_Surprised")
 
 

@@ -143,15 +143,19 @@ def interpolate_packed(values_nc, prev_bt, next_bt, w_bt):
     return w * values_nc[prev_bt] + (1.0 - w) * values_nc[next_bt]
 
 
-def _check_method(method: str, compat, sigma, k):
+def check_settings(method: str, compat, sigma, k) -> None:
+    """InputError naming every bad smoothing setting (a caller checks them before the work)."""
     if method not in ("gaussian", "box"):
         raise InputError(f"method must be 'gaussian' or 'box', got {method!r}")
     if compat not in (None, "hsemotion"):
         raise InputError(f"compat must be None or 'hsemotion', got {compat!r}")
-    if k is None or int(k) != k or k < 0:
-        raise InputError(f"k (window half-width in frames; the notebook's delta) must be an int >= 0, got {k!r}")
+    bad = []
     if method == "gaussian" and (sigma is None or not np.isfinite(sigma) or sigma <= 0):
-        raise InputError(f"sigma must be > 0 for gaussian smoothing, got {sigma!r}")
+        bad.append(f"sigma must be > 0 for gaussian smoothing, got {sigma!r}")
+    if k is None or int(k) != k or k < 0:
+        bad.append(f"k (window half-width in frames; the notebook's delta) must be an int >= 0, got {k!r}")
+    if bad:
+        raise InputError("; ".join(bad))
 
 
 def inv_widths(method: str, compat, sigmas: Sequence[float]) -> np.ndarray:
@@ -236,7 +240,7 @@ def smooth(scores, video_ids, frames, *, method: str = "gaussian", sigma: float 
     the hsemotion box (videos extended to that frame by holding the last value).
     lanes: layout option (see `packing.pack`); the result does not depend on it.
     """
-    _check_method(method, compat, sigma, k)
+    check_settings(method, compat, sigma, k)
     y = checks.as_float(scores, "scores", ndim=(1, 2))
     checks.same_length(scores=y, video_ids=video_ids, frames=frames)
     squeeze = y.ndim == 1

@@ -48,6 +48,9 @@ NOTEBOOK_SIGMAS = (0.1, 1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 1e4, 1e5)
 NOTEBOOK_DELTAS = (1, 5, 10, 50, 100)
 TASKS = ("EXPR", "VA", "AU")
 TASK_WIDTH = {"EXPR": 8, "VA": 2, "AU": 12}
+# Smoothing that raises a score by no more than this (below the 4 printed digits, e.g. a notebook
+# sigma of 0.1: neighbour weights e^-10) only ties the unsmoothed score, and the tie goes to it.
+TIE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -81,11 +84,20 @@ class SweepTable:
         return [r for r in self.rows if r["task"] == task]
 
     def best(self, task: str) -> dict:
-        """Row with the highest score for `task`; ties go to the first in grid order."""
+        """Row with the highest score for `task`, ties to the first in grid order; but the best
+        unsmoothed row (k = 0) when no smoothed one beats it by more than `TIE`."""
         rows = self.for_task(task)
         if not rows:
             raise KeyError(task)
-        return max(enumerate(rows), key=lambda ir: (ir[1]["score"], -ir[0]))[1]
+
+        def first_max(rs):
+            return max(enumerate(rs), key=lambda ir: (ir[1]["score"], -ir[0]))[1]
+
+        best = first_max(rows)
+        unsmoothed = [r for r in rows if r["k"] == 0]
+        if unsmoothed and first_max(unsmoothed)["score"] >= best["score"] - TIE:
+            return first_max(unsmoothed)
+        return best
 
     def to_csv_text(self) -> str:
         buf = io.StringIO()

@@ -2,6 +2,10 @@
 
 * `haar`: OpenCV's frontal-face Haar cascade (bundled with opencv-python 4.x; needs nothing else).
 * `yunet`: `cv2.FaceDetectorYN` with a YuNet ONNX model file (`--detector-model`).
+* `blazeface`, `blazeface_full_range`: MediaPipe's BlazeFace (bundled weights), jitted, on the
+  whole frame (`hsemo_jax.models.detection`).
+* `mtcnn`: facenet-pytorch's MTCNN (HSEmotion's examples use it), jitted (`hsemo_jax.models.mtcnn_cascade`);
+  weights from a directory with pnet.pt, rnet.pt, onet.pt (`--detector-model`), else fetched by name.
 * `none`: the whole frame is the face (pre-cropped input such as ABAW `cropped_aligned`).
 
 `haar` and `yunet` also search `near(rgb, boxes)`: each box's surroundings only, at scales close to
@@ -15,8 +19,9 @@ import cv2
 import numpy as np
 
 from hsemo_jax.errors import InputError
+from hsemo_jax.models import registry
 
-DETECTORS = ("haar", "yunet", "none")
+DETECTORS = ("haar", "yunet", *registry.DETECTORS, "mtcnn", "none")
 DETECT_WIDTH = 960  # frames wider than this are shrunk for detection (boxes mapped back)
 NEAR_MARGIN = 0.5  # `near` searches each box widened by this fraction of its size on every side
 NEAR_SIZE = 96  # ... shrunk so that the box is at most this many pixels wide
@@ -113,6 +118,40 @@ class YuNetDetector:
                 for x1, y1, x2, y2 in _regions(rgb.shape, boxes_n4)]
 
 
+class BlazeFaceDetector:
+    """BlazeFace on the whole frame (letterboxed to its input on the device): one compiled
+    program per frame size."""
+
+    def __init__(self, name: str = "blazeface", max_faces: int = 16):
+        import jax
+
+        from hsemo_jax.convert.blazeface import load_blazeface
+        from hsemo_jax.models.detection import detect
+
+        model = load_blazeface(name)
+        self._detect = jax.jit(lambda frames: detect(model, frames, max_faces=max_faces))
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        found = self._detect(np.ascontiguousarray(rgb)[None])
+        return np.asarray(found.boxes[0])[np.asarray(found.valid[0])]
+
+
+class MTCNNDetector:
+    """MTCNN on the (shrunk) frame: one compilation per frame size."""
+
+    def __init__(self, weights: str | None = None, max_width: int = 0):
+        from hsemo_jax.hub import load_mtcnn
+        from hsemo_jax.models.mtcnn_cascade import make_detect
+
+        self.detect = make_detect(load_mtcnn(weights))
+        self.max_width = max_width
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        image, scale = _shrunk(rgb, self.max_width)
+        faces = self.detect(image)
+        return faces.boxes[faces.valid] / scale
+
+
 class WholeFrame:
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
@@ -125,6 +164,10 @@ def make_detector(name: str, model_path: str | None = None, max_width: int = DET
         return HaarDetector(max_width=max_width)
     if name == "yunet":
         return YuNetDetector(model_path, max_width=max_width)
+    if name in registry.DETECTORS:
+        return BlazeFaceDetector(name)
+    if name == "mtcnn":
+        return MTCNNDetector(model_path, max_width=max_width)
     if name == "none":
         return WholeFrame()
     raise InputError(f"unknown detector {name!r}; expected one of {', '.join(DETECTORS)}")

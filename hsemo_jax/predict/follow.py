@@ -25,6 +25,11 @@ class FollowingDetector:
         self.tracker = tracker or IoUTracker()
         self.calls = 0
 
+    def new_sequence(self) -> None:
+        """The next frame starts another video or picture: no track continues into it."""
+        self.tracker.end_tracks()
+        self.calls = 0
+
     def __call__(self, rgb: np.ndarray, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
         full = self.calls % self.every == 0
         self.calls += 1

@@ -16,9 +16,9 @@ import numpy as np
 
 from hsemo_jax import labels
 from hsemo_jax.errors import InputError
-from hsemo_jax.predict.detect import DETECT_WIDTH, crop, make_detector
+from hsemo_jax.predict.detect import DETECT_WIDTH, DETECTORS, crop, make_detector
 from hsemo_jax.predict.follow import FollowingDetector
-from hsemo_jax.predict.video import Frame, FrameSource, Skipped, threaded_map
+from hsemo_jax.predict.video import Frame, FrameSource, Skipped, decoder_messages, threaded_map
 
 DETECT_EVERY = 5  # video frames per full-frame face search (tracked faces are followed between)
 
@@ -81,19 +81,16 @@ def load_au_head(head_dir: str, model: _Model, thresholds=None):
     """The ABAW-7 multi-task head trained by `hsemo-jax train-head` on `model`'s features, as a
     jitted `fn(embedding, scores) -> AU probabilities (N, 12)`, and its AU thresholds (12,):
     `thresholds` if given, else the `au_thresholds` stored in head.json, else 0.5."""
-    import json
-    from pathlib import Path
-
     import jax
     from flax import nnx
 
-    from hsemo_jax.train.runners import load_head
+    from hsemo_jax.models.heads import load_small
 
-    meta_path = Path(head_dir) / "head.json"
-    if not meta_path.is_file():
-        raise InputError(f"{head_dir}: not a multi-task head directory (no head.json); train one with "
-                         "`hsemo-jax train-head`")
-    head = load_head(head_dir)
+    head, meta = load_small(head_dir, "mtl_head")
+    trained = meta.get("tasks", ["expr", "va", "au"])
+    if "au" not in trained:
+        raise InputError(f"{head_dir}: the head was trained for {', '.join(trained)} only; its AU sub-head is "
+                         "untrained (train one with `hsemo-jax train-head --tasks au` or all tasks)")
     n_scores = len(model.outputs)
     graphdef, state = nnx.split(head)
 
@@ -105,12 +102,54 @@ def load_au_head(head_dir: str, model: _Model, thresholds=None):
         return nnx.merge(graphdef, state).predict(jax.numpy.concatenate([f, s], axis=1))["au"]
 
     if thresholds is None:
-        thresholds = json.loads(meta_path.read_text()).get("au_thresholds", 0.5)
-    thresholds = np.asarray(thresholds, np.float64).reshape(-1)
-    if thresholds.size not in (1, 12) or not ((thresholds >= 0) & (thresholds <= 1)).all():
-        raise InputError(f"AU thresholds must be 1 or 12 numbers in [0, 1], got {thresholds.tolist()}")
-    thresholds = np.broadcast_to(thresholds, (12,))
-    return (lambda f, s: np.asarray(au(state, f, s))), thresholds
+        thresholds = meta.get("au_thresholds", 0.5)
+    return (lambda f, s: np.asarray(au(state, f, s))), _au_thresholds(thresholds)
+
+
+def _au_thresholds(thresholds) -> np.ndarray:
+    """1 or 12 AU decision thresholds in (0, 1) -> (12,)."""
+    t = np.asarray(thresholds, np.float64).reshape(-1)
+    if t.size not in (1, 12) or not ((t > 0) & (t < 1)).all():
+        raise InputError(f"AU thresholds must be 1 or 12 numbers between 0 and 1 (exclusive), got {t.tolist()}")
+    return np.broadcast_to(t, (12,))
+
+
+def check_options(*, models: int = 1, weights=None, detector: str = "haar", detect_width: int = DETECT_WIDTH,
+                  detect_every: int = DETECT_EVERY, smooth: str = "none", sigma: float = 2.0, k: int = 5,
+                  batch_size: int = 16, au_thresholds=None) -> None:
+    """Raise one `InputError` naming every bad setting of `predict` (`models`: how many are given),
+    before anything is loaded or decoded."""
+    bad = []
+
+    def whole(name, value, low):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            bad.append(f"{name}: expected a whole number >= {low}, got {value!r}")
+
+    whole("batch size", batch_size, 1)
+    whole("detect width", detect_width, 0)
+    whole("detect every N frames", detect_every, 1)
+    if detector not in DETECTORS:
+        bad.append(f"detector: expected one of {', '.join(DETECTORS)}, got {detector!r}")
+    if weights is not None:
+        w = np.asarray(weights, float).reshape(-1)
+        if len(w) != models or not np.isfinite(w).all() or (w < 0).any() or not np.isclose(w.sum(), 1.0):
+            bad.append(f"blend weights must be {models} non-negative numbers summing to 1, got {w.tolist()}")
+    if smooth not in ("gaussian", "box", "none"):
+        bad.append(f"smooth: expected gaussian, box or none, got {smooth!r}")
+    elif smooth != "none":
+        from hsemo_jax.postprocess.smoothing import check_settings
+
+        try:
+            check_settings(smooth, None, sigma, k)
+        except InputError as e:
+            bad.append(str(e))
+    if au_thresholds is not None:
+        try:
+            _au_thresholds(au_thresholds)
+        except InputError as e:
+            bad.append(str(e))
+    if bad:
+        raise InputError("; ".join(bad))
 
 
 def _expression_layout(models: list[_Model]) -> tuple[tuple[str, ...], bool]:
@@ -168,13 +207,14 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
     12 AU probabilities and labels (`au_thresholds`, else the head's stored ones, else 0.5).
     `on_rows(rows, classes, with_va)` receives the raw rows, in order, as they are computed.
     """
+    check_options(models=len(models), weights=weights, detector=detector, detect_width=detect_width,
+                  detect_every=detect_every, smooth=smooth, sigma=sigma, k=k, batch_size=batch_size,
+                  au_thresholds=au_thresholds)
+    source = FrameSource(input_spec)
     loaded = load_models(models)
     weights = np.full(len(loaded), 1.0 / len(loaded)) if weights is None else np.asarray(weights, float)
-    if len(weights) != len(loaded) or not np.isclose(weights.sum(), 1.0) or (weights < 0).any():
-        raise InputError(f"blend weights must be {len(loaded)} non-negative numbers summing to 1, got {list(weights)}")
     classes, with_va = _expression_layout(loaded)
     au_head, au_thr = load_au_head(head, loaded[0], au_thresholds) if head else (None, None)
-    source = FrameSource(input_spec)
     follow = FollowingDetector(make_detector(detector, detector_model, detect_width),
                                detect_every if source.kind == "video" else 1)
 
@@ -201,34 +241,47 @@ def predict(input_spec: str, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, w
             pending.clear()
         emit()
 
-    def detected(item):  # detection and tracking, in frame order, in a background thread
-        return item, (None if isinstance(item, Skipped) else follow(item.rgb, item.index))
+    sequence = [None]  # of the last frame; tracks end where a new one begins
 
-    for item, found in threaded_map(detected, source):
+    def detected(item):  # detection and tracking, in frame order, in a background thread
         if isinstance(item, Skipped):
-            skipped.append(item)
-            print(f"skipped {item.source}: {item.reason}", file=sys.stderr)
-            continue
-        frames_seen += 1
-        boxes, ids = found
-        faces = [(b, t, crop(item.rgb, b)) for b, t in zip(boxes, ids)]
-        faces = [f for f in faces if f[2] is not None]
-        if not faces:
-            rows.append(_row(item, None, -1))
-            emit()
-            continue
-        for box, tid, face in faces:
-            row = _row(item, box, int(tid))
-            rows.append(row)
-            pending.append((row, face))
-            if len(pending) == batch_size:
-                flush()
-        if progress and frames_seen % 25 == 0:
-            rate = frames_seen / (time.perf_counter() - t0)
-            print(f"\r{frames_seen} frames, {rate:.1f} frames/s", end="", file=sys.stderr, flush=True)
-    flush()
-    if progress:
-        print(file=sys.stderr)
+            return item, None
+        if item.sequence != sequence[0]:
+            follow.new_sequence()
+            sequence[0] = item.sequence
+        return item, follow(item.rgb, item.index)
+
+    with decoder_messages() as chatter:
+        for item, found in threaded_map(detected, source):
+            if isinstance(item, Skipped):
+                skipped.append(item)
+                print(f"skipped {item.source}: {item.reason}", file=sys.stderr)
+                continue
+            frames_seen += 1
+            boxes, ids = found
+            faces = [(b, t, crop(item.rgb, b)) for b, t in zip(boxes, ids)]
+            faces = [f for f in faces if f[2] is not None]
+            if not faces:
+                rows.append(_row(item, None, -1))
+                emit()
+                continue
+            for box, tid, face in faces:
+                row = _row(item, box, int(tid))
+                rows.append(row)
+                pending.append((row, face))
+                if len(pending) == batch_size:
+                    flush()
+            if progress and frames_seen % 25 == 0:
+                rate = frames_seen / (time.perf_counter() - t0)
+                print(f"\r{frames_seen} frames, {rate:.1f} frames/s", end="", file=sys.stderr, flush=True)
+        flush()
+        if progress:
+            print(file=sys.stderr)
+    for note in source.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    if chatter:
+        print(f"warning: {len(chatter)} message line(s) from the video/image decoders (FFmpeg, libjpeg) were "
+              f"held back; the first: {chatter[0].strip()}", file=sys.stderr)
     if frames_seen == 0:
         raise InputError(f"{input_spec}: no readable frames ({len(skipped)} unreadable file(s))")
     table = rows_to_table(rows, classes, with_va, skipped)

@@ -26,6 +26,10 @@ class IoUTracker:
     def _alive(self, frame: int) -> dict[int, tuple[np.ndarray, int]]:
         return {t: (b, f) for t, (b, f) in self.tracks.items() if frame - f <= self.max_gap}
 
+    def end_tracks(self) -> None:
+        """End every track (a new sequence begins): the next boxes start new tracks, with new ids."""
+        self.tracks = {}
+
     def live_boxes(self, frame: int) -> np.ndarray:
         """Last boxes (T, 4) of the tracks still alive at `frame`."""
         boxes = [b for b, _ in self._alive(frame).values()]

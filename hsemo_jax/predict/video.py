@@ -1,13 +1,19 @@
 """Frame sources: a video file, an image, a folder of images, or a glob, as one stream of RGB frames.
 
 Videos are decoded by OpenCV in a background thread into a bounded queue, so decoding overlaps
-inference and memory stays constant on long videos.
+inference and memory stays constant on long videos. A video that ends before the frame count its
+header declares leaves a note in `FrameSource.notes`; what the native decoders (FFmpeg, libjpeg)
+print meanwhile is held back by `decoder_messages` for one summary.
 """
 from __future__ import annotations
 
+import contextlib
 import glob as globlib
+import os
 import queue
 import re
+import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +34,7 @@ class Frame:
     time: float | None  # seconds from the start (videos only)
     rgb: np.ndarray  # (H, W, 3) uint8
     source: str  # the file it came from
+    sequence: str  # frames of one sequence may show the same face: the video, an ABAW frame folder, or the image
 
 
 @dataclass
@@ -42,6 +49,7 @@ class FrameSource:
     def __init__(self, spec: str, queue_size: int = 32):
         self.spec = spec
         self.queue_size = queue_size
+        self.notes: list[str] = []  # what the user should hear about the input once it is read
         path = Path(spec)
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
@@ -69,20 +77,23 @@ class FrameSource:
 
     @staticmethod
     def _images(files) -> Iterator[Frame | Skipped]:
-        # ABAW `cropped_aligned/<video>/00001.jpg`: the number in the name is the frame number.
+        # ABAW `cropped_aligned/<video>/00001.jpg`: the number in the name is the frame number and
+        # the folder the video; other images are unrelated pictures, each a sequence of its own.
         numbered = all(re.fullmatch(r"\d+", f.stem) for f in files)
         for i, f in enumerate(files):
             bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
             if bgr is None:
                 yield Skipped(str(f), "unreadable or corrupt image")
                 continue
-            yield Frame(int(f.stem) if numbered else i, None, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), str(f))
+            yield Frame(int(f.stem) if numbered else i, None, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), str(f),
+                        str(f.parent) if numbered else str(f))
 
     def _video(self, path: Path) -> Iterator[Frame]:
         cap = cv2.VideoCapture(str(path))
         if not cap.isOpened():
             raise InputError(f"{path}: cannot open as a video (unsupported format or corrupt file)")
         fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         q: queue.Queue = queue.Queue(maxsize=self.queue_size)
         stop = threading.Event()
 
@@ -94,7 +105,7 @@ class FrameSource:
                     if not ok:
                         break
                     t = i / fps if fps > 0 else None
-                    frame = Frame(i, t, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), str(path))
+                    frame = Frame(i, t, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), str(path), str(path))
                     while not stop.is_set():
                         try:
                             q.put(frame, timeout=0.1)
@@ -122,6 +133,47 @@ class FrameSource:
                     pass
         if n == 0:
             raise InputError(f"{path}: no frames could be decoded (empty or corrupt video)")
+        if declared - n > max(1, declared // 100):  # a count estimated from the duration may be off by a little
+            self.notes.append(f"{path}: decoded {n} of the {declared} frames its header declares; "
+                              "the file may be truncated or damaged")
+
+
+@contextlib.contextmanager
+def decoder_messages() -> Iterator[list[str]]:
+    """Hold back what native code (FFmpeg, libjpeg, OpenCV's log) prints on the process's standard
+    error, file descriptor 2, during the block; the yielded list receives those lines when the
+    block ends. Python's `sys.stderr` keeps writing where it did."""
+    lines: list[str] = []
+    try:
+        saved = os.dup(2)
+    except OSError:  # no standard error to hold back
+        yield lines
+        return
+    python_stderr, swapped = sys.stderr, None
+    with tempfile.TemporaryFile() as sink:
+        try:
+            if _writes_to_fd2(python_stderr):
+                python_stderr.flush()
+                swapped = os.fdopen(os.dup(saved), "w", buffering=1, encoding=python_stderr.encoding,
+                                    errors="backslashreplace")
+                sys.stderr = swapped
+            os.dup2(sink.fileno(), 2)
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if swapped is not None:
+                sys.stderr = python_stderr
+                swapped.close()
+            sink.seek(0)
+            lines.extend(line for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip())
+
+
+def _writes_to_fd2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # pytest's capture, StringIO: not a file descriptor
+        return False
 
 
 def threaded_map(fn, items, queue_size: int = 8) -> Iterator:
@@ -144,8 +196,9 @@ def threaded_map(fn, items, queue_size: int = 8) -> Iterator:
         return False
 
     def work():
-        it = iter(items)
+        it = None
         try:
+            it = iter(items)
             for item in it:
                 if not put((True, fn(item))):
                     return

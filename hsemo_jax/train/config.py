@@ -4,7 +4,8 @@ A config file has the sections below (all optional; every field has a default). 
 sections or keys, wrong types and out-of-range values raise `InputError` naming the field,
 e.g. `pretrain.toml: optim.lr: expected a number > 0, got "fast"`. Command-line
 `--set section.key=VALUE` overrides (VALUE parsed as TOML, else taken as a string).
-Each field's documentation is the `doc` of its dataclass field (`describe()` prints them all).
+Each field's documentation is the `doc` of its dataclass field (`describe()` prints them all,
+`describe(command)` those a command reads).
 """
 from __future__ import annotations
 
@@ -224,6 +225,20 @@ class Config:
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)
             if f.default_factory is not dataclasses.MISSING}
 
+# The fields each training command reads (a name covers a section or one field): `describe(command)`
+# lists these and no other.
+_OPTIM = tuple(f"optim.{f.name}" for f in dataclasses.fields(OptimConfig) if f.name != "trainable")
+_COMMON = ("run_dir", "train", "checkpoint", "distributed")
+COMMAND_FIELDS = {
+    "pretrain": _COMMON + ("model", "data.train", "data.train_split", "data.val", "data.val_split", "data.augment",
+                           "data.sampling", "data.workers", "data.read_threads", "data.prefetch", "loss.class_weights",
+                           "loss.ce_normalize", "loss.label_smoothing", "loss.va_weight", "loss.attention_weight",
+                           "optim"),
+    "train-head": _COMMON + ("head", "data.train", "data.val", "loss.class_weights", "loss.label_smoothing",
+                             "loss.au_weights", "loss.l2") + _OPTIM,
+    "distill": _COMMON + ("distill", "data.val", "data.synthetic_rows", "data.hflip") + _OPTIM,
+}
+
 
 def _check_value(where: str, f: dataclasses.Field, value: Any):
     kind = f.type if isinstance(f.type, type) else {"str": str, "int": int, "float": float, "bool": bool,
@@ -317,16 +332,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     return _validate(_build(Config, data, "", source), source)
 
 
-def describe() -> str:
-    """Every field with its default and documentation (for `--help-config`)."""
+def describe(command: str | None = None, defaults: Config | None = None) -> str:
+    """Every field with its default and documentation (for `--describe-config`), or only the fields
+    `command` reads (`COMMAND_FIELDS`); `defaults`: the command's default config, whose values are
+    shown instead of the fields' own defaults."""
+    reads = COMMAND_FIELDS[command] if command else None
+    defaults = defaults or Config()
     lines = []
     for name, factory in [("", None)] + list(SECTIONS.items()):
         cls = Config if factory is None else type(factory())
         for f in dataclasses.fields(cls):
-            if f.name in SECTIONS:
+            if factory is None and f.name in SECTIONS:  # a section, listed field by field below
                 continue
             key = f"{name}.{f.name}" if name else f.name
+            if reads is not None and not any(key == r or key.startswith(r + ".") for r in reads):
+                continue
             choices = f" [{'|'.join(map(str, f.metadata['choices']))}]" if f.metadata.get("choices") else ""
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default = getattr(getattr(defaults, name) if name else defaults, f.name)
             lines.append(f"{key} = {default!r}{choices}\n    {f.metadata.get('doc', '')}")
     return "\n".join(lines)

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hsemo_jax.metrics import batch_ccc
+
 KERAS_EPSILON = 1e-7  # keras.backend.epsilon(): BCE clip, CCC denominator, Adam epsilon
 TORCH_FLOAT_EPS = sys.float_info.epsilon  # DDAM's AttentionLoss eps
 L2_LAMBDA = 1.0 / 512  # kernel_regularizer=L2(1/512) on the EXPR and VA kernels (spec §3.3)
@@ -103,25 +105,14 @@ def weighted_cross_entropy(logits_nc, labels_n, mask_n=None, class_weight_c=None
     raise ValueError(f"normalize must be 'batch' or 'weight', got {normalize!r}")
 
 
-def ccc(pred_n, true_n, mask_n=None, eps: float = KERAS_EPSILON):
-    """Concordance correlation over the valid rows, population statistics (spec §3.4):
-    2 s_xy / (var(y) + var(ŷ) + (ȳ - ŷ̄)² + eps). pred_n, true_n (N,). Returns a scalar."""
-    m = _mask(mask_n, pred_n.shape[0])
-    n = jnp.maximum(jnp.sum(m), 1.0)
-    x, y = _f(pred_n), _f(true_n)
-    mx = jnp.sum(m * x) / n
-    my = jnp.sum(m * y) / n
-    dx, dy = (x - mx) * m, (y - my) * m
-    vx, vy, sxy = jnp.sum(dx * dx) / n, jnp.sum(dy * dy) / n, jnp.sum(dx * dy) / n
-    return 2 * sxy / (vx + vy + (mx - my) ** 2 + eps)
-
-
 def ccc_loss(pred_nk, true_nk, mask_n=None, eps: float = KERAS_EPSILON):
-    """1 - mean_k CCC(pred[:, k], true[:, k]); for K = 2 (V, A) this is both the Keras head loss
+    """1 - mean_k CCC(pred[:, k], true[:, k]); CCC over the valid rows with population statistics
+    and eps in the denominator, 2 s_xy / (var(y) + var(ŷ) + (ȳ - ŷ̄)² + eps) (spec §3.4,
+    `metrics.batch_ccc`). For K = 2 (V, A) this is both the Keras head loss
     1 - 0.5 (CCC_V + CCC_A) and the AffectNet recipe's (1 - CCC_V)/2 + (1 - CCC_A)/2.
     pred_nk, true_nk (N, K). 0 when no row is valid."""
     m = _mask(mask_n, pred_nk.shape[0])
-    cccs = jnp.stack([ccc(pred_nk[:, k], true_nk[:, k], m, eps) for k in range(pred_nk.shape[1])])
+    cccs = jnp.stack([batch_ccc(pred_nk[:, k], true_nk[:, k], m, eps=eps) for k in range(pred_nk.shape[1])])
     return jnp.where(jnp.sum(m) > 0, 1.0 - jnp.mean(cccs), 0.0)
 
 

@@ -1,5 +1,8 @@
 """Per-step metrics to `metrics.csv` (+ a TensorBoard event file) and a progress line with images/s.
 
+The event file (RUN/tensorboard/events.out.tfevents.*) is written by tensorboardX's `SummaryWriter`:
+one scalar per metric and step, no TensorFlow needed.
+
 `metrics.csv`: one row per training step (columns: step, epoch (0-based), wall_time, lr, images_per_s,
 then the objective's metrics) and one row per evaluation (columns prefixed "val_"). On resume
 the rows after the restored step are dropped first, so a killed-and-resumed run's CSV reads as
@@ -15,7 +18,6 @@ import time
 from pathlib import Path
 
 from hsemo_jax.fileio import atomic_path
-from hsemo_jax.train.events import EventWriter
 
 BASE_COLUMNS = ("step", "epoch", "wall_time", "lr", "images_per_s")
 
@@ -39,7 +41,9 @@ class MetricsLog:
         if self.path.exists():
             self._truncate_after(resume_step)
         if tensorboard:
-            self.events = EventWriter(Path(run_dir) / "tensorboard")
+            from tensorboardX import SummaryWriter  # here: it imports PyTorch too when that is installed
+
+            self.events = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def _truncate_after(self, step: int) -> None:
         with open(self.path, newline="") as f:
@@ -71,9 +75,9 @@ class MetricsLog:
                 w.writerow([_fmt(r[c]) if c in r else "" for c in self.columns])
         if self.events is not None:
             for r in rows:
-                scalars = {k: float(v) for k, v in r.items() if k not in ("step", "wall_time")
-                           and isinstance(v, (int, float)) and math.isfinite(v)}
-                self.events.scalars(int(r["step"]), scalars, wall_time=r.get("wall_time"))
+                for k, v in r.items():
+                    if k not in ("step", "wall_time") and isinstance(v, (int, float)) and math.isfinite(v):
+                        self.events.add_scalar(k, float(v), int(r["step"]), walltime=r.get("wall_time"))
             self.events.flush()
 
     def _add_columns(self, names: list[str]) -> None:

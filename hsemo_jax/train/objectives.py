@@ -21,8 +21,8 @@ import numpy as np
 
 from hsemo_jax import metrics as M
 from hsemo_jax.labels import HSE_CLASSES_8, MISSING_AU, MISSING_EXPR, MISSING_VA
+from hsemo_jax.models.heads import AUHead, ExprHead, MTLHead, VAHead
 from hsemo_jax.train import losses
-from hsemo_jax.train.head import AUHead, ExprHead, MTLHead, VAHead
 
 SUBHEADS = {"expr": ExprHead, "va": VAHead, "au": AUHead}
 CONTEMPT = HSE_CLASSES_8.index("Contempt")  # dropped for 7-class evaluation (spec §7)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from hsemo_jax.errors import InputError
+from hsemo_jax.fileio import atomic_write
 from hsemo_jax.train.config import Config
 
 # Fields that may change between the start of a run and its resumption.
@@ -58,10 +58,7 @@ def prepare_run_dir(cfg: Config, kind: str) -> Path:
         import jax
 
         if jax.process_index() == 0:
-            run.mkdir(parents=True, exist_ok=True)
-            tmp = meta.with_suffix(".tmp")
-            tmp.write_text(json.dumps(current, indent=2) + "\n")
-            os.replace(tmp, meta)
+            atomic_write(meta, json.dumps(current, indent=2) + "\n")
     return run
 
 
@@ -83,7 +80,7 @@ def _steps(cfg: Config, rows: int, batch: int, epochs: float) -> tuple[int, int]
 
 
 def _optimizer(cfg: Config, total_steps: int, steps_per_epoch: int, trainable=None):
-    from hsemo_jax.train import optim
+    from hsemo_jax import optim
 
     o = cfg.optim
     updates = max(1, total_steps // o.grad_accum)
@@ -138,64 +135,30 @@ def _best_params(trainer, ckpt):
 # ----------------------------------------------------------------------------------------------
 # MTL head
 # ----------------------------------------------------------------------------------------------
-def save_head(head, path: Path) -> None:
-    """RUN/head.npz ('expr/dense/kernel', ...) + RUN/head.json (in_dim); written atomically."""
-    from flax import nnx
-
-    from hsemo_jax.train.optim import path_str
-    import jax
-
-    flat = {path_str(p): np.asarray(v) for p, v in
-            jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(head, nnx.Param)))[0]}
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / "head.tmp.npz"
-    np.savez(tmp, **flat)
-    os.replace(tmp, path / "head.npz")
-    (path / "head.json").write_text(json.dumps({"in_dim": head.in_dim, "tasks": ["expr", "va", "au"]}) + "\n")
-
-
-def load_head(path: str | os.PathLike):
-    """The MTLHead saved by `save_head` in directory `path`."""
-    from flax import nnx
-    import jax
-
-    from hsemo_jax.train.head import MTLHead
-    from hsemo_jax.train.optim import path_str
-
-    info = json.loads((Path(path) / "head.json").read_text())
-    head = MTLHead(info["in_dim"])
-    state = nnx.state(head, nnx.Param)
-    pure = nnx.to_pure_dict(state)
-    with np.load(Path(path) / "head.npz") as z:
-        pure = jax.tree_util.tree_map_with_path(lambda p, v: z[path_str(p)], pure)
-    nnx.replace_by_pure_dict(state, pure)
-    nnx.update(head, state)
-    return head
-
-
 def run_head(cfg: Config) -> dict:
     """Train the MTL head; returns the assembled head's validation metrics (or {})."""
     init_distributed(cfg)
     import jax
     from flax import nnx
 
+    from hsemo_jax.models.heads import MTLHead, save_head
     from hsemo_jax.train import losses
     from hsemo_jax.train.data import load_features, select_rows
-    from hsemo_jax.train.head import MTLHead
     from hsemo_jax.train.objectives import HeadObjective
 
-    run = prepare_run_dir(cfg, "train-head")
+    # every input is checked before RUN/ is written: a failed start leaves no config behind
     if not cfg.data.train:
         raise InputError("data.train: no feature dataset given")
     data = load_features(cfg.data.train)
     val = load_features(cfg.data.val) if cfg.data.val else None
     if val is not None and val["x"].shape[1] != data["x"].shape[1]:
         raise InputError(f"data.val: {val['x'].shape[1]} feature columns, the training set has {data['x'].shape[1]}")
-    head = MTLHead(data["x"].shape[1], seed=cfg.head.seed)
     tasks = tuple(t for t in ("expr", "va", "au") if t in cfg.head.tasks)
     for t in tasks:
         if not data[f"{t}_mask"].any():
             raise InputError(f"head.tasks: {t!r} has no labelled row in {cfg.data.train}")
+    run = prepare_run_dir(cfg, "train-head")
+    head = MTLHead(data["x"].shape[1], seed=cfg.head.seed)
     cw = (losses.class_weights(data["expr"], 8, data["expr_mask"])
           if cfg.loss.class_weights == "inverse_frequency" else None)
     w0, w1 = (losses.au_weights(data["au"], data["au_mask"]) if cfg.loss.au_weights == "balanced" and
@@ -228,15 +191,20 @@ def run_head(cfg: Config) -> dict:
             state, _ = _best_params(trainer, ckpt)
             ckpt.close()
             nnx.update(module, jax.tree.map(np.asarray, _host(state["params"])))
-    if jax.process_index() == 0:
-        save_head(head, run)
     result = {}
     if val is not None:
         from hsemo_jax.train.loop import Trainer
-        from hsemo_jax.train import optim
+        from hsemo_jax import optim
 
+        # the untrained sub-heads are left out of the metrics: their labels are masked out
+        untrained = {f"{t}_mask": np.zeros_like(val[f"{t}_mask"]) for t in ("expr", "va", "au") if t not in tasks}
         evaluator = Trainer(head, objective(tasks), optim.make_optimizer("adam", 0.0))
-        result = evaluator.evaluate(val, cfg.train.eval_batch or cfg.train.batch_size)
+        result = evaluator.evaluate({**val, **untrained}, cfg.train.eval_batch or cfg.train.batch_size)
+    if jax.process_index() == 0:
+        save_head(head, run, tasks)
+        # the final validation metrics of the trained tasks (null without validation data)
+        atomic_write(run / "metrics_final.json", json.dumps(
+            {"tasks": list(tasks), "validation": result if val is not None else None}, indent=2) + "\n")
     return result
 
 
@@ -256,10 +224,9 @@ def init_from(model, path: str) -> tuple[int, int]:
     from flax import nnx
 
     from hsemo_jax.checkpoint import load_model
-    from hsemo_jax.train.optim import path_str
+    from hsemo_jax.models.heads import flat_state, path_str
 
-    src = {path_str(p): np.asarray(v) for p, v in
-           jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(load_model(path))))[0]}
+    src = flat_state(load_model(path))
     state = nnx.state(model)
     pure = nnx.to_pure_dict(state)
     copied = 0

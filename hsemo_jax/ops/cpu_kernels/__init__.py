@@ -26,7 +26,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hsemo_jax.fileio import atomic_path
 from hsemo_jax.paths import cache_dir
 
 ENV = "HSEMO_JAX_FUSED_KERNELS"
@@ -84,17 +84,10 @@ def _build(cxx: str) -> Path:
     out = cache_dir() / "kernels" / f"cpu_kernels-{key}.so"
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out, suffix=".so") as tmp:  # concurrent builders leave one complete file
         subprocess.run([cxx, *_FLAGS, f"-I{jax.ffi.include_dir()}", f"-I{_DIR}",
-                        *(str(_DIR / name) for name in _SOURCES), "-o", tmp],
+                        *(str(_DIR / name) for name in _SOURCES), "-o", str(tmp)],
                        capture_output=True, text=True, check=True)
-        os.replace(tmp, out)  # atomic: concurrent builders leave one complete file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
 
 

@@ -7,18 +7,15 @@
 // One multi-threaded pass over the inputs each. XLA:CPU wrote (x - mean)^2 and g * x out as
 // full-size arrays to sum them (and recomputed their producers into them). The moments are
 // computed per block of rows that fits in cache (block mean, then the block's sum of squared
-// deviations) and combined with Chan's formula, as accurate as two passes over all of x.
+// deviations) and combined with Chan's formula, as accurate as two passes over all of x. The rows
+// split into chunks fixed by M alone (FixedChunks), merged in order: the same bits on every call and
+// with any number of threads.
 #include <vector>
 
 #include "cpu_kernels.h"
 
-// The rows split into units of contiguous rows, a few per worker (at least 64 rows each).
-struct RowSplit {
-  int64_t units, rows;
-  RowSplit(const ffi::ThreadPool& pool, int64_t M)
-      : units(std::max<int64_t>(1, std::min<int64_t>(4 * std::max<int64_t>(1, pool.num_threads()), M / 64))),
-        rows((M + units - 1) / units) {}
-};
+// The rows split into chunks of contiguous rows (at least 64 each, at most 64 chunks).
+static FixedChunks row_chunks(int64_t M) { return FixedChunks(M, 64); }
 
 // Rows [r0, r1) of x: count, mean and sum of squared deviations per channel (into mean, m2).
 static void moments_rows(const float* x, int64_t C, int64_t r0, int64_t r1, float* mean, float* m2) {
@@ -60,7 +57,7 @@ static void moments_rows(const float* x, int64_t C, int64_t r0, int64_t r1, floa
   }
 }
 
-// Units of contiguous rows, a few per worker; (rows, mean, m2) of each unit, merged in order.
+// Chunks of contiguous rows; (rows, mean, m2) of each chunk, merged in chunk order.
 static ffi::Error MomentsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                              ffi::ResultBuffer<ffi::F32> mean, ffi::ResultBuffer<ffi::F32> var) {
   auto xd = x.dimensions();
@@ -68,13 +65,12 @@ static ffi::Error MomentsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     return ffi::Error::InvalidArgument("expected x (M, C), mean and var (C,)");
   const int64_t M = xd[0], C = xd[1];
   if (M == 0) return ffi::Error::InvalidArgument("no rows to take statistics over");
-  const RowSplit split(pool, M);
-  const int64_t units = split.units, rows = split.rows;
+  const FixedChunks split = row_chunks(M);
+  const int64_t units = split.chunks;
   std::vector<float> um(units * C), us(units * C);
   const float* xp = x.typed_data();
-  parallel_units(pool, units, [&](int64_t, int64_t u) {
-    const int64_t r0 = std::min(M, u * rows), r1 = std::min(M, r0 + rows);
-    if (r1 > r0) moments_rows(xp, C, r0, r1, &um[u * C], &us[u * C]);
+  parallel_units(pool, units, [&](int64_t u) {
+    moments_rows(xp, C, split.begin(u), split.begin(u + 1), &um[u * C], &us[u * C]);
   });
   float* mo = mean->typed_data();
   float* vo = var->typed_data();
@@ -82,8 +78,7 @@ static ffi::Error MomentsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   std::fill(vo, vo + C, 0.0f);  // m2 until the end
   double n = 0;
   for (int64_t u = 0; u < units; ++u) {
-    const int64_t nu = std::min(M, (u + 1) * rows) - std::min(M, u * rows);
-    if (nu <= 0) continue;
+    const int64_t nu = split.begin(u + 1) - split.begin(u);
     const double total = n + nu;
     const float wb = float(nu / total), cross = float(n * nu / total);
     for (int64_t c = 0; c < C; ++c) {
@@ -131,13 +126,12 @@ static ffi::Error GradSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ff
       mean.element_count() != xd[1] || sg->element_count() != xd[1] || sgx->element_count() != xd[1])
     return ffi::Error::InvalidArgument("expected g and x (M, C), mean, sums (C,)");
   const int64_t M = xd[0], C = xd[1];
-  const RowSplit split(pool, M);
-  const int64_t units = split.units, rows = split.rows;
+  const FixedChunks split = row_chunks(M);
+  const int64_t units = split.chunks;
   std::vector<float> ug(units * C, 0.0f), ugx(units * C, 0.0f);
-  parallel_units(pool, units, [&](int64_t, int64_t u) {
-    const int64_t r0 = std::min(M, u * rows), r1 = std::min(M, r0 + rows);
-    if (r1 > r0) grad_sums_rows(g.typed_data(), x.typed_data(), mean.typed_data(), C, r0, r1,
-                                &ug[u * C], &ugx[u * C]);
+  parallel_units(pool, units, [&](int64_t u) {
+    grad_sums_rows(g.typed_data(), x.typed_data(), mean.typed_data(), C, split.begin(u), split.begin(u + 1),
+                   &ug[u * C], &ugx[u * C]);
   });
   float *so = sg->typed_data(), *sxo = sgx->typed_data();
   std::fill(so, so + C, 0.0f);

@@ -111,22 +111,21 @@ static inline int64_t num_workers(const ffi::ThreadPool& pool, int64_t units) {
   return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), units));
 }
 
-// Runs fn(worker, unit) for every unit in [0, units), worker < num_workers(pool, units). Units are
-// claimed from a shared counter by the calling thread and by tasks on the pool; the caller waits
-// only for units already claimed, so it never waits on a task still queued behind it, and the
-// state outlives late tasks (which then find nothing left and never touch fn's captures).
+// Runs fn(unit) for every unit in [0, units). Units are claimed from a shared counter by the
+// calling thread and by tasks on the pool; the caller waits only for units already claimed, so it
+// never waits on a task still queued behind it, and the state outlives late tasks (which then find
+// nothing left and never touch fn's captures). Which thread runs which unit changes from call to
+// call, so fn is told only its unit: a reduction sums per unit (see FixedChunks), never per thread.
 struct ParallelUnits {
-  std::function<void(int64_t, int64_t)> fn;
+  std::function<void(int64_t)> fn;
   int64_t units = 0;
-  std::atomic<int64_t> next{0}, done{0}, workers{0};
+  std::atomic<int64_t> next{0}, done{0};
   void drain() {
-    const int64_t worker = workers.fetch_add(1);
-    for (int64_t u; (u = next.fetch_add(1)) < units; done.fetch_add(1)) fn(worker, u);
+    for (int64_t u; (u = next.fetch_add(1)) < units; done.fetch_add(1)) fn(u);
   }
 };
 
-static inline void parallel_units(ffi::ThreadPool& pool, int64_t units,
-                                  std::function<void(int64_t, int64_t)> fn) {
+static inline void parallel_units(ffi::ThreadPool& pool, int64_t units, std::function<void(int64_t)> fn) {
   auto state = std::make_shared<ParallelUnits>();
   state->fn = std::move(fn);
   state->units = units;
@@ -135,3 +134,18 @@ static inline void parallel_units(ffi::ThreadPool& pool, int64_t units,
   state->drain();
   while (state->done.load() < units) std::this_thread::yield();
 }
+
+// A reduction's split of `items` (images, rows) into contiguous chunks fixed by the problem's size
+// alone: at most kMaxChunks of at least `min_items` items each (at least one chunk), chunk i being
+// [begin(i), begin(i + 1)). Each chunk sums into its own partial and the partials merge in chunk
+// order, so the result has the same bits on every call and on any host, whatever the pool's size
+// and whichever thread ran what (per-thread sums made two identical training runs drift apart).
+// 64 chunks: 4 per thread up to 16 threads, as the kernels' other splits aim for.
+struct FixedChunks {
+  static constexpr int64_t kMaxChunks = 64;
+  int64_t items, chunks;
+  FixedChunks(int64_t items, int64_t min_items = 1)
+      : items(items),
+        chunks(std::max<int64_t>(1, std::min<int64_t>(kMaxChunks, items / std::max<int64_t>(1, min_items)))) {}
+  int64_t begin(int64_t i) const { return i * items / chunks; }
+};

@@ -12,8 +12,10 @@
 // returns dh, dscale and dshift in place of dx. One pass over g and xp computes all of it: XLA's
 // form computed the kernel gradient as one full-size product per tap (9 or 25 of them), each
 // recomputing g's whole producer chain (batch norm and SiLU backward). The scattered input gradient accumulates in a ring
-// of K padded rows, written to dx as rows complete. Work is split over XLA's intra-op pool by
-// image, each worker with its own kernel-gradient sums.
+// of K padded rows, written to dx as rows complete. Work is split over XLA's intra-op pool in chunks
+// of whole images fixed by N alone (FixedChunks), each chunk with its own kernel-gradient sums, merged
+// in chunk order: the same bits on every call and with any number of threads (sums per worker, with
+// images claimed by whichever thread came first, made two identical training runs differ).
 #include <vector>
 
 #include "cpu_kernels.h"
@@ -125,7 +127,8 @@ static void grad_image(const GradArgs& a, int64_t n, float* dk, float* dsc, floa
   flush(Hp);
 }
 
-// Images split over the pool; each worker sums its kernel (and scale, shift) gradients apart.
+// Chunks of images over the pool; each chunk sums its kernel (and scale, shift) gradients apart, its
+// images in order, and the chunks' sums add up in chunk order.
 template <bool ACT>
 static ffi::Error run_grad(ffi::ThreadPool& pool, const GradArgs& args, int64_t N, int64_t K,
                            int64_t stride, float* dk, float* dsc, float* dsh) {
@@ -135,15 +138,16 @@ static ffi::Error run_grad(ffi::ThreadPool& pool, const GradArgs& args, int64_t 
   CASE(3, 1) CASE(3, 2) CASE(5, 1) CASE(5, 2) CASE(7, 1) CASE(7, 2)
   else return ffi::Error::InvalidArgument("unsupported kernel size or stride (3, 5 or 7; 1 or 2)");
 #undef CASE
-  const int64_t C = args.C, size = (K * K + 2) * C;  // per worker: dk, dsc, dsh
-  const int64_t workers = num_workers(pool, N);
-  std::vector<float> partial(static_cast<size_t>(workers * size), 0.0f);
-  parallel_units(pool, N, [&](int64_t worker, int64_t n) {
-    float* mine = partial.data() + worker * size;
-    fn(args, n, mine, mine + K * K * C, mine + (K * K + 1) * C);
+  const int64_t C = args.C, size = (K * K + 2) * C;  // per chunk: dk, dsc, dsh
+  const FixedChunks split(N);
+  std::vector<float> partial(static_cast<size_t>(split.chunks * size), 0.0f);
+  parallel_units(pool, split.chunks, [&](int64_t chunk) {
+    float* mine = partial.data() + chunk * size;
+    for (int64_t n = split.begin(chunk); n < split.begin(chunk + 1); ++n)
+      fn(args, n, mine, mine + K * K * C, mine + (K * K + 1) * C);
   });
   std::vector<float> total(size, 0.0f);
-  for (int64_t t = 0; t < workers; ++t)
+  for (int64_t t = 0; t < split.chunks; ++t)
     for (int64_t i = 0; i < size; ++i) total[i] += partial[t * size + i];
   std::memcpy(dk, total.data(), K * K * C * sizeof(float));
   if (ACT) {

@@ -138,11 +138,12 @@ static ffi::Error Launch(ffi::ThreadPool& pool, Args args, int64_t K, int64_t st
 #undef CASE
   // Units: whole images when there are enough of them, else blocks of channels (independent in a
   // depthwise convolution, so no unit recomputes another's input rows); each writes its channels'
-  // SE sums.
+  // SE sums. Every output and every sum is computed whole by one unit, in an order that does not
+  // depend on the split: the same bits whatever the pool's size and whichever thread runs what.
   const int64_t threads = std::max<int64_t>(1, pool.num_threads()), CB = C / 16;
   const int64_t per_image = N >= 4 * threads ? 1 : std::min<int64_t>(CB, (4 * threads + N - 1) / N);
   float* sums_out = sums->typed_data();
-  parallel_units(pool, N * per_image, [&](int64_t, int64_t u) {
+  parallel_units(pool, N * per_image, [&](int64_t u) {
     const int64_t n = u / per_image, part = u % per_image;
     fn(args, n, part * CB / per_image, (part + 1) * CB / per_image, sums_out + n * C);
   });

@@ -11,7 +11,9 @@
 // implicit GEMM (the backbones' stems: 3 input channels, where a library convolution is slow): an
 // output pixel's row of the GEMM is, per kernel row, k * C consecutive floats of xp.
 //
-// The register tiles are gemm_tiles.h's; here the work is split over XLA's intra-op pool.
+// The register tiles are gemm_tiles.h's; here the work is split over XLA's intra-op pool, by rows
+// and by panels (columns), never along K: each output is one tile's sum over all of K in order,
+// so the bits do not depend on the split (nor on the pool's size, nor on which thread runs what).
 
 #include "gemm_tiles.h"
 
@@ -58,7 +60,7 @@ ffi::Error Pointwise(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   const int64_t block = std::min(per_sample, (l2_rows + kRows - 1) / kRows * kRows);
   const int64_t sample_blocks = block ? (per_sample + block - 1) / block : 0, blocks = S * sample_blocks;
   const int64_t groups = threads == 1 ? 1 : panel_groups(blocks, P, threads), pass = gemm::panels_per_pass(K);
-  auto unit = [&](int64_t, int64_t u) {
+  auto unit = [&](int64_t u) {
     const int64_t b = u / groups, g = u % groups, s = b / sample_blocks;
     const int64_t m0 = s * per_sample + (b % sample_blocks) * block, m = std::min(block, (s + 1) * per_sample - m0);
     const int64_t p_end = (g + 1) * P / groups;
@@ -71,7 +73,7 @@ ffi::Error Pointwise(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
     }
   };
   if (threads == 1)
-    for (int64_t u = 0; u < blocks * groups; ++u) unit(0, u);
+    for (int64_t u = 0; u < blocks * groups; ++u) unit(u);
   else
     parallel_units(pool, blocks * groups, unit);
   return ffi::Error::Success();
@@ -96,7 +98,7 @@ ffi::Error ConvAct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<f
   const int64_t out_rows = N * OH, threads = std::max<int64_t>(1, pool.num_threads());
   const int64_t blocks = std::min<int64_t>(out_rows, 8 * threads);
   const int64_t groups = panel_groups(blocks, P, threads), pass = gemm::panels_per_pass(k * k * C);
-  parallel_units(pool, blocks * groups, [&](int64_t, int64_t u) {
+  parallel_units(pool, blocks * groups, [&](int64_t u) {
     const int64_t b = u / groups, g = u % groups;
     for (int64_t r = b * out_rows / blocks; r < (b + 1) * out_rows / blocks; ++r) {
       const int64_t n = r / OH, oh = r % OH;

@@ -1,11 +1,11 @@
 """Data for `hsemo-jax distill`: three image streams, shared-annotation matching, a multi-stream iterator.
 
-Stream file (an .npz archive or a directory of .npy files, read by `data.load_arrays`):
+Stream file (an .npz archive or a directory of .npy files, read by `train.data.load_arrays`):
     images uint8 (N, S, S, 3) RGB
     expr   int   (N,)    class in [0, num_expr), -2 = missing          (required in the EXPR stream)
     va     float (N, 2)  valence, arousal in [-1, 1], -2 = missing     (required in the VA stream)
     video  (N,) str or int, frame (N,) int   optional: where the row comes from, for the matching
-Explicit `expr_mask` / `va_mask` (bool (N,)) override the -2 codes, as in `data.py`.
+Explicit `expr_mask` / `va_mask` (bool (N,)) override the -2 codes, as in `train/data.py`.
 
 Shared annotations (spec §2.3, "each frame gets every label it has anywhere"): the EXPR and VA
 annotation sets share videos; `share_annotations` left-joins on (video, frame) so that each EXPR

@@ -4,7 +4,7 @@ Batches hold three streams (spec §2.3), each `batch_size` rows, keys "<stream>.
     streams   expr (EXPR labels), va (VA labels), expr_va (both; spec §2.2: a data stream, not a head)
     names     images uint8 (B, S, S, 3); expr int (B,) + expr_mask; va float (B, 2) + va_mask
 A label that does not exist (the files' -2) has mask False. The "sub" label of a stream (VA on the
-EXPR stream, EXPR on the VA stream) comes from the shared-annotation matching (`distill_data.py`).
+EXPR stream, EXPR on the VA stream) comes from the shared-annotation matching (`distill/data.py`).
 
 Losses (spec §2.4; the original `optimize_parameters` / `optimize_parameters_kd_v2`):
     L_EXPR(s, y)  = CE(s, y)
@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hsemo_jax import metrics as M
+from hsemo_jax.distill import model as distill_model
 from hsemo_jax.train import losses
-from hsemo_jax.train.distill_model import scan_streams
 
 STREAMS = ("expr", "va", "expr_va")
 MISSING = -2  # the spec's missing-label sentinel (spec §2.3)
@@ -91,24 +91,6 @@ def kd_loss(student_logits, teacher_logits, mask=None, temperature: float = 1.5)
     return temperature ** 2 * jnp.sum(m * kl) / jnp.maximum(jnp.sum(m), 1.0)
 
 
-def ccc_unbiased(pred, true, mask=None):
-    """Batch CCC of spec §2.4 (the original CCCLoss): 2 rho s_x s_y / (s_x^2 + s_y^2 + (mu_x - mu_y)^2)
-    with unbiased s = 2 cov_u / (var_u(x) + var_u(y) + (mu_x - mu_y)^2), no epsilon, over the masked rows.
-    Differs from `losses.ccc` (population statistics + Keras eps, the ABAW-7 head's loss).
-    0 where the denominator is 0 or fewer than 2 rows are masked."""
-    m = _m(mask, pred.shape[0])
-    n = jnp.sum(m)
-    x, y = pred.astype(jnp.float32), true.astype(jnp.float32)
-    mx = jnp.sum(m * x) / jnp.maximum(n, 1.0)
-    my = jnp.sum(m * y) / jnp.maximum(n, 1.0)
-    dx, dy = (x - mx) * m, (y - my) * m
-    k = 1.0 / jnp.maximum(n - 1.0, 1.0)
-    num = 2 * jnp.sum(dx * dy) * k
-    den = (jnp.sum(dx * dx) + jnp.sum(dy * dy)) * k + (mx - my) ** 2
-    ok = (n >= 2) & (den > 0)
-    return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
-
-
 def expr_sup_loss(logits, y, mask=None):
     """CE(logits, y) over the masked rows (unweighted `losses.weighted_cross_entropy`)."""
     return losses.weighted_cross_entropy(logits, y, mask)
@@ -116,12 +98,13 @@ def expr_sup_loss(logits, y, mask=None):
 
 def va_dim_sup_loss(logits_d, y_d, mask=None, lambda_ccc: float = 1.0):
     """L_d = CE(K-bin logits, bin(y_d)) + lambda_ccc (1 - CCC(E[bin], y_d)) over the masked rows;
-    the CCC term is 0 with fewer than 2 rows."""
+    CCC with unbiased statistics and no epsilon (the original CCCLoss); the CCC term is 0 with
+    fewer than 2 rows, and the CCC 0 where its denominator is 0."""
     bins = logits_d.shape[1]
     m = _m(mask, logits_d.shape[0])
     ce = losses.weighted_cross_entropy(logits_d, va_to_bins(y_d, bins), m)
     expect = jax.nn.softmax(logits_d.astype(jnp.float32), -1) @ va_bin_centers(bins)
-    ccc_term = jnp.where(jnp.sum(m) >= 2, 1.0 - ccc_unbiased(expect, y_d, m), 0.0)
+    ccc_term = jnp.where(jnp.sum(m) >= 2, 1.0 - M.batch_ccc(expect, y_d, m, unbiased=True), 0.0)
     return ce + lambda_ccc * ccc_term
 
 
@@ -193,8 +176,8 @@ class DistillObjective:
         if self.hflip:
             flip = jax.random.bernoulli(k_flip, 0.5, x.shape[:2])
             x = jnp.where(flip[:, :, None, None, None], x[:, :, :, ::-1], x)
-        out = scan_streams(model, x, jax.random.split(k_drop, len(self.streams)))
-        teacher = model.teacher_logits(x) if self.mode == "student" else None
+        out = distill_model.scan_streams(model, x, jax.random.split(k_drop, len(self.streams)))
+        teacher = distill_model.teacher_logits(model, x) if self.mode == "student" else None
         for i, s in enumerate(self.streams):
             e, v = out["expr"][i].astype(jnp.float32), out["va"][i].astype(jnp.float32)
             y_e, m_e = batch[f"{s}.expr"], batch[f"{s}.expr_mask"]

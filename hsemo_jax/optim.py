@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hsemo_jax.models.heads import path_str
+
 
 LR_SCALING = ("none", "linear", "sqrt")
 
@@ -100,13 +102,3 @@ def make_optimizer(name: str, schedule: optax.Schedule, *, b1: float = 0.9, b2: 
         tx = optax.MultiSteps(tx, every_k_schedule=accum_steps)
     return tx
 
-
-def path_str(path) -> str:
-    """A jax key path as 'a/b/0/kernel'."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-    return "/".join(parts)

@@ -42,7 +42,7 @@ def _image_size(cfg) -> int:
 
 def load_distill_data(cfg):
     """(streams {"expr", "va"[, "expr_va"]}, validation dataset or None) from the config."""
-    from hsemo_jax.train import distill_data as DD
+    from hsemo_jax.distill import data as DD
 
     d = cfg.distill
     size = _image_size(cfg)
@@ -77,7 +77,7 @@ def load_distill_data(cfg):
 
 
 def _model(cfg, role: str):
-    from hsemo_jax.train.distill_model import DistillModel
+    from hsemo_jax.models.heads import DistillModel
     from hsemo_jax.train.runners import init_from
 
     d = cfg.distill
@@ -95,9 +95,9 @@ def _train_stage(cfg, role: str, model, streams, val, run: Path) -> dict:
     import numpy as np
     from flax import nnx
 
-    from hsemo_jax.train.distill import DistillObjective
-    from hsemo_jax.train.distill_data import StreamIterator
-    from hsemo_jax.train.distill_model import save_distill_model
+    from hsemo_jax.distill.data import StreamIterator
+    from hsemo_jax.distill.model import save_distill_model
+    from hsemo_jax.distill.objective import DistillObjective
     from hsemo_jax.train.runners import _best_params, _fit, _host, _steps
 
     d = cfg.distill
@@ -134,14 +134,14 @@ def run_distill(cfg) -> dict:
                          f"{jax.device_count()} devices")
     if cfg.optim.trainable != "all":
         raise InputError("optim.trainable: distill trains the whole network (use 'all')")
+    streams, val = load_distill_data(cfg)  # inputs checked before RUN/ is written
     run = prepare_run_dir(cfg, "distill")
-    streams, val = load_distill_data(cfg)
     d = cfg.distill
     results = {}
     if d.stage in ("both", "teacher"):
         results["teacher"] = _train_stage(cfg, "teacher", _model(cfg, "teacher"), streams, val, run)
     if d.stage in ("both", "student"):
-        from hsemo_jax.train.distill_model import load_distill_model
+        from hsemo_jax.distill.model import load_distill_model
 
         teacher_dir = Path(d.teacher_dir) if d.teacher_dir else run / "teacher"
         try:

@@ -1,0 +1,29 @@
+"""Bad user paths on any command: exit 2 and one line naming the path, never a traceback."""
+import numpy as np
+
+from hsemo_jax import cli
+from train_fixtures import feature_data
+
+
+def _one_line_error(capsys, *words):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+def test_a_folder_given_as_an_input_file(tmp_path, capsys):
+    folder = tmp_path / "predictions"
+    folder.mkdir()
+    assert cli.main(["evaluate", str(folder), str(folder)]) == 2
+    _one_line_error(capsys, str(folder))
+
+
+def test_an_output_below_a_regular_file(tmp_path, capsys):
+    """The run folder would go below a regular file."""
+    np.savez(tmp_path / "f.npz", **feature_data(64, d=4))
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder\n")
+    assert cli.main(["train-head", str(tmp_path / "f.npz"), "--out", str(blocker / "run")]) == 2
+    _one_line_error(capsys, str(blocker))
