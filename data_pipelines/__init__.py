@@ -10,7 +10,8 @@ Builders, one module per dataset; each reads a user's own copy of a licensed dat
 
 This module stays import-light (no tfds / grain / jax): the CLI lists it at start-up.
 Heavy modules: ``build`` (build_dataset, open_dataset), ``loaders`` (grain pipelines),
-``augment``, ``features`` (per-frame embedding + score datasets), ``sequences``.
+``augment``, ``features`` (per-frame embedding + score datasets), ``sequences``;
+``make_synthetic_affectnet`` writes a synthetic AffectNet copy (drawn faces, real JPEGs).
 """
 from __future__ import annotations
 

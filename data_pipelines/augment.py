@@ -1,4 +1,12 @@
-"""Training augmentation of the DDAMFN recipe, reproducing torchvision on PIL images (spec §1c).
+"""Training augmentation recipes, reproducing torchvision on PIL images (spec §1a, §1c).
+
+Recipes (``PRESETS``, the config's ``data.augment``):
+
+* ``hsemotion``: none. HSEmotion's AffectNet training (``train_emotions-pytorch.ipynb``) uses
+  ``Resize((S, S))`` -> ``ToTensor()`` -> ``Normalize`` for training as for testing.
+* ``ddamfn``: DDAMFN ``affectnet_train.py``, below.
+* ``ddamfn++``: DDAMFN++ ``affectnet_train_sam_opt_v2.0.py``: the same with
+  ``RandomErasing(p=1, scale=(0.05, 0.05))``.
 
 DDAMFN ``affectnet_train.py``: ``Resize((S, S))`` -> ``RandomHorizontalFlip()`` ->
 ``RandomApply([RandomAffine(20, scale=(0.8, 1), translate=(0.2, 0.2))], p=0.7)`` ->
@@ -39,7 +47,7 @@ class AugmentConfig:
 
 DDAMFN = AugmentConfig()  # DDAMFN affectnet_train.py
 DDAMFN_PP = AugmentConfig(erase_p=1.0, erase_scale=(0.05, 0.05))  # DDAMFN++ (SAM script)
-PRESETS = {"ddamfn": DDAMFN, "ddamfn++": DDAMFN_PP, "none": None}
+PRESETS = {"hsemotion": None, "ddamfn": DDAMFN, "ddamfn++": DDAMFN_PP}
 
 
 def inverse_affine_matrix(center, angle, translate, scale) -> list[float]:
@@ -120,12 +128,19 @@ def augment_uint8(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig)
     return np.ascontiguousarray(img)
 
 
+def random_erase_box(rng: np.random.Generator, cfg: AugmentConfig, h: int, w: int):
+    """``RandomErasing``'s draws: with probability erase_p a box (top, left, height, width) of
+    an (h, w) image, else None (also when no box fits)."""
+    if rng.random() < cfg.erase_p:
+        return erasing_box(rng, cfg, h, w)
+    return None
+
+
 def random_erase(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
     """With probability erase_p, set a random box of the normalized float (S, S, 3) image to
     erase_value (in place; returned)."""
-    if rng.random() < cfg.erase_p:
-        box = erasing_box(rng, cfg, x.shape[0], x.shape[1])
-        if box is not None:
-            i, j, eh, ew = box
-            x[i:i + eh, j:j + ew] = cfg.erase_value
+    box = random_erase_box(rng, cfg, x.shape[0], x.shape[1])
+    if box is not None:
+        i, j, eh, ew = box
+        x[i:i + eh, j:j + ew] = cfg.erase_value
     return x

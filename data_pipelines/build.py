@@ -104,10 +104,13 @@ def _build_one(base, config, manual_dir, data_dir, on_bad_image, overwrite, work
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def find_version_dir(path: str | os.PathLike) -> Path:
+def find_version_dir(path: str | os.PathLike):
     """A built dataset's version folder from itself or from ``DATA_DIR/<name>[/<config>]``
-    (the highest version there)."""
-    path = Path(path)
+    (the highest version there), as an ``etils.epath.Path``: local, or on cloud storage
+    (``gs://...``) where etils can read it."""
+    from etils import epath
+
+    path = epath.Path(path)
     if (path / "dataset_info.json").is_file():
         return path
     versions = sorted((p for p in path.glob("*") if (p / "dataset_info.json").is_file()),

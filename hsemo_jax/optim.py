@@ -8,6 +8,9 @@
   each epoch: DDAMFN γ=0.6), "cosine", "warmup_cosine".
 - Gradient accumulation: `optax.MultiSteps(every_k_schedule=k)` averages k micro-batch gradients
   and updates once, so the effective batch is k × the step batch; schedules count updates.
+- Large batches: `scaled_lr` scales the configured lr from the batch it was tuned for to the
+  effective batch (batch_size × grad_accum): "linear" (× B/B_ref, Goyal et al. 2017, for SGD),
+  "sqrt" (× sqrt(B/B_ref), the usual rule for Adam), "none".
 - Freezing: parameters whose path does not match `trainable` get zero updates
   (`optax.multi_transform` with `set_to_zero`), e.g. the AffectNet recipe's classifier-only phase.
 """
@@ -20,6 +23,17 @@ import jax.numpy as jnp
 import optax
 
 from hsemo_jax.models.heads import path_str
+
+
+LR_SCALING = ("none", "linear", "sqrt")
+
+
+def scaled_lr(lr: float, rule: str, batch: int, reference: int) -> float:
+    """`lr`, tuned for an effective batch of `reference` rows, for `batch` rows under `rule`."""
+    if rule not in LR_SCALING:
+        raise ValueError(f"unknown lr scaling rule {rule!r}; expected one of {LR_SCALING}")
+    ratio = batch / reference
+    return lr * {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[rule]
 
 
 class KerasAdamState(NamedTuple):

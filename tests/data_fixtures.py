@@ -139,3 +139,14 @@ def make_video(path: Path, n_frames: int = 5, size=(64, 48), fps: float = 10.0) 
         frames.append(fr)
     cap.release()
     return frames
+
+
+def synthetic_affectnet_build(root: Path, *, train: int = 48, val_per_class: int = 2, seed: int = 0) -> Path:
+    """A TFDS build (`build_dataset("affectnet", ...)`) of a small synthetic AffectNet copy with
+    real JPEGs (`data_pipelines.make_synthetic_affectnet`): train + validation splits, VA labels."""
+    from data_pipelines.build import build_dataset
+    from data_pipelines.make_synthetic_affectnet import make_synthetic_affectnet
+
+    make_synthetic_affectnet(root / "manual", train=train, val_per_class=val_per_class, seed=seed, sides=(24, 48))
+    (result,) = build_dataset("affectnet", root / "manual", root / "tfds", progress=False, workers=2)
+    return result.path.parent  # DATA_DIR/affectnet (the version folder below it is found)

@@ -13,7 +13,7 @@ from data_pipelines.images import decode_rgb
 from data_pipelines.loaders import ImageFolderSource, Preprocessing, make_loader, num_batches
 from data_pipelines.sequences import SequenceSource, gather, pack_sequences
 from hsemo_jax.errors import InputError
-from hsemo_jax.models import preprocess
+from hsemo_jax.models import preprocess, preprocess_images
 
 NO_SHARD = grain.sharding.NoSharding()
 
@@ -130,7 +130,7 @@ def test_training_is_seeded_deterministic_and_differs_per_epoch():
     assert sum(changed) >= 15  # P(no flip, no affine, no erasing) = 0.5 * 0.3 * 0.5
 
 
-def test_sharding_two_processes_covers_every_example_once():
+def test_evaluation_shards_cover_every_example_once():
     src = _source(11)
     prep = Preprocessing.for_arch("mbf_va_mtl")
     seen, counts = [], []
@@ -142,10 +142,56 @@ def test_sharding_two_processes_covers_every_example_once():
         seen += [int(i) for b in batches for i, m in zip(b["index"], b["mask"]) if m]
     assert sorted(seen) == list(range(11))
     assert counts[0] == counts[1] == 3  # equal step counts keep hosts in step
-    train = [int(i) for p in range(2) for b in _all(make_loader(
-        src, prep, batch_size=1, train=True, shard_options=grain.sharding.ShardOptions(p, 2)))
-        for i in b["index"]]
-    assert sorted(train) == list(range(11))
+
+
+def test_training_global_batches_do_not_depend_on_the_process_count():
+    """2 shards of 2 rows, each reading its half of every global batch, see exactly the rows,
+    positions and augmented pixels of 1 shard of 4 rows; epochs are exact (11 // 4 = 2 batches,
+    3 rows left out, a different 3 in each epoch)."""
+    src = _source(11, size=40)
+    prep = Preprocessing.for_arch("ddamfn")
+    kw = dict(train=True, seed=4, num_epochs=2, normalize=False)
+    whole = _all(make_loader(src, prep, batch_size=4, shard_options=NO_SHARD, **kw))
+    halves = [_all(make_loader(src, prep, batch_size=2, shard_options=grain.sharding.ShardOptions(p, 2), **kw))
+              for p in range(2)]
+    assert len(whole) == len(halves[0]) == len(halves[1]) == 4 == 2 * num_batches(11, 2, grain.sharding.ShardOptions(0, 2),
+                                                                                   train=True)
+    for t, b in enumerate(whole):
+        for k in ("image", "erase", "index", "position", "label"):
+            np.testing.assert_array_equal(b[k], np.concatenate([halves[0][t][k], halves[1][t][k]]), err_msg=k)
+        assert b["position"].tolist() == list(range(4 * t, 4 * t + 4))
+    for epoch in (whole[:2], whole[2:]):
+        idx = np.concatenate([b["index"] for b in epoch])
+        assert len(set(idx.tolist())) == 8
+    order = [np.random.default_rng([4, 0, e]).permutation(11)[:8] for e in range(2)]
+    assert np.concatenate([b["index"] for b in whole]).tolist() == np.concatenate(order).tolist()
+    assert whole[0]["image"].dtype == np.uint8 and whole[0]["erase"].shape == (4, 4)
+
+
+def test_uint8_batches_with_erasing_boxes_normalize_to_the_float_batches():
+    src = _source(6, size=40)
+    prep = Preprocessing.for_arch("ddamfn")
+    kw = dict(batch_size=6, train=True, seed=1, augment=A.AugmentConfig(erase_p=1.0), shard_options=NO_SHARD)
+    (f,) = _all(make_loader(src, prep, **kw))
+    (u,) = _all(make_loader(src, prep, normalize=False, **kw))
+    x = preprocess_images(u["image"], 112, prep.mean, prep.std)
+    for row, (top, left, h, w) in zip(x, u["erase"]):
+        row[top:top + h, left:left + w] = 0
+    np.testing.assert_array_equal(x, f["image"])
+    assert (u["erase"][:, 2] > 0).sum() >= 5
+
+
+def test_class_balanced_sampling_draws_classes_equally():
+    """DDAMFN's ImbalancedDatasetSampler: draws with replacement, weight 1/count of the class."""
+    labels = np.array([0] * 40 + [1] * 8 + [2] * 2)
+    src = [{"image": cv2.imencode(".jpg", F.crop(0, 16))[1].tobytes(), "label": np.int64(c)} for c in labels]
+    counts = np.bincount(labels)
+    ds = make_loader(src, Preprocessing(16, (0.5,) * 3, (0.5,) * 3), batch_size=50, train=True, seed=0,
+                     num_epochs=20, weights=1.0 / counts[labels], shard_options=NO_SHARD, augment=None)
+    drawn = np.concatenate([b["label"] for b in _all(ds)])
+    assert len(drawn) == 1000
+    share = np.bincount(drawn, minlength=3) / len(drawn)
+    np.testing.assert_allclose(share, [1 / 3] * 3, atol=0.05)
 
 
 def test_iterator_state_restores_exactly_and_with_orbax(tmp_path):

@@ -128,12 +128,20 @@ SMOKE = REPO / "hsemo_jax" / "train" / "configs" / "pretrain_smoke_synthetic.tom
 STEPS = 4
 
 
-def _pretrain(out: Path, cache: Path):
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory):
+    """A small synthetic AffectNet build (the smoke config's kind of dataset)."""
+    from data_fixtures import synthetic_affectnet_build
+
+    return synthetic_affectnet_build(tmp_path_factory.mktemp("affectnet"), train=64, val_per_class=1)
+
+
+def _pretrain(out: Path, cache: Path, data: Path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
                JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env.pop(ck.ENV, None)  # the kernels on
-    cmd = [sys.executable, "-m", "hsemo_jax.cli", "pretrain", str(SMOKE), "--out", str(out),
-           "--set", f"train.steps={STEPS}", "--set", "train.log_every=1", "--set", "train.progress=false",
+    cmd = [sys.executable, "-m", "hsemo_jax.cli", "pretrain", str(SMOKE), "--out", str(out), "--train", str(data),
+           "--set", "data.workers=0", "--set", f"train.steps={STEPS}", "--set", "train.log_every=1", "--set", "train.progress=false",
            "--set", "data.val=", "--set", "checkpoint.save_every=0", "--set", "checkpoint.async_save=false"]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -147,9 +155,9 @@ def _pretrain(out: Path, cache: Path):
     return rows, params
 
 
-def test_two_pretrain_runs_are_bit_identical(tmp_path):
-    rows_a, params_a = _pretrain(tmp_path / "a", tmp_path / "cache")
-    rows_b, params_b = _pretrain(tmp_path / "b", tmp_path / "cache")
+def test_two_pretrain_runs_are_bit_identical(tmp_path, smoke_data):
+    rows_a, params_a = _pretrain(tmp_path / "a", tmp_path / "cache", smoke_data)
+    rows_b, params_b = _pretrain(tmp_path / "b", tmp_path / "cache", smoke_data)
     assert sorted(rows_a) == list(range(1, STEPS + 1))
     assert rows_a == rows_b  # losses and gradient norms, every step, as written (repr of float32)
     assert params_a.keys() == params_b.keys() and params_a

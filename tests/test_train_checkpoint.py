@@ -65,8 +65,7 @@ def test_keep_newest_n_and_best_by_metric(tmp_path):
 
 
 def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(tmp_path, tiny1):
-    """Stop at step 3 (mid-epoch), resume to 7: same params, BN stats and Adam state as 7 straight.
-    Every step uses the RNG (random flips), so the restored key and step matter."""
+    """Stop at step 3 (mid-epoch), resume to 7: same params, BN stats and Adam state as 7 straight."""
     data = image_data(64, seed=9)
     trainer = reset(tiny1)
     fit(trainer, BatchIterator(data, 16, seed=1), total_steps=7, progress=False)

@@ -16,6 +16,26 @@ from hsemo_jax.train.runners import prepare_run_dir
 CONFIGS = sorted((Path(C.__file__).parent / "configs").glob("*.toml"))
 
 
+def test_learning_rate_scaling_rules():
+    from hsemo_jax.optim import scaled_lr
+
+    assert scaled_lr(1e-4, "none", 1024, 48) == 1e-4
+    assert scaled_lr(1e-4, "linear", 1024, 256) == pytest.approx(4e-4)
+    assert scaled_lr(1e-4, "sqrt", 1024, 256) == pytest.approx(2e-4)
+    cfg = C.load_config(None, ["optim.lr=1e-4", "optim.lr_scaling=\"sqrt\"", "optim.lr_reference_batch=64",
+                               "train.batch_size=128", "optim.grad_accum=2"])
+    from hsemo_jax.train.runners import _optimizer
+
+    _, schedule = _optimizer(cfg, total_steps=10, steps_per_epoch=10)
+    assert float(schedule(0)) == pytest.approx(2e-4)  # effective batch 256 = 4 x 64
+    with pytest.raises(InputError, match="optim.lr_scaling"):
+        C.load_config(None, ["optim.lr_scaling=\"cube\""])
+
+
+def tpu_header(path):
+    return path.read_text().split("\n\n")[0]
+
+
 def test_shipped_configs_are_valid_and_say_how_to_run_them():
     assert len(CONFIGS) >= 4
     for path in CONFIGS:
@@ -26,6 +46,12 @@ def test_shipped_configs_are_valid_and_say_how_to_run_them():
     ddamfn = C.load_config(next(p for p in CONFIGS if "ddamfn" in p.name))
     assert (ddamfn.model.arch, ddamfn.loss.attention_weight, ddamfn.optim.schedule, ddamfn.optim.gamma) == \
         ("ddamfn", 0.1, "exponential", 0.6)
+    assert (ddamfn.data.augment, ddamfn.data.sampling, ddamfn.loss.class_weights) == ("ddamfn", "class_balanced", "none")
+    enet = C.load_config(next(p for p in CONFIGS if p.name == "pretrain_enet_b0_affectnet.toml"))
+    assert (enet.data.augment, enet.train.batch_size, enet.optim.lr) == ("hsemotion", 48, 1e-4)  # spec §1a
+    tpu = C.load_config(next(p for p in CONFIGS if p.name == "pretrain_enet_b0_affectnet_tpu.toml"))
+    assert tpu.train.batch_size >= 1024 and tpu.train.batch_size % 8 == 0 and tpu.data.workers > 0
+    assert "tpu_scripts/pretrain.sh" in tpu_header(next(p for p in CONFIGS if "_tpu" in p.name))
     head = C.load_config(next(p for p in CONFIGS if "head" in p.name))
     assert (head.optim.name, head.optim.eps, head.train.batch_size, head.loss.l2) == ("keras_adam", 1e-7, 512, 1 / 512)
 
@@ -165,16 +191,18 @@ def test_saved_head_loads_back(tmp_path):
 
 def test_pretrain_export_writes_a_loadable_model_from_the_checkpoint(tmp_path):
     """`hsemo-jax pretrain CONFIG --export` (after a multi-process run): checkpoint -> RUN/model."""
+    from data_fixtures import synthetic_affectnet_build
     from hsemo_jax.checkpoint import load_model
     from hsemo_jax.train.checkpoints import RunCheckpoints
     from hsemo_jax.train.runners import _optimizer, _pretrain_setup, run_pretrain
     from hsemo_jax.train.loop import Trainer
 
+    data = synthetic_affectnet_build(tmp_path / "data", train=16, val_per_class=1)
     run = tmp_path / "run"
-    cfg = C.load_config(None, [f"run_dir={run}", "model.arch=mobilefacenet", "data.train=synthetic",
-                               "data.synthetic_rows=16", "train.batch_size=8", "train.steps=3"])
+    cfg = C.load_config(None, [f"run_dir={run}", "model.arch=tiny_cnn", f"data.train={data}",
+                               "train.batch_size=8", "train.steps=3"])
     prepare_run_dir(cfg, "pretrain")
-    model, objective, *_ = _pretrain_setup(cfg)
+    model, objective, _ = _pretrain_setup(cfg, None)
     trainer = Trainer(model, objective, _optimizer(cfg, 3, 2)[0])
     state = trainer.host_state()
     state["params"]["fc"]["bias"].set_value(np.arange(10, dtype=np.float32))  # a recognisable "trained" value
@@ -185,5 +213,5 @@ def test_pretrain_export_writes_a_loadable_model_from_the_checkpoint(tmp_path):
     assert cli.main(["pretrain", str(tmp_path / "none.toml")]) == 2  # missing config file
     run_pretrain(cfg, export_only=True)
     exported = load_model(run / "model")
-    assert exported.info.arch == "mobilefacenet" and exported.info.source["step"] == 3
+    assert exported.info.arch == "tiny_cnn" and exported.info.source["step"] == 3
     np.testing.assert_array_equal(np.asarray(exported.fc.bias[...]), np.arange(10))

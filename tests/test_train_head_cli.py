@@ -62,9 +62,11 @@ def test_every_task_reports_p_mtl(features, tmp_path, capsys):
 
 @pytest.mark.parametrize("command, own, foreign", [
     ("train-head", ("head.tasks", "data.train", "loss.l2", "optim.lr", "checkpoint.keep"),
-     ("model.", "distill.", "data.hflip", "data.synthetic_rows", "loss.attention_weight", "optim.trainable")),
-    ("pretrain", ("model.arch", "data.hflip", "loss.attention_weight", "optim.trainable"),
-     ("head.", "distill.", "loss.l2 ")),
+     ("model.", "distill.", "data.hflip", "data.synthetic_rows", "data.augment", "data.workers",
+      "loss.attention_weight", "optim.trainable")),
+    ("pretrain", ("model.arch", "data.augment", "data.sampling", "data.workers", "loss.attention_weight",
+                  "optim.trainable", "optim.lr_scaling"),
+     ("head.", "distill.", "loss.l2 ", "data.hflip", "data.synthetic_rows")),
     ("distill", ("distill.temperature", "optim.lr", "data.val"), ("head.", "model.", "data.train ")),
 ])
 def test_describe_config_lists_the_commands_own_fields(capsys, command, own, foreign):

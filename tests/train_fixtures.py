@@ -99,8 +99,8 @@ def head_trainer(compute_dtype="float32", accum_steps=1):
                              accum_steps=accum_steps))
 
 
-def tiny_trainer(mesh, hflip=True):
-    obj = BackboneObjective((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), class_weight=CLASS_W, hflip=hflip)
+def tiny_trainer(mesh):
+    obj = BackboneObjective((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), class_weight=CLASS_W)
     return _remember(Trainer(TinyNet(seed=3), obj, optim.make_optimizer("adam", 1e-2), mesh=mesh, seed=7))
 
 

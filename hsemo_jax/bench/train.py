@@ -1,4 +1,5 @@
 """`hsemo-jax bench train`: training-step images/s, jitted Flax vs PyTorch eager, batch 64.
+(`--dataset DIR`: the grain loader vs the train step on a dataset instead; `bench/train_data.py`.)
 
 One step = forward in train mode (BatchNorm on batch statistics) + the multi-task pretraining loss
 (class-weighted CE on the 8 logits + CCC loss on V/A, + 0.1 x the attention loss for DDAMFN) +
@@ -34,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median reported)")
     p.add_argument("--steps", type=int, default=2, help="train steps per measurement")
     p.add_argument("--no-torch", action="store_true", help="time Flax only")
+    from hsemo_jax.bench import train_data
+
+    train_data.add_arguments(p)
 
 
 def _torch_step(model, arch: str, mean, std, class_weight, lr: float = 1e-4):
@@ -82,7 +86,7 @@ def _flax_trainer(arch: str, sd: dict | None, class_weight):
     else:
         model = registry.build(arch, 10)
     a = registry.get_arch(arch)
-    obj = BackboneObjective(a.mean, a.std, class_weight=class_weight, hflip=False,
+    obj = BackboneObjective(a.mean, a.std, class_weight=class_weight,
                             attention_weight=0.1 if a.family == "ddamfn" else 0.0)
     return Trainer(model, obj, optim.make_optimizer("adam", 1e-4)), a
 
@@ -195,6 +199,10 @@ def measure(arch: str, batch: int, rounds: int, steps: int, use_torch: bool) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.dataset:
+        from hsemo_jax.bench import train_data
+
+        return train_data.run(args)
     import jax
 
     print(f"# train step (fwd + multi-task loss + bwd + Adam): images/s, median of {args.rounds} interleaved "

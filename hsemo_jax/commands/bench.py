@@ -8,7 +8,8 @@ TARGETS = {
     "backbones": "Flax vs PyTorch eager images/s per backbone, batch 1 and 32",
     "data": "decoded + augmented images/s of the grain loader by worker count",
     "postprocess": "smoothing sweep and AU-threshold search vs numpy/scikit-learn loops",
-    "train": "train-step images/s per backbone vs a PyTorch eager training step",
+    "train": "train-step images/s per backbone vs a PyTorch eager training step; --dataset DIR: the grain "
+             "loader's images/s per core vs the train step's",
     "predict": "end-to-end frames/s of predict on a 720p video vs a per-face eager PyTorch pipeline",
 }
 

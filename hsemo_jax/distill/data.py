@@ -1,6 +1,6 @@
 """Data for `hsemo-jax distill`: three image streams, shared-annotation matching, a multi-stream iterator.
 
-Stream file (an .npz archive or a directory of .npy files, like `train.data.load_images`):
+Stream file (an .npz archive or a directory of .npy files, read by `train.data.load_arrays`):
     images uint8 (N, S, S, 3) RGB
     expr   int   (N,)    class in [0, num_expr), -2 = missing          (required in the EXPR stream)
     va     float (N, 2)  valence, arousal in [-1, 1], -2 = missing     (required in the VA stream)

@@ -23,7 +23,7 @@ HALF = (0.5, 0.5, 0.5)
 
 @dataclass(frozen=True)
 class Arch:
-    family: str  # key family for conversion: efficientnet | mobilefacenet | ddamfn | mobilevit
+    family: str  # key family for conversion: efficientnet | mobilefacenet | ddamfn | mobilevit (| tiny)
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -37,6 +37,8 @@ ARCHS: dict[str, Arch] = {
     "mobilefacenet": Arch("mobilefacenet", 112, HALF, HALF, 512),
     "ddamfn": Arch("ddamfn", 112, IMAGENET_MEAN, IMAGENET_STD, 512),
     "mobilevitv2_150": Arch("mobilevit", 224, IMAGENET_MEAN, IMAGENET_STD, 768),
+    # smoke runs and tests of the training path (models/tiny_cnn.py); no published weights
+    "tiny_cnn": Arch("tiny", 32, HALF, HALF, 32),
 }
 
 
@@ -58,6 +60,9 @@ def build(arch: str, num_classes: int | None, *, num_heads: int = 2, seed: int =
     elif family == "mobilevit":
         from hsemo_jax.models.mobilevit import MobileViT
         model = MobileViT(arch, num_classes, seed=seed)
+    elif family == "tiny":
+        from hsemo_jax.models.tiny_cnn import TinyCNN
+        model = TinyCNN(num_classes, seed=seed)
     else:
         from hsemo_jax.models.ddamfn import DDAMFN
         model = DDAMFN(num_classes or 8, num_heads, seed=seed)

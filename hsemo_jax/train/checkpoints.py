@@ -1,12 +1,15 @@
 """Training-run checkpoints with orbax `CheckpointManager`.
 
-    RUN/checkpoints/latest/<step>/{state,data}   periodic async saves, the newest `keep` kept
-    RUN/checkpoints/best/<step>/{state,data}     evaluation-time saves, the `keep_best` best by
-                                                 `best_metric` (max or min) kept
+    RUN/checkpoints/latest/<step>/{state,data[,iterator]}   periodic async saves, the newest `keep` kept
+    RUN/checkpoints/best/<step>/{state,data}                evaluation-time saves, the `keep_best`
+                                                            best by `best_metric` (max or min) kept
 
 `state` is the whole train state (step, params, batch statistics, optimizer state, RNG key) as
 one pytree of host (numpy) arrays (orbax StandardSave; the state is replicated, so one copy is
-the whole state and process 0 writes it); `data` is the batch iterator's position (JSON). Orbax writes
+the whole state and process 0 writes it); `data` is the batch iterator's position (JSON);
+`iterator`, for grain loaders, is each process's grain iterator state
+(`grain.checkpoint.CheckpointHandler`: `process_<i>-of-<n>.json`, written when `save` is
+called, so it is the state after the saved step's batch). Orbax writes
 each step to a temporary directory and renames it when complete, so a process killed while
 saving leaves the previous checkpoints intact and the partial one is ignored on restore.
 Resume always reads `latest` (the newest complete step).
@@ -33,15 +36,23 @@ def _host(tree):
     return to_host(tree)
 
 
+def _barriers(prefix: str):
+    """Each manager's own names for its multi-process barriers: orbax names them by step, so the
+    latest and best managers saving the same step at once (an evaluation step that is also a
+    save step) would otherwise both wait at `_async_write_complete.<step>` and fail."""
+    return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix)
+
+
 class RunCheckpoints:
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3, keep_best: int = 1,
                  best_metric: str | None = None, best_mode: str = "max", async_save: bool = True):
         directory = Path(directory).absolute()
         self.best_metric = best_metric
         self.latest = ocp.CheckpointManager(
-            directory / "latest", item_names=("state", "data"),
+            directory / "latest", item_names=("state", "data", "iterator"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                                 cleanup_tmp_directories=True))
+                                                 cleanup_tmp_directories=True,
+                                                 multiprocessing_options=_barriers("latest")))
         self.best = None
         if best_metric:
             self.best = ocp.CheckpointManager(
@@ -49,17 +60,23 @@ class RunCheckpoints:
                 options=ocp.CheckpointManagerOptions(
                     max_to_keep=keep_best, best_fn=lambda m: float(m[best_metric]), best_mode=best_mode,
                     keep_checkpoints_without_metrics=False, enable_async_checkpointing=async_save,
-                    cleanup_tmp_directories=True))
+                    cleanup_tmp_directories=True, multiprocessing_options=_barriers("best")))
 
     @staticmethod
-    def _args(state, data: dict):
-        return ocp.args.Composite(state=ocp.args.StandardSave(_host(state)), data=ocp.args.JsonSave(data))
+    def _args(state, data: dict, iterator=None):
+        items = {"state": ocp.args.StandardSave(_host(state)), "data": ocp.args.JsonSave(data)}
+        if iterator is not None:
+            import grain
 
-    def save(self, step: int, state, data: dict) -> None:
-        """Start an async save of `state` + the data position at `step` (returns at once)."""
+            items["iterator"] = grain.checkpoint.CheckpointSave(iterator)
+        return ocp.args.Composite(**items)
+
+    def save(self, step: int, state, data: dict, iterator=None) -> None:
+        """Start an async save of `state` + the data position at `step` (+ a grain `iterator`'s
+        state, captured before this returns)."""
         if step in self.latest.all_steps():
             return
-        self.latest.save(step, args=self._args(state, data), force=True)
+        self.latest.save(step, args=self._args(state, data, iterator), force=True)
 
     def save_best(self, step: int, state, data: dict, metrics: dict) -> None:
         """Offer `state` to the best-by-metric set (kept only if among the `keep_best` best)."""
@@ -77,14 +94,19 @@ class RunCheckpoints:
     def best_step(self) -> int | None:
         return None if self.best is None else self.best.best_step()
 
-    def restore(self, like_state, step: int | None = None, which: str = "latest"):
+    def restore(self, like_state, step: int | None = None, which: str = "latest", iterator=None):
         """(state, data position) of `step` (default: newest) in `which` ("latest" or "best");
-        the state comes back as numpy arrays with the structure, shapes and dtypes of `like_state`."""
+        the state comes back as numpy arrays with the structure, shapes and dtypes of `like_state`.
+        A grain `iterator` is set to its saved state in place."""
         mngr = self.latest if which == "latest" else self.best
         if step is None:
             step = mngr.latest_step() if which == "latest" else mngr.best_step()
-        restored = mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(like_state)), data=ocp.args.JsonRestore()))
+        items = {"state": ocp.args.StandardRestore(_abstract(like_state)), "data": ocp.args.JsonRestore()}
+        if iterator is not None:
+            import grain
+
+            items["iterator"] = grain.checkpoint.CheckpointRestore(iterator)
+        restored = mngr.restore(step, args=ocp.args.Composite(**items))
         return restored["state"], dict(restored["data"])
 
     def wait(self) -> None:

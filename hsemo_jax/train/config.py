@@ -29,8 +29,10 @@ def doc(default, text: str, choices: tuple | None = None, minimum: float | None 
 
 @dataclass
 class ModelConfig:
-    arch: str = doc("tf_efficientnet_b0", "backbone architecture (hsemo_jax.models.registry)",
-                    ("tf_efficientnet_b0", "efficientnet_b0", "tf_efficientnet_b2", "mobilefacenet", "ddamfn"))
+    arch: str = doc("tf_efficientnet_b0", "backbone architecture (hsemo_jax.models.registry; tiny_cnn: smoke "
+                                          "runs and tests)",
+                    ("tf_efficientnet_b0", "efficientnet_b0", "tf_efficientnet_b2", "mobilefacenet", "ddamfn",
+                     "tiny_cnn"))
     num_outputs: int = doc(10, "outputs of the classifier: 10 = 8 expression logits + valence + arousal "
                                "(CCC loss on), 8 = expression only", (8, 10))
     init: str = doc("", "hsemo-jax model directory (`hsemo-jax convert`) whose matching weights initialize the "
@@ -57,12 +59,30 @@ class HeadConfig:
 
 @dataclass
 class DataConfig:
-    train: str = doc("", "training data: pretrain = image dataset (.npz or directory of .npy: images uint8 "
-                         "(N,S,S,3), expr (N,), va (N,2)) or 'synthetic'; train-head = feature dataset "
-                         "(x (N,D+10), expr, va, au with ABAW missing codes); see hsemo_jax/train/data.py")
-    val: str = doc("", "validation data in the same format; empty = no validation (no best-by-metric saves)")
-    synthetic_rows: int = doc(512, "rows of the 'synthetic' dataset", positive=True)
-    hflip: bool = doc(True, "pretrain: random horizontal flip (p = 0.5) on the device")
+    train: str = doc("", "training data: pretrain = a TFDS build of `hsemo-jax build-dataset` (DATA_DIR/<name>"
+                         "[/<config>] or its version folder, local or gs://; features image + label or expression "
+                         "(+ va): hsemo_jax/train/pretrain_data.py); train-head = feature dataset (x (N,D+10), "
+                         "expr, va, au with ABAW missing codes; hsemo_jax/train/data.py)")
+    train_split: str = doc("train", "pretrain: split of data.train to train on")
+    val: str = doc("", "validation data: pretrain = a TFDS build (e.g. the directory of data.train), train-head = "
+                       "a feature dataset, distill = a stream file or 'synthetic'; empty = no validation (no "
+                       "best-by-metric saves)")
+    val_split: str = doc("validation", "pretrain: split of data.val to validate on (AffectNet: its balanced "
+                                       "validation set, 500 images per class)")
+    augment: str = doc("hsemotion", "pretrain augmentation recipe, on the host (data_pipelines/augment.py): "
+                                    "hsemotion = resize only (HSEmotion's AffectNet training), ddamfn = flip, "
+                                    "affine p=0.7, random erasing p=0.5, ddamfn++ = erasing p=1 of 5 %",
+                       ("hsemotion", "ddamfn", "ddamfn++"))
+    sampling: str = doc("shuffle", "pretrain epoch order: shuffle = a permutation per epoch; class_balanced = "
+                                   "n draws with replacement, weight 1/class count (DDAMFN's "
+                                   "ImbalancedDatasetSampler)", ("shuffle", "class_balanced"))
+    workers: int = doc(0, "pretrain: grain worker processes decoding and augmenting per host; 0 = in this "
+                          "process with read_threads threads", minimum=0)
+    read_threads: int = doc(4, "pretrain: threads per process (and per worker) assembling batches", positive=True)
+    prefetch: int = doc(2, "pretrain: batches buffered per process (and per worker)", positive=True)
+    synthetic_rows: int = doc(512, "distill: rows of a 'synthetic' stream", positive=True)
+    hflip: bool = doc(True, "distill: random horizontal flip (p = 0.5) on the device (pretrain augments on the "
+                            "host: data.augment)")
 
 
 @dataclass
@@ -98,14 +118,19 @@ class OptimConfig:
     final_fraction: float = doc(0.0, "cosine schedules: final lr as a fraction of lr", minimum=0.0)
     grad_accum: int = doc(1, "micro-batches per optimizer update (optax.MultiSteps); effective batch = "
                              "batch_size x grad_accum", positive=True)
+    lr_scaling: str = doc("none", "scale lr from lr_reference_batch to the effective batch B = batch_size x "
+                                  "grad_accum: linear = lr x B/ref, sqrt = lr x sqrt(B/ref) (Adam), none",
+                          ("none", "linear", "sqrt"))
+    lr_reference_batch: int = doc(256, "the effective batch that optim.lr was tuned for (lr_scaling)", positive=True)
     trainable: str = doc("all", "all = full fine-tuning; classifier = only the last linear layer gets updates "
                                 "(AffectNet recipe phase 1; BatchNorm still in train mode)", ("all", "classifier"))
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = doc(48, "global rows per step over all devices and processes (a multiple of the device "
-                              "count); head: 512", positive=True)
+    batch_size: int = doc(48, "the global batch: rows per step over all devices and processes (a multiple of "
+                              "the device count; each process loads batch_size / process_count of them); an "
+                              "optimizer update sees batch_size x optim.grad_accum rows; head: 512", positive=True)
     epochs: float = doc(6.0, "epochs of pretraining or of the joint head (the separate head mode uses "
                              "head.epochs_*); ignored when steps > 0", positive=True)
     steps: int = doc(0, "total steps (per task in the separate head mode); 0 = from the epochs", minimum=0)
@@ -205,7 +230,8 @@ SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)
 _OPTIM = tuple(f"optim.{f.name}" for f in dataclasses.fields(OptimConfig) if f.name != "trainable")
 _COMMON = ("run_dir", "train", "checkpoint", "distributed")
 COMMAND_FIELDS = {
-    "pretrain": _COMMON + ("model", "data.train", "data.val", "data.synthetic_rows", "data.hflip", "loss.class_weights",
+    "pretrain": _COMMON + ("model", "data.train", "data.train_split", "data.val", "data.val_split", "data.augment",
+                           "data.sampling", "data.workers", "data.read_threads", "data.prefetch", "loss.class_weights",
                            "loss.ce_normalize", "loss.label_smoothing", "loss.va_weight", "loss.attention_weight",
                            "optim"),
     "train-head": _COMMON + ("head", "data.train", "data.val", "loss.class_weights", "loss.label_smoothing",

@@ -1,6 +1,7 @@
-"""Training data for the trainer: array datasets and a checkpointable batch iterator.
+"""Array datasets for the trainer (`train-head`, `distill`) and a checkpointable batch iterator.
+(`pretrain` reads TFDS builds through grain instead: `pretrain_data.py`.)
 
-Datasets are dicts of row-aligned arrays (numpy, or memory-mapped .npy for images):
+Datasets are dicts of row-aligned arrays (numpy, or memory-mapped .npy):
 
   feature dataset (train-head), spec §3.1-3.2 (or an `hsemo-jax extract-features` output directory:
   x = embedding ++ scores, expression -> expr, aus -> au):
@@ -8,9 +9,6 @@ Datasets are dicts of row-aligned arrays (numpy, or memory-mapped .npy for image
     expr  int   (N,)        Aff-Wild2 EXPR label, -1 = missing           -> expr_mask
     va    float (N, 2)      valence, arousal, -5 = missing               -> va_mask
     au    int   (N, 12)     AU1..AU26 in {0,1}, -1 = missing (row-wise)  -> au_mask
-  image dataset (pretrain, AffectNet-format after resizing to the model input):
-    images uint8 (N, S, S, 3) RGB;  expr int (N,) class index in the model's order, out of
-    [0, num_expr) = missing;  va float (N, 2), outside [-1, 1] (AffectNet's -2) = missing.
 
 A file is an `.npz` archive or a directory of `NAME.npy` files (memory-mapped). Explicit masks
 (`expr_mask`, `va_mask`, `au_mask`, bool (N,)) override the sentinel codes. Labels of missing
@@ -119,33 +117,6 @@ def load_features(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not (out["expr_mask"] | out["va_mask"] | out["au_mask"]).any():
         raise InputError(f"{path}: no row has an EXPR, VA or AU label")
     return out
-
-
-def load_images(path: str | os.PathLike, num_expr: int = NUM_EXPR) -> dict[str, np.ndarray]:
-    """An image dataset (module docstring) -> {"images", "expr", "expr_mask", "va", "va_mask"}."""
-    arrays = load_arrays(path)
-    images = _require(arrays, "images", path, 4, last=3)
-    if images.dtype != np.uint8:
-        raise InputError(f"{path}: 'images' must be uint8 RGB, got {images.dtype}")
-    n = images.shape[0]
-    y = np.asarray(_require(arrays, "expr", path, 1, n)).astype(np.int64)
-    my = _mask(arrays, "expr", path, n, (y >= 0) & (y < num_expr))
-    out = {"images": images, "expr": np.where(my, y, 0).astype(np.int32), "expr_mask": my}
-    if "va" in arrays:
-        va = np.asarray(_require(arrays, "va", path, 2, n, 2), np.float32)
-        mv = _mask(arrays, "va", path, n, (np.abs(va) <= 1).all(axis=1))
-        out["va"], out["va_mask"] = np.where(mv[:, None], va, 0).astype(np.float32), mv
-    else:
-        out["va"], out["va_mask"] = np.zeros((n, 2), np.float32), np.zeros(n, bool)
-    return out
-
-
-def synthetic_images(n: int, size: int, num_expr: int = NUM_EXPR, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random images with random labels (shape/throughput checks only; nothing to learn)."""
-    rng = np.random.default_rng(seed)
-    return {"images": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-            "expr": rng.integers(0, num_expr, n).astype(np.int32), "expr_mask": np.ones(n, bool),
-            "va": rng.uniform(-1, 1, (n, 2)).astype(np.float32), "va_mask": np.ones(n, bool)}
 
 
 def select_rows(arrays: dict[str, np.ndarray], rows) -> dict[str, np.ndarray]:

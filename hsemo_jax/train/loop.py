@@ -28,7 +28,7 @@ from flax import nnx
 from hsemo_jax import runtime
 from hsemo_jax.errors import InputError
 from hsemo_jax.train import distributed as dist
-from hsemo_jax.train.data import BatchIterator, eval_batches
+from hsemo_jax.train.data import eval_batches
 from hsemo_jax.train.metrics_log import MetricsLog, Progress
 
 
@@ -71,6 +71,8 @@ class Trainer:
                               donate_argnums=(0,), compiler_options=options)
         self._predict = jax.jit(self._predict_step, in_shardings=(rep, bsh), out_shardings=rep,
                                 compiler_options=options)
+        self._predict_gather = jax.jit(self._predict_gather_step, in_shardings=(rep, bsh), out_shardings=rep,
+                                       compiler_options=options)
 
     @property
     def num_devices(self) -> int:
@@ -98,6 +100,10 @@ class Trainer:
     def _predict_step(self, state, batch):
         model = nnx.merge(self.eval_graph, _cast_floats(state["params"], self.compute_dtype), state["stats"])
         return self.objective.predict(model, batch)
+
+    def _predict_gather_step(self, state, batch):
+        """Predictions and the batch's labels and mask, all replicated (gathered from every process)."""
+        return self._predict_step(state, batch), {k: v for k, v in batch.items() if k not in ("images", "erase")}
 
     # -- host API -----------------------------------------------------------------------------
     def check_batch(self, global_batch: int) -> None:
@@ -129,8 +135,26 @@ class Trainer:
         n = len(next(iter(data.values())))
         return {k: np.concatenate([o[k] for o in outs])[:n] for k in outs[0]}
 
-    def evaluate(self, data: dict, global_batch: int) -> dict[str, float]:
-        return self.objective.evaluate(self.predict(data, global_batch), data)
+    def predict_batches(self, batches) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(predictions, labels) over the real rows of `batches`: an iterable of this process's
+        fixed-shape batches whose "mask" flags real rows (every process yields as many), e.g.
+        `pretrain_data.EvalBatches`; rows of all processes, identical on each."""
+        preds, labels = [], []
+        for b in batches:
+            p, f = dist.to_host(self._predict_gather(self.state, dist.put_batch(b, self.mesh)))
+            keep = f.pop("mask")
+            preds.append({k: v[keep] for k, v in p.items()})
+            labels.append({k: v[keep] for k, v in f.items()})
+        if not preds:
+            raise InputError("the validation data has no batch")
+        return tuple({k: np.concatenate([d[k] for d in parts]) for k in parts[0]} for parts in (preds, labels))
+
+    def evaluate(self, data, global_batch: int) -> dict[str, float]:
+        """Validation metrics over `data`: a dict of row arrays (every process holds all rows), or
+        batches for `predict_batches` (their batch size is theirs; `global_batch` is unused)."""
+        if isinstance(data, dict):
+            return self.objective.evaluate(self.predict(data, global_batch), data)
+        return self.objective.evaluate(*self.predict_batches(data))
 
     def lr(self, step: int) -> float:
         return float(self.schedule(step // self.accum_steps)) if self.schedule is not None else float("nan")
@@ -140,16 +164,19 @@ class Trainer:
         return dist.to_host(self.state)
 
 
-def fit(trainer: Trainer, loader: BatchIterator, *, total_steps: int, run_dir=None, checkpoints=None,
+def fit(trainer: Trainer, loader, *, total_steps: int, run_dir=None, checkpoints=None,
         save_every: int = 0, eval_data: dict | None = None, eval_every: int = 0, eval_batch: int | None = None,
         log_every: int = 10, progress: bool = True, tensorboard: bool = True) -> dict:
     """Train until `total_steps` (resuming from `checkpoints` if it holds a step), logging every
     step to RUN/metrics.csv, evaluating every `eval_every` steps (and at the end) on `eval_data`,
-    saving every `save_every` steps (and at the end). Returns the last validation metrics (or {})."""
+    saving every `save_every` steps (and at the end). A loader with a `grain_iterator`
+    (`pretrain_data.TrainBatches`) has that iterator's state saved and restored in the same
+    checkpoint step as the train state. Returns the last validation metrics (or {})."""
     trainer.check_batch(loader.global_batch)
+    grain_iterator = getattr(loader, "grain_iterator", None)
     start = 0
     if checkpoints is not None and checkpoints.latest_step() is not None:
-        state, data_state = checkpoints.restore(trainer.state)
+        state, data_state = checkpoints.restore(trainer.state, iterator=grain_iterator)
         trainer.state = dist.put_replicated(state, trainer.mesh)
         loader.restore(data_state)
         start = int(state["step"])
@@ -196,7 +223,7 @@ def fit(trainer: Trainer, loader: BatchIterator, *, total_steps: int, run_dir=No
                     checkpoints.save_best(step, trainer.state, loader.state(), last_val)
                 t_window = time.perf_counter()
             if do_save:
-                checkpoints.save(step, trainer.state, loader.state())
+                checkpoints.save(step, trainer.state, loader.state(), iterator=grain_iterator)
                 t_window = time.perf_counter()
         flush()
     finally:

@@ -20,11 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from hsemo_jax import metrics as M
-from hsemo_jax.labels import MISSING_AU, MISSING_EXPR, MISSING_VA
+from hsemo_jax.labels import HSE_CLASSES_8, MISSING_AU, MISSING_EXPR, MISSING_VA
 from hsemo_jax.models.heads import AUHead, ExprHead, MTLHead, VAHead
 from hsemo_jax.train import losses
 
 SUBHEADS = {"expr": ExprHead, "va": VAHead, "au": AUHead}
+CONTEMPT = HSE_CLASSES_8.index("Contempt")  # dropped for 7-class evaluation (spec §7)
 
 
 def _outputs(model, x) -> dict:
@@ -121,10 +122,19 @@ def _head_val_losses(preds, labels, class_weight, au_w0, au_w1):
     return out
 
 
-def _preprocess(images_nhwc, mean, std):
-    """uint8 RGB (N, S, S, 3) -> (x/255 - mean)/std float32 (the models' normalization)."""
+def _preprocess(images_nhwc, mean, std, erase=None):
+    """uint8 RGB (N, S, S, 3) -> (x/255 - mean)/std float32 (the models' normalization); `erase`
+    (N, 4) int32 boxes (top, left, height, width) from the loader's random erasing are set to 0
+    after normalization, as torchvision's RandomErasing does (height 0 = none)."""
     x = images_nhwc.astype(jnp.float32) / 255.0
-    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+    x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+    if erase is not None:
+        rows = jnp.arange(x.shape[1])[None, :, None]
+        cols = jnp.arange(x.shape[2])[None, None, :]
+        top, left, h, w = (erase[:, i, None, None] for i in range(4))
+        inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+        x = jnp.where(inside[..., None], 0.0, x)
+    return x
 
 
 @dataclass
@@ -133,7 +143,8 @@ class BackboneObjective:
 
     loss = CE_w(scores[:, :8]) + va_weight · (1 - mean CCC(scores[:, 8:10]))
            + attention_weight · AttentionLoss(heads)   (DDAMFN only)
-    hflip: mirror each image with probability 1/2 (from the step's RNG key)."""
+    A batch: images uint8 (B, S, S, 3) as augmented by the loader, optional erase (B, 4) boxes,
+    expr, expr_mask, va, va_mask. Validation metrics: `evaluate`."""
 
     mean: tuple
     std: tuple
@@ -144,7 +155,6 @@ class BackboneObjective:
     label_smoothing: float = 0.0
     va_weight: float = 1.0
     attention_weight: float = 0.0
-    hflip: bool = True
     compute_dtype: str = "float32"
 
     def _scores(self, model, x, with_heads: bool):
@@ -159,10 +169,8 @@ class BackboneObjective:
         return model.head(feats), heads
 
     def loss(self, model, batch, rng):
-        x = _preprocess(batch["images"], self.mean, self.std)
-        if self.hflip:
-            flip = jax.random.bernoulli(rng, 0.5, (x.shape[0],))
-            x = jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
+        del rng  # augmentation is the loader's (data_pipelines.loaders), seeded per example
+        x = _preprocess(batch["images"], self.mean, self.std, batch.get("erase"))
         with_heads = self.attention_weight > 0 and hasattr(model, "attention")
         scores, heads = self._scores(model, x.astype(self.compute_dtype), with_heads)
         scores = scores.astype(jnp.float32)
@@ -186,11 +194,20 @@ class BackboneObjective:
         return {"scores": model(x).astype(jnp.float32)}
 
     def evaluate(self, preds: dict, data: dict) -> dict:
+        """accuracy (8 classes: AffectNet-8 on its balanced validation split, as the papers report
+        it), accuracy_7 (Contempt's rows and score dropped, spec §7), macro_f1, CCC_V, CCC_A and
+        the validation losses, over the labelled rows."""
         s = preds["scores"]
         res = {}
         m = data["expr_mask"]
         if m.any():
             res["accuracy"] = M.accuracy(data["expr"], s[:, :self.num_expr], self.num_expr, mask=m)
+            if self.num_expr == 8:
+                seven = m & (data["expr"] != CONTEMPT)
+                if seven.any():
+                    logits7 = np.delete(s[:, :8], CONTEMPT, axis=1)
+                    y7 = np.where(data["expr"] > CONTEMPT, data["expr"] - 1, data["expr"])
+                    res["accuracy_7"] = M.accuracy(y7, logits7, 7, mask=seven)
             res["macro_f1"] = M.macro_f1(data["expr"], s[:, :self.num_expr], self.num_expr, mask=m)
             res["loss_expr"] = float(_backbone_val_ce(s[:, :self.num_expr], data["expr"], m, self.class_weight,
                                                       self.ce_normalize))

@@ -1,6 +1,6 @@
 """Config -> data, model, objective, optimizer, trainer -> `fit`: the two training jobs.
 
-    run_pretrain(cfg)  backbone multi-task pretraining on an image dataset    -> RUN/model/
+    run_pretrain(cfg)  backbone multi-task pretraining on a TFDS build (grain) -> RUN/model/
     run_head(cfg)      ABAW-7 MTL head on a feature dataset                   -> RUN/head.npz
 
 A run directory holds `config.json` (the config it was started with; a different config on the
@@ -21,8 +21,8 @@ from hsemo_jax.train.config import Config
 
 # Fields that may change between the start of a run and its resumption.
 RESUMABLE_CHANGES = {"run_dir", "train.progress", "train.log_every", "train.tensorboard", "distributed",
-                     "checkpoint.async_save"}
-CLASSIFIER = {"efficientnet": "classifier", "mobilefacenet": "fc", "ddamfn": "fc", "mobilevit": "fc"}
+                     "checkpoint.async_save", "data.read_threads", "data.prefetch"}
+CLASSIFIER = {"efficientnet": "classifier", "mobilefacenet": "fc", "ddamfn": "fc", "mobilevit": "fc", "tiny": "fc"}
 # separate-mode model selection per task (spec §3.4): EXPR best val accuracy, VA / AU best val loss
 HEAD_SELECTION = {"expr": ("EXPR_accuracy", "max"), "va": ("loss", "min"), "au": ("loss", "min")}
 
@@ -84,7 +84,8 @@ def _optimizer(cfg: Config, total_steps: int, steps_per_epoch: int, trainable=No
 
     o = cfg.optim
     updates = max(1, total_steps // o.grad_accum)
-    schedule = optim.make_schedule(o.schedule, o.lr, total_updates=updates,
+    lr = optim.scaled_lr(o.lr, o.lr_scaling, cfg.train.batch_size * o.grad_accum, o.lr_reference_batch)
+    schedule = optim.make_schedule(o.schedule, lr, total_updates=updates,
                                    updates_per_epoch=max(1, steps_per_epoch // o.grad_accum), gamma=o.gamma,
                                    warmup_updates=o.warmup_steps, final_fraction=o.final_fraction)
     tx = optim.make_optimizer(o.name, schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
@@ -244,44 +245,84 @@ def init_from(model, path: str) -> tuple[int, int]:
     return copied, len(jax.tree.leaves(pure))
 
 
-def _pretrain_setup(cfg: Config):
+def _pretrain_data(cfg: Config, scan: bool = True):
+    """(train Split, validation Split or None, training labels or None): the datasets opened and
+    checked against the model and the batch, before anything is built, compiled or written; the
+    labels are read (`scan`) when the class weights or class-balanced sampling need them."""
+    import time
+
+    from hsemo_jax.models import registry
+    from hsemo_jax.train.pretrain_data import open_split
+
+    import jax
+
+    arch = registry.get_arch(cfg.model.arch)
+    devices = jax.device_count()  # a multiple of the process count
+    for name, batch in (("train.batch_size", cfg.train.batch_size), ("train.eval_batch", cfg.train.eval_batch)):
+        if batch % devices:
+            raise InputError(f"{name}: {batch} is not a multiple of the {devices} devices")
+    kw = dict(num_outputs=cfg.model.num_outputs, image_size=arch.input_size)
+    train = open_split(cfg.data.train, cfg.data.train_split, "data.train", **kw)
+    val = open_split(cfg.data.val, cfg.data.val_split, "data.val", **kw) if cfg.data.val else None
+    if len(train) < cfg.train.batch_size:
+        raise InputError(f"{train.where}: {len(train)} examples, fewer than one global batch "
+                         f"(train.batch_size = {cfg.train.batch_size})")
+    labels = None
+    if scan and (cfg.loss.class_weights == "inverse_frequency" or cfg.data.sampling == "class_balanced"):
+        t0 = time.perf_counter()
+        labels = train.scan_labels()
+        print(f"read the labels of {len(train)} training examples ({time.perf_counter() - t0:.1f} s): "
+              f"{int(labels['expr_mask'].sum())} with an expression, {int(labels['va_mask'].sum())} with VA",
+              flush=True)
+        if not labels["expr_mask"].any():
+            raise InputError(f"{train.where}: no example has an expression label, which "
+                             f"loss.class_weights = inverse_frequency / data.sampling = class_balanced need")
+    return train, val, labels
+
+
+def _pretrain_setup(cfg: Config, labels):
+    """(model, objective, trainable) of a pretraining run (`labels`: the training labels, for the
+    class weights; None = no class weights, e.g. to export a checkpoint)."""
     from hsemo_jax.models import registry
     from hsemo_jax.train import losses
-    from hsemo_jax.train.data import load_images, synthetic_images
     from hsemo_jax.train.objectives import BackboneObjective
 
     arch = registry.get_arch(cfg.model.arch)
     num_expr = 8
-    if not cfg.data.train:
-        raise InputError("data.train: no image dataset given (a path, or 'synthetic')")
-
-    def load(path, seed):
-        if path == "synthetic":
-            return synthetic_images(cfg.data.synthetic_rows, arch.input_size, num_expr, seed)
-        d = load_images(path, num_expr)
-        if d["images"].shape[1:3] != (arch.input_size, arch.input_size):
-            raise InputError(f"{path}: images are {d['images'].shape[1]}x{d['images'].shape[2]}; "
-                             f"{cfg.model.arch} needs {arch.input_size}x{arch.input_size}")
-        return d
-
-    data = load(cfg.data.train, cfg.train.seed)
-    val = load(cfg.data.val, cfg.train.seed + 1) if cfg.data.val else None
     model = registry.build(cfg.model.arch, cfg.model.num_outputs, num_heads=cfg.model.num_heads, seed=cfg.model.seed)
     if cfg.model.init:
         copied, total = init_from(model, cfg.model.init)
         print(f"initialized {copied}/{total} tensors from {cfg.model.init}", flush=True)
-    cw = (losses.class_weights(data["expr"], num_expr, data["expr_mask"])
-          if cfg.loss.class_weights == "inverse_frequency" else None)
+    cw = (losses.class_weights(labels["expr"], num_expr, labels["expr_mask"])
+          if cfg.loss.class_weights == "inverse_frequency" and labels is not None else None)
     objective = BackboneObjective(
         arch.mean, arch.std, num_expr=num_expr, use_va=cfg.model.num_outputs == 10, class_weight=cw,
         ce_normalize=cfg.loss.ce_normalize, label_smoothing=cfg.loss.label_smoothing, va_weight=cfg.loss.va_weight,
-        attention_weight=cfg.loss.attention_weight if arch.family == "ddamfn" else 0.0, hflip=cfg.data.hflip,
+        attention_weight=cfg.loss.attention_weight if arch.family == "ddamfn" else 0.0,
         compute_dtype=cfg.train.compute_dtype)
     trainable = None
     if cfg.optim.trainable == "classifier":
         head = CLASSIFIER[arch.family]
         trainable = lambda path: path.split("/")[0] == head  # noqa: E731
-    return model, objective, data, val, trainable
+    return model, objective, trainable
+
+
+def _pretrain_loaders(cfg: Config, train, val, labels):
+    """(training batches, validation batches or None) through grain (see pretrain_data)."""
+    from data_pipelines.augment import PRESETS
+    from data_pipelines.loaders import Preprocessing
+    from hsemo_jax.train.pretrain_data import EvalBatches, TrainBatches, balanced_weights
+
+    prep = Preprocessing.for_arch(cfg.model.arch)
+    d = cfg.data
+    io = dict(workers=d.workers, read_threads=d.read_threads, prefetch=d.prefetch)
+    weights = balanced_weights(labels["expr"], labels["expr_mask"]) if d.sampling == "class_balanced" else None
+    loader = TrainBatches(train, prep, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
+                          augment=PRESETS[d.augment], weights=weights, **io)
+    # validation decodes in this process (threads): no worker processes to start per evaluation
+    evaluation = (EvalBatches(val, prep, global_batch=cfg.train.eval_batch or cfg.train.batch_size,
+                              read_threads=d.read_threads, prefetch=d.prefetch) if val is not None else None)
+    return loader, evaluation
 
 
 def export_model(cfg: Config, state, out: Path) -> Path:
@@ -302,13 +343,15 @@ def export_model(cfg: Config, state, out: Path) -> Path:
 
 
 def run_pretrain(cfg: Config, export_only: bool = False) -> dict:
-    """Pretrain a backbone; writes RUN/model (best checkpoint if validated, else last) when single-process."""
+    """Pretrain a backbone on a TFDS build read through grain; writes RUN/model (the best
+    checkpoint by checkpoint.best_metric if validated, else the last) when single-process."""
     init_distributed(cfg)
     import jax
 
-    model, objective, data, val, trainable = _pretrain_setup(cfg)  # inputs checked before RUN/ is written
+    train, val, labels = _pretrain_data(cfg, scan=not export_only)
     run = prepare_run_dir(cfg, "pretrain")
-    total, per_epoch = _steps(cfg, len(data["expr"]), cfg.train.batch_size, cfg.train.epochs)
+    model, objective, trainable = _pretrain_setup(cfg, labels)
+    total, per_epoch = _steps(cfg, len(train), cfg.train.batch_size, cfg.train.epochs)
     if export_only:
         from hsemo_jax.train.checkpoints import RunCheckpoints
         from hsemo_jax.train.loop import Trainer
@@ -325,8 +368,12 @@ def run_pretrain(cfg: Config, export_only: bool = False) -> dict:
         trainer.state = distributed.put_replicated(state, trainer.mesh)
         last = {}
     else:
-        trainer, ckpt, last = _fit(cfg, model, objective, data, val, run, total=total, per_epoch=per_epoch,
-                                   trainable=trainable)
+        loader, evaluation = _pretrain_loaders(cfg, train, val, labels)
+        try:
+            trainer, ckpt, last = _fit(cfg, model, objective, None, evaluation, run, total=total,
+                                       per_epoch=per_epoch, trainable=trainable, loader=loader)
+        finally:
+            loader.close()
     state, best_step = _best_params(trainer, ckpt)
     ckpt.close()
     if jax.process_count() == 1:
