@@ -67,7 +67,6 @@ TASKS = ("expr", "va", "au")
 HIDDEN = 64  # the intensity MLP's hidden units
 VARIANTS = ("linear", "mlp")  # intensity regressors
 TINY = "tiny_cnn"
-TINY_WIDTH = 32
 HALF = (0.5, 0.5, 0.5)
 
 
@@ -199,23 +198,6 @@ class Frozen(nnx.Variable):
     """A teacher weight: part of the train state, not a trainable parameter."""
 
 
-class TinyCNN(nnx.Module):
-    """Smoke-test backbone: conv3x3/2 (3->16) BN ReLU -> conv3x3/2 (16->32) BN ReLU -> global mean."""
-
-    def __init__(self, width: int = TINY_WIDTH, *, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        self.conv1 = Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False, rng=rng)
-        self.bn1 = BatchNorm(width // 2)
-        self.conv2 = Conv2d(width // 2, width, 3, stride=2, padding=1, bias=False, rng=rng)
-        self.bn2 = BatchNorm(width)
-        self.num_features = width
-
-    def features(self, x_nhwc):
-        x = jax.nn.relu(self.bn1(self.conv1(x_nhwc)))
-        x = jax.nn.relu(self.bn2(self.conv2(x)))
-        return jnp.mean(x, axis=(1, 2))
-
-
 class Dropout(nnx.Module):
     """Inverted dropout with an explicit key (the trainer hands the objective one key per step);
     `deterministic` is switched by `model.train()` / `model.eval()` like nnx.Dropout."""
@@ -250,7 +232,9 @@ class DistillHead(nnx.Module):
 def build_backbone(arch: str, *, num_heads: int = 2, seed: int = 0) -> tuple[nnx.Module, dict]:
     """(backbone with `features`, info {input_size (None = any), mean, std, embedding_dim})."""
     if arch == TINY:
-        return TinyCNN(seed=seed), {"input_size": None, "mean": HALF, "std": HALF, "embedding_dim": TINY_WIDTH}
+        from hsemo_jax.models.tiny_cnn import WIDTH, TinyCNN
+
+        return TinyCNN(None, seed=seed), {"input_size": None, "mean": HALF, "std": HALF, "embedding_dim": WIDTH}
     from hsemo_jax.models import registry
 
     a = registry.get_arch(arch)
