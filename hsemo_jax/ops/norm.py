@@ -3,9 +3,9 @@
 
 Whatever the activations' dtype (bfloat16 under `train.compute_dtype`), the statistics and the
 per-channel sums of the gradient are float32, and the elementwise normalization and its gradient
-compute in float32 from x's values (fused by XLA into the passes that read x) and return x's
-dtype: nothing activation-sized is stored in float32 for a bfloat16 x, and neither the mean
-nor the gradient's closed form lose precision to bfloat16 rounding.
+compute in float32 from x's values (conversions that XLA fuses into the passes reading x) and
+return x's dtype: the backward keeps x itself, not a float32 copy, and neither the mean nor the
+gradient's closed form (a difference of large terms) lose precision to bfloat16 rounding.
 """
 from __future__ import annotations
 
