@@ -1,8 +1,9 @@
 """The accelerator path, proven on CPU: every backbone's inference forward, one train step per
-backbone, BlazeFace's face detection, `smooth`, `search_au_thresholds` and the sweep cross-lower for GPU and TPU with
-`jax.export`; the exported modules hold no CPU kernel call (`hsemo_*`) and no host callback,
-and nothing asked for the CPU kernels (`ops.dispatch.cpu_kernels` is where every kernel form
-starts). On CPU, `jax.export` of the inference forward works too: it keeps the XLA forms."""
+backbone (float32 and bfloat16 compute), BlazeFace's and MTCNN's face detection, the predict
+device program, `smooth`, `search_au_thresholds` and the sweep cross-lower for GPU and TPU with
+`jax.export`; the exported modules hold no CPU kernel call (`hsemo_*`) and no host callback, and
+nothing asked for the CPU kernels (`ops.dispatch.cpu_kernels` is where every kernel form starts).
+On CPU, `jax.export` of the inference forward works too: it keeps the XLA forms."""
 import re
 
 import numpy as np
@@ -81,20 +82,27 @@ def test_mtcnn_detect_exports_for_gpu_and_tpu(no_kernels):
     assert exported.out_avals[0].shape == (2, 32, 4)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_train_step_exports_for_gpu_and_tpu(arch, no_kernels):
+def test_train_step_exports_for_gpu_and_tpu(arch, dtype, no_kernels):
+    """In float32 and with bfloat16 compute (`train.compute_dtype`; fp32 master weights)."""
     from hsemo_jax import optim
     from hsemo_jax.train.loop import Trainer
     from hsemo_jax.train.objectives import BackboneObjective
 
     a = registry.get_arch(arch)
-    objective = BackboneObjective(a.mean, a.std, attention_weight=0.1 if a.family == "ddamfn" else 0.0)
-    trainer = Trainer(registry.build(arch, 10, seed=0), objective, optim.make_optimizer("adam", 1e-4))
+    objective = BackboneObjective(a.mean, a.std, attention_weight=0.1 if a.family == "ddamfn" else 0.0,
+                                  compute_dtype=dtype)
+    trainer = Trainer(registry.build(arch, 10, seed=0), objective, optim.make_optimizer("adam", 1e-4),
+                      compute_dtype=dtype)
     n, s = 2, a.input_size
     batch = {"images": np.zeros((n, s, s, 3), np.uint8), "expr": np.zeros(n, np.int32),
              "expr_mask": np.ones(n, bool), "va": np.zeros((n, 2), np.float32), "va_mask": np.ones(n, bool)}
     exported = _export(jax.jit(trainer._train_step), trainer.state, batch)
-    assert {"loss", "grad_norm"} <= set(exported.out_tree.unflatten(exported.out_avals)[1])
+    state, metrics = exported.out_tree.unflatten(exported.out_avals)
+    assert {"loss", "grad_norm"} <= set(metrics)
+    assert {p.dtype for p in jax.tree.leaves(state["params"])} == {jnp.dtype(jnp.float32)}  # fp32 masters
+    assert ("bf16>" in exported.mlir_module()) == (dtype == "bfloat16")  # tensor<...xbf16> types
 
 
 def _capture(monkeypatch, module, name):

@@ -75,11 +75,14 @@ def depthwise_bn_silu(conv: Conv2d, bn: BatchNorm, x, in_bn: BatchNorm | None = 
 def _composed(before, w_kn, scale, shift):
     """The expansion (w_kn, then bn1's scale and shift) of x0 @ w0 * s0 + t0, `before` = (conv,
     bn) in eval mode, as one map of x0: (w0 * s0) @ w_kn, shift + (t0 @ w_kn) * scale. Two linear
-    1x1 convolutions in a row are one; from constant weights XLA computes it at compile time."""
+    1x1 convolutions in a row are one; from constant weights XLA computes it at compile time.
+    Composed in float32 (the batch norms' statistics are), the matrix rounded to w_kn's dtype
+    (bfloat16 under the trainer's compute dtype) once."""
     conv0, bn0 = before
     s0, t0 = bn0.affine()
     dot = functools.partial(jnp.matmul, precision=lax.Precision.HIGHEST)
-    return dot(conv0.kernel[...][0, 0] * s0, w_kn), shift + dot(t0, w_kn) * scale
+    w0, w1 = conv0.kernel[...][0, 0].astype(jnp.float32), w_kn.astype(jnp.float32)
+    return dot(w0 * s0, w1).astype(w_kn.dtype), shift + dot(t0, w1) * scale
 
 
 def expand_depthwise_bn_silu(conv_pw: Conv2d, bn1: BatchNorm, conv_dw: Conv2d, bn2: BatchNorm, x, *,

@@ -101,9 +101,9 @@ class BatchNorm(nnx.Module):
 
     def batch_affine(self, x):
         """Training: `(scale, shift)` with y = x * scale + shift the batch norm of `x` on its batch
-        statistics (differentiable in x), running statistics updated; for callers that fuse the
-        normalization into their own op (`ops.depthwise_silu_input`)."""
-        mean, var = ops.batch_moments(x.astype(jnp.float32))
+        statistics (float32 and differentiable in x), running statistics updated; for callers that
+        fuse the normalization into their own op (`ops.depthwise_silu_input`)."""
+        mean, var = ops.batch_moments(x)
         self._update_running(mean, var, x.size // x.shape[-1])
         inv = self._inv_std_scale(var)
         return inv, self.bias[...] - mean * inv

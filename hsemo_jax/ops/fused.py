@@ -121,7 +121,7 @@ def expand_depthwise_bn_act(x, w_kn, in_affine, kernel_hwio, strides, padding, o
 
 
 def _silu_input_reference(h, kernel_hhc, in_scale, in_shift, strides, pads):
-    a = _affine_act(h, in_scale, in_shift, True)
+    a = _affine_act(h, in_scale, in_shift, True).astype(h.dtype)  # a float32 affine: computed in float32
     return conv2d(a, kernel_hhc[:, :, None, :], strides, pads, groups=h.shape[-1])
 
 
@@ -160,9 +160,9 @@ def depthwise_silu_input(x, kernel_hwio, strides, padding, in_affine):
     """depthwise(silu(x * s + b)), `in_affine` = (s, b) differentiable (e.g. from batch
     statistics). On CPU the forward is the fused kernel and the gradient one pass of
     `depthwise_grad.cc`'s SiLU variant, which rebuilds the activation from x (it is never
-    stored)."""
+    stored). A float32 affine of a bfloat16 x (batch statistics) is applied in float32, like
+    `batch_norm_train`, and its activation rounded to x's dtype for the convolution."""
     kernel_hhc, strides, pads = _depthwise_geometry(x, kernel_hwio, strides, padding)
-    in_affine = _in_dtype(in_affine, x)
     if depthwise_kernel_applies(x, kernel_hhc, strides):
         return _silu_input(x, kernel_hhc, *in_affine, strides, pads)
     return _silu_input_reference(x, kernel_hhc, *in_affine, strides, pads)

@@ -1,5 +1,12 @@
 """Batch normalization's training statistics and gradient: on CPU one kernel pass each
-(`channel_stats.cc`), elsewhere XLA reductions."""
+(`channel_stats.cc`, float32), elsewhere XLA reductions.
+
+Whatever the activations' dtype (bfloat16 under `train.compute_dtype`), the statistics and the
+per-channel sums of the gradient are float32, and the elementwise normalization and its gradient
+compute in float32 from x's values (conversions that XLA fuses into the passes reading x) and
+return x's dtype: the backward keeps x itself, not a float32 copy, and neither the mean nor the
+gradient's closed form (a difference of large terms) lose precision to bfloat16 rounding.
+"""
 from __future__ import annotations
 
 import functools
@@ -22,20 +29,30 @@ def _grad_sums_kernel(g_mc, x_mc, mean):
 
 def _moments_xla(x_mc):
     n = x_mc.shape[0]
+    x_mc = x_mc.astype(jnp.float32)
     mean = leading_sum(x_mc) / n
     return mean, leading_sum(jnp.square(x_mc - mean)) / n
 
 
 def _grad_sums_xla(g_mc, x_mc, mean):
+    g_mc, x_mc = g_mc.astype(jnp.float32), x_mc.astype(jnp.float32)
     return leading_sum(g_mc), leading_sum(g_mc * (x_mc - mean))
 
+
+def _float32_kernel(kernel, xla_form, *args):
+    """`kernel_or_xla` where every array is float32 (the kernels' only dtype), else the XLA form
+    (which computes in float32 from any float dtype)."""
+    if all(a.dtype == jnp.float32 for a in args):
+        return kernel_or_xla(kernel, xla_form, *args)
+    return xla_form(*args)
 
 
 @jax.custom_vjp
 def batch_moments(x):
-    """`(mean, biased variance)` per channel of float32 `x` over all but its last axis, on CPU in
-    one kernel pass; gradients are elementwise."""
-    return kernel_or_xla(_moments_kernel, _moments_xla, x.reshape(-1, x.shape[-1]))
+    """`(mean, biased variance)` per channel of `x` over all but its last axis, float32 for any
+    float x (on CPU, for a float32 x, one kernel pass); gradients are elementwise, in x's
+    dtype."""
+    return _float32_kernel(_moments_kernel, _moments_xla, x.reshape(-1, x.shape[-1]))
 
 
 def _batch_moments_fwd(x):
@@ -47,7 +64,7 @@ def _batch_moments_bwd(residuals, cotangents):
     x, mean = residuals
     g_mean, g_var = cotangents
     n = x.size // x.shape[-1]
-    return (g_mean / n + (x - mean) * (2 * g_var / n),)
+    return ((g_mean / n + (x.astype(jnp.float32) - mean) * (2 * g_var / n)).astype(x.dtype),)
 
 
 batch_moments.defvjp(_batch_moments_fwd, _batch_moments_bwd)
@@ -56,7 +73,8 @@ batch_moments.defvjp(_batch_moments_fwd, _batch_moments_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def batch_norm_train(x, scale, bias, eps: float):
     """`(y, mean, var)`: batch norm over all but the last axis with the batch's statistics (float32;
-    biased variance), y = (x - mean) * rsqrt(var + eps) * scale + bias in x's dtype.
+    biased variance), y = (x - mean) * rsqrt(var + eps) * scale + bias computed in float32 and
+    returned in x's dtype.
 
     On CPU the statistics are one multi-threaded kernel pass (`channel_stats.cc`), and
     the gradient is batch norm's closed form with its two per-channel sums from one more pass
@@ -67,10 +85,10 @@ def batch_norm_train(x, scale, bias, eps: float):
 
 
 def _batch_norm_train_fwd(x, scale, bias, eps):
-    mean, var = batch_moments(x.astype(jnp.float32))
-    inv = lax.rsqrt(var + eps) * scale
-    y = (x - mean.astype(x.dtype)) * inv.astype(x.dtype) + bias.astype(x.dtype)
-    return (y, mean, var), (x, mean, var, scale)
+    mean, var = batch_moments(x)
+    inv = lax.rsqrt(var + eps) * scale.astype(jnp.float32)
+    y = (x.astype(jnp.float32) - mean) * inv + bias.astype(jnp.float32)
+    return (y.astype(x.dtype), mean, var), (x, mean, var, scale)
 
 
 def _batch_norm_train_bwd(eps, residuals, cotangents):
@@ -78,15 +96,14 @@ def _batch_norm_train_bwd(eps, residuals, cotangents):
     gy, g_mean, g_var = cotangents
     c = x.shape[-1]
     n = x.size // c
-    xf = x.astype(jnp.float32).reshape(-1, c)
-    sum_g, sum_gxc = kernel_or_xla(_grad_sums_kernel, _grad_sums_xla,
-                             gy.astype(jnp.float32).reshape(-1, c), xf, mean)
+    sum_g, sum_gxc = _float32_kernel(_grad_sums_kernel, _grad_sums_xla, gy.reshape(-1, c), x.reshape(-1, c), mean)
     r = lax.rsqrt(var + eps)
-    a = scale * r
+    a = scale.astype(jnp.float32) * r
     # dx = a * (gy - mean(gy) - xhat * mean(gy * xhat)), plus what flows in through mean and var
     shift = -a * sum_g / n + g_mean / n
     slope = -a * r * r * sum_gxc / n + 2 * g_var / n
-    dx = gy * a.astype(gy.dtype) + (shift + slope * -mean).astype(gy.dtype) + x * slope.astype(gy.dtype)
+    gyf, xf = gy.astype(jnp.float32), x.astype(jnp.float32)
+    dx = gyf * a + (shift + slope * -mean) + xf * slope
     return dx.astype(x.dtype), (sum_gxc * r).astype(scale.dtype), sum_g.astype(scale.dtype)
 
 

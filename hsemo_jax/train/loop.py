@@ -112,16 +112,7 @@ class Trainer:
 
     def step(self, local_batch: dict) -> dict:
         """One step on this process's rows of a global batch; returns device scalars (async)."""
-        batch = dist.put_batch(local_batch, self.mesh)
-        try:
-            self.state, metrics = self._train(self.state, batch)
-        except TypeError as e:
-            if self.compute_dtype is not None and "dtype" in str(e):
-                raise InputError(
-                    f"train.compute_dtype: {self.compute_dtype.name} is not supported by this model ({e}); "
-                    "hsemo_jax.models.layers.BatchNorm returns float32 in train mode, so the next "
-                    "convolution sees mixed dtypes. Use float32.") from None
-            raise
+        self.state, metrics = self._train(self.state, dist.put_batch(local_batch, self.mesh))
         return metrics
 
     def predict(self, data: dict, global_batch: int) -> dict[str, np.ndarray]:
