@@ -72,6 +72,16 @@ def test_the_graph_is_nchw_with_batch_norms_folded(exported):
     assert ops["Conv"] == 49 and ops["Sigmoid"] == 65, ops  # 16 blocks: 1 + 16 * 3 - 1 + 1 convolutions
 
 
+@pytest.mark.slow
+def test_the_mobilevit_transformer_runs_nchw(exported):
+    """Transposes only at the input and for the unfold and fold of each of the three MobileViT
+    blocks (two each): none around the transformers' 1x1 convolutions."""
+    import onnx
+
+    nodes = onnx.load(exported("mobilevitv2_150")[2]).graph.node
+    assert sum(n.op_type == "Transpose" for n in nodes) <= 1 + 3 * 2 + 2
+
+
 def test_prelus_become_prelu_nodes(exported):
     import onnx
     from collections import Counter
