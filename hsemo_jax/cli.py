@@ -18,6 +18,7 @@ from hsemo_jax.errors import InputError, InputWarning
 COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("hsemo_jax.commands.predict", "per-frame emotions, valence/arousal of faces in a video, image or folder"),
     "convert": ("hsemo_jax.commands.convert", "convert a PyTorch checkpoint to an hsemo-jax model directory"),
+    "export": ("hsemo_jax.commands.export", "export a model to ONNX or serialized StableHLO (CPU, CUDA, TPU) with its metadata"),
     "bench": ("hsemo_jax.commands.bench", "run a benchmark (backbones, postprocess, ...)"),
     "train-head": ("hsemo_jax.commands.train_head", "train the ABAW-7 multi-task head on a feature dataset"),
     "pretrain": ("hsemo_jax.commands.pretrain", "multi-task backbone pretraining from a config file"),

@@ -3,7 +3,9 @@
 All engines run the same architecture with the same (random) weights on the same inputs,
 interleaved round by round in one process; the table reports the median over rounds and the
 Flax/PyTorch and Flax/onnxruntime ratios. onnxruntime runs the PyTorch module exported with
-`torch.onnx.export` at each batch size. PyTorch and onnxruntime are optional (the `bench` extra);
+`torch.onnx.export` at each batch size and, beside it, the Flax model exported by `hsemo-jax export`
+(jax2onnx, one graph with a dynamic batch): "our ONNX" and its ratio to torch's export under
+onnxruntime. PyTorch, onnxruntime and jax2onnx are optional (the `bench` extra);
 the MobileFaceNet and DDAMFN references are the spec-written modules in `tests/reference/`.
 """
 from __future__ import annotations
@@ -14,11 +16,12 @@ import time
 
 import numpy as np
 
-from hsemo_jax.bench.common import format_row, onnxruntime_reference, torch_reference
+from hsemo_jax.bench.common import format_row, onnxruntime_reference, our_onnxruntime, torch_reference
 
 DEFAULT_ARCHS = ("tf_efficientnet_b0", "mobilefacenet", "ddamfn", "mobilevitv2_150")
 HEADER = ("| arch | batch | Flax (jit) img/s | PyTorch eager img/s | Flax / PyTorch | onnxruntime img/s "
-          "| Flax / onnxruntime | Flax compile s |\n|---|---|---|---|---|---|---|---|")
+          "| Flax / onnxruntime | our ONNX under onnxruntime img/s | our ONNX / torch's ONNX | Flax compile s |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,6 +68,7 @@ def measure(arch: str, batch_sizes, rounds: int, min_time: float, use_torch: boo
     else:
         model = registry.build(arch, 10)
     forward = make_forward(model)
+    ours = our_onnxruntime(model, arch, 10) if ref is not None and use_onnx else None
     rows = []
     for batch in batch_sizes:
         x = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype(np.float32)
@@ -88,13 +92,18 @@ def measure(arch: str, batch_sizes, rounds: int, min_time: float, use_torch: boo
                     if not np.allclose(ort_fn(xn), want, rtol=1e-3, atol=1e-4 * np.abs(want).max()):
                         raise RuntimeError(f"{arch}: the onnxruntime export disagrees with PyTorch")
                     engines["ort"] = lambda: ort_fn(xn)
+                if ours is not None:
+                    flax_out = np.asarray(forward(xj))
+                    if not np.allclose(ours(x), flax_out, rtol=1e-3, atol=1e-4 * np.abs(flax_out).max()):
+                        raise RuntimeError(f"{arch}: our ONNX export disagrees with the Flax model")
+                    engines["ours"] = lambda: ours(x)
         for fn in engines.values():
             fn()
         rates = {name: [] for name in engines}
         for _ in range(rounds):
             for name, fn in engines.items():
                 rates[name].append(_rate(fn, batch, min_time))
-        row = {"arch": arch, "batch": batch, "compile_s": compile_s, "torch": None, "ort": None}
+        row = {"arch": arch, "batch": batch, "compile_s": compile_s, "torch": None, "ort": None, "ours": None}
         row.update({name: statistics.median(r) for name, r in rates.items()})
         rows.append(row)
         print(format_row(row), flush=True)

@@ -87,11 +87,34 @@ def onnxruntime_reference(module, x_nchw, path):
     return lambda x: session.run(None, {name: x})[0]
 
 
+def our_onnxruntime(model, arch: str, num_classes: int):
+    """`fn(x_nhwc) -> scores`: `model` exported by `hsemo_jax.export` to ONNX (dynamic batch) and
+    run by onnxruntime as `onnxruntime_reference` runs torch's export. None when jax2onnx or
+    onnxruntime is missing."""
+    try:
+        import jax2onnx  # noqa: F401
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    from hsemo_jax.checkpoint import ModelInfo
+    from hsemo_jax.export import build_program, export_onnx
+
+    program = build_program(model, ModelInfo.for_arch(arch, num_classes))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(export_onnx(program), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {program.input_name: x})[0]
+
+
 def format_row(r: dict) -> str:
     """A table row from {arch, batch, flax, torch (or None), compile_s}: TABLE_HEADER's columns,
-    plus onnxruntime's two when the row has an `ort` key."""
+    plus onnxruntime's two when the row has an `ort` key and our ONNX export's two (its rate and
+    its ratio to onnxruntime on torch's export) when it has `ours`."""
     cells = [r["arch"], r["batch"], f"{r['flax']:.1f}"]
     for ref in ("torch", "ort") if "ort" in r else ("torch",):
         cells += [f"{r[ref]:.1f}", f"{r['flax'] / r[ref]:.2f}x"] if r[ref] else ["-", "-"]
+    if "ours" in r:
+        cells += [f"{r['ours']:.1f}" if r["ours"] else "-",
+                  f"{r['ours'] / r['ort']:.2f}x" if r["ours"] and r["ort"] else "-"]
     cells.append(f"{r['compile_s']:.1f}")
     return "| " + " | ".join(str(c) for c in cells) + " |"

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from hsemo_jax.ops.dispatch import cpu_kernels, kernel_or_xla, per_backend
+from hsemo_jax.ops.dispatch import cpu_kernels, kernel_or_xla, onnx_forms, per_backend
 from hsemo_jax.ops.pointwise import matmul
 from hsemo_jax.ops.reduce import leading_sum
 
@@ -198,7 +198,9 @@ _grouped_shift.defvjp(_grouped_shift_fwd, _grouped_shift_bwd)
 def conv1x1(x_nhwc, kernel_hwio, strides):
     """A 1x1 convolution without padding as a matmul over channels (subsampled first if strided):
     one GEMM forward and backward, where a convolution's kernel gradient is a slow batch-reduction
-    convolution on XLA:CPU."""
+    convolution on XLA:CPU. For ONNX a convolution (`dispatch.onnx_forms`)."""
+    if onnx_forms():
+        return conv2d_lax(x_nhwc, kernel_hwio, strides, 0, 1)
     sh, sw = strides
     if (sh, sw) != (1, 1):
         x_nhwc = x_nhwc[:, ::sh, ::sw]

@@ -12,7 +12,10 @@ Two mechanisms, both decided when a program is lowered, not when it is traced:
   compile or load C++.
 
 `xla_forms()` traces the XLA forms directly instead (no primitive, no `platform_dependent`): for
-converters that only know JAX's standard primitives (jax2onnx) and for tests.
+converters that only know JAX's standard primitives (jax2onnx) and for tests. `xla_forms(onnx=True)`
+also takes the forms ONNX runtimes run fastest where they differ (`onnx_forms()` says so): 1x1
+convolutions as convolutions, not matrix products over reshaped rows, which would stop the
+runtimes' layout passes (onnxruntime keeps convolutions in its blocked NCHWc layout).
 
 The kernels have no derivatives of their own: every op that uses one wraps it in a custom VJP
 (`with_xla_gradient` where the gradient is the XLA form's).
@@ -32,19 +35,24 @@ _state = threading.local()
 
 
 @contextlib.contextmanager
-def xla_forms():
+def xla_forms(*, onnx: bool = False):
     """Within it, ops trace their XLA forms only (what is traced inside, not what was compiled
-    before: trace a fresh function)."""
-    previous = xla_only()
-    _state.xla_only = True
+    before: trace a fresh function); with `onnx`, the ONNX forms where an op has one."""
+    previous = getattr(_state, "forms", None)
+    _state.forms = "onnx" if onnx else "xla"
     try:
         yield
     finally:
-        _state.xla_only = previous
+        _state.forms = previous
 
 
 def xla_only() -> bool:
-    return getattr(_state, "xla_only", False)
+    return getattr(_state, "forms", None) is not None
+
+
+def onnx_forms() -> bool:
+    """Whether ops trace for an ONNX converter (`xla_forms(onnx=True)`)."""
+    return getattr(_state, "forms", None) == "onnx"
 
 
 def per_backend(cpu, default, *args):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from hsemo_jax.ops.dispatch import cpu_kernels, kernel_or_xla
+from hsemo_jax.ops.dispatch import cpu_kernels, kernel_or_xla, onnx_forms
 from hsemo_jax.ops.reduce import broadcast_leading
 
 
@@ -104,7 +104,21 @@ def pointwise(x_mk, w_kn, *, gate=None, scale=None, shift=None, residual=None, a
 def conv1x1_fused(x_nhwc, kernel_hwio, *, residual=None, **parts):
     """An unstrided 1x1 convolution of NHWC x through `pointwise` with its optional parts (gate
     (N, C) per sample, scale, shift, act; residual shaped like the output)."""
+    if onnx_forms():
+        return _conv1x1_onnx(x_nhwc, kernel_hwio, residual=residual, **parts)
     n, h, w, c = x_nhwc.shape
     res = None if residual is None else residual.reshape(n * h * w, -1)
     y = pointwise(x_nhwc.reshape(n * h * w, c), kernel_hwio[0, 0], residual=res, **parts)
     return y.reshape(n, h, w, -1)
+
+
+def _conv1x1_onnx(x_nhwc, kernel_hwio, *, gate=None, scale=None, shift=None, residual=None, act=None):
+    """`conv1x1_fused` for ONNX converters (`dispatch.onnx_forms`): NHWC throughout and one
+    convolution, since a matrix product over reshaped rows stops the runtimes' layout passes."""
+    if gate is not None:
+        x_nhwc = x_nhwc * gate[:, None, None, :].astype(x_nhwc.dtype)
+    y = lax.conv_general_dilated(x_nhwc, kernel_hwio, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = y if scale is None else y * scale.astype(y.dtype)
+    y = y if shift is None else y + shift.astype(y.dtype)
+    y = ACTIVATIONS[act](y)
+    return y if residual is None else y + residual

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from hsemo_jax.ops.dispatch import per_backend
+from hsemo_jax.ops.dispatch import onnx_forms, per_backend
 
 
 def _gemv_sum(v_mc):
@@ -33,7 +33,11 @@ def leading_sum(x, ndim: int = 1):
 def spatial_mean(x_nhwc):
     """Mean over H and W (global average pooling), on CPU as per-sample matrix-vector products
     with ones, as `leading_sum` (EfficientNet's head, 7x7x1280: XLA's reduction took ~40 us of a
-    ~8 ms batch-1 call)."""
+    ~8 ms batch-1 call). For ONNX (`dispatch.onnx_forms`) a mean of x transposed to NCHW: the
+    runtimes' layout passes cancel that transpose against the convolution's before it, which a
+    reshape would stop."""
+    if onnx_forms():
+        return jnp.transpose(x_nhwc, (0, 3, 1, 2)).mean(axis=(2, 3))
     n, h, w, c = x_nhwc.shape
     flat = x_nhwc.reshape(n, h * w, c)
 

@@ -1,0 +1,212 @@
+"""Rewrites of jax2onnx's graphs that leave each value as it was, for runtimes' layout passes.
+
+jax2onnx writes every broadcast of a dynamic-batch program as a chain Shape -> Gather -> Concat ->
+Expand and every reshape as Reshape to a computed shape. Runtimes cannot move a layout transpose
+through either (onnxruntime keeps Transposes beside such nodes at load time), so
+
+- `drop_expands`: an Expand whose consumers broadcast anyway (elementwise ops whose other operands
+  already give the full shape) or that keeps its input's shape is removed;
+- `static_reshapes`: a Reshape to a computed shape that only inserts unit dimensions becomes an
+  Unsqueeze; another whose output shape is known up to one symbolic dimension gets a constant
+  shape (0 keeps an input dimension, -1 infers the one left);
+- `unsqueeze_transposes`: a Transpose of an Unsqueeze that keeps the original dimensions in order
+  (what onnxruntime leaves of a per-sample gate (N, C) moved to NCHW) becomes one Unsqueeze;
+- `prelus`: where(x >= 0, x, a * x) with a constant slope `a`, as a PReLU traces, becomes one
+  PRelu node (one pass for the runtime instead of three);
+
+and the shape computations left unused are removed. Shapes are compared as jax2onnx annotates
+them (integers and named symbolic dimensions); anything unknown is left alone.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+_BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Equal", "Less", "LessOrEqual",
+                 "Greater", "GreaterOrEqual", "And", "Or"}
+
+
+def simplify(model: ir.Model) -> ir.Model:
+    """The rewrites above, in place, on the main graph; returns `model`."""
+    graph = model.graph
+    drop_expands(graph)
+    static_reshapes(graph)
+    unsqueeze_transposes(graph)
+    prelus(graph)
+    RemoveUnusedNodesPass()(model)
+    return model
+
+
+def _dims(value: ir.Value) -> tuple | None:
+    """The shape as ints and symbol names, or None where any part of it is unknown."""
+    if value.shape is None:
+        return None
+    out = []
+    for d in value.shape:
+        if isinstance(d, int):
+            out.append(d)
+        elif getattr(d, "value", None) is not None:
+            out.append(("symbol", str(d.value)))
+        else:
+            return None
+    return tuple(out)
+
+
+def _broadcast(a: tuple | None, b: tuple | None) -> tuple | None:
+    if a is None or b is None:
+        return None
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
+    out = []
+    for x, y in zip(a, b):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            return None
+    return tuple(out)
+
+
+def _is_default_domain(node: ir.Node) -> bool:
+    return node.domain in ("", "ai.onnx")
+
+
+def _expand_is_redundant(node: ir.Node) -> bool:
+    src, out = node.inputs[0], node.outputs[0]
+    if out.is_graph_output():
+        return False
+    if _dims(src) is not None and _dims(src) == _dims(out):
+        return True
+    for user, index in out.uses():
+        if user.op_type not in _BROADCASTING or not _is_default_domain(user):
+            return False
+        shape = _dims(src)
+        for i, other in enumerate(user.inputs):
+            if i != index:
+                shape = _broadcast(shape, _dims(other))
+        if shape is None or shape != _dims(user.outputs[0]):
+            return False
+    return True
+
+
+def drop_expands(graph: ir.Graph) -> int:
+    """Remove the Expands that change nothing their consumers see; returns how many."""
+    count = 0
+    for node in list(graph):
+        if node.op_type == "Expand" and _is_default_domain(node) and _expand_is_redundant(node):
+            node.outputs[0].replace_all_uses_with(node.inputs[0])
+            count += 1
+    return count
+
+
+def _constant(graph: ir.Graph, name: str, values) -> ir.Value:
+    value = ir.Value(name=name, const_value=ir.tensor(np.asarray(values, np.int64), name=name))
+    graph.register_initializer(value)
+    return value
+
+
+def _unit_axes(src: tuple, out: tuple) -> list[int] | None:
+    """Where `out` has unit dimensions inserted into `src` (and nothing else), their axes."""
+    axes, j = [], 0
+    for i, d in enumerate(out):
+        if j < len(src) and d == src[j]:
+            j += 1
+        elif d == 1:
+            axes.append(i)
+        else:
+            return None
+    return axes if j == len(src) and axes else None
+
+
+def static_reshapes(graph: ir.Graph) -> int:
+    """Give Reshapes to computed shapes a constant shape or make them Unsqueezes; returns how many."""
+    count = 0
+    for node in list(graph):
+        if node.op_type != "Reshape" or not _is_default_domain(node) or node.inputs[1].const_value is not None:
+            continue
+        src, out = node.inputs[0], node.outputs[0]
+        si, so = _dims(src), _dims(out)
+        if si is None or so is None:
+            continue
+        axes = _unit_axes(si, so)
+        if axes is not None:
+            unsqueeze = ir.Node("", "Unsqueeze", [src, _constant(graph, f"{out.name}_axes", axes)],
+                                name=f"{node.name}_unsqueeze")
+            graph.insert_before(node, unsqueeze)
+            unsqueeze.outputs[0].shape, unsqueeze.outputs[0].type = out.shape, out.type
+            out.replace_all_uses_with(unsqueeze.outputs[0], replace_graph_outputs=True)
+            count += 1
+            continue
+        symbolic = [i for i, d in enumerate(so) if not isinstance(d, int)]
+        allowzero = node.attributes.get("allowzero")
+        target = []
+        for i, d in enumerate(so):
+            if isinstance(d, int):
+                target.append(d)
+            elif i < len(si) and si[i] == d and not (allowzero is not None and allowzero.as_int()):
+                target.append(0)  # this input dimension, as it is
+            elif len(symbolic) == 1:
+                target.append(-1)
+            else:
+                break
+        else:
+            node.replace_input_with(1, _constant(graph, f"{out.name}_shape", target))
+            count += 1
+    return count
+
+
+def unsqueeze_transposes(graph: ir.Graph) -> int:
+    """Replace Transpose(Unsqueeze(x)) by one Unsqueeze of x where the permutation only moves
+    the inserted unit dimensions; returns how many."""
+    count = 0
+    for node in list(graph):
+        if node.op_type != "Transpose" or not _is_default_domain(node) or "perm" not in node.attributes:
+            continue
+        producer = node.inputs[0].producer()
+        if (producer is None or producer.op_type != "Unsqueeze" or not _is_default_domain(producer)
+                or len(producer.inputs) < 2 or producer.inputs[1].const_value is None):
+            continue
+        perm = list(node.attributes["perm"].as_ints())
+        inserted = {int(a) % len(perm) for a in producer.inputs[1].const_value.numpy().ravel()}
+        kept = [p for p in perm if p not in inserted]
+        if kept != sorted(kept):
+            continue
+        axes = [k for k, p in enumerate(perm) if p in inserted]
+        out = node.outputs[0]
+        unsqueeze = ir.Node("", "Unsqueeze", [producer.inputs[0], _constant(graph, f"{out.name}_axes", axes)],
+                            name=f"{node.name}_unsqueeze")
+        graph.insert_before(node, unsqueeze)
+        unsqueeze.outputs[0].shape, unsqueeze.outputs[0].type = out.shape, out.type
+        out.replace_all_uses_with(unsqueeze.outputs[0], replace_graph_outputs=True)
+        count += 1
+    return count
+
+
+def _is_constant(value: ir.Value | None, test) -> bool:
+    return value is not None and value.const_value is not None and bool(test(value.const_value.numpy()))
+
+
+def prelus(graph: ir.Graph) -> int:
+    """Replace Where(x >= 0 (or x > 0), x, a * x) with a constant `a` by PRelu(x, a); returns how many."""
+    count = 0
+    for node in list(graph):
+        if node.op_type != "Where" or not _is_default_domain(node):
+            continue
+        cond, x, neg = node.inputs
+        test, scaled = cond.producer(), neg.producer()
+        if (test is None or scaled is None or test.op_type not in ("GreaterOrEqual", "Greater")
+                or test.inputs[0] is not x or not _is_constant(test.inputs[1], lambda v: v.size == 1 and v.item() == 0)
+                or scaled.op_type != "Mul" or x not in scaled.inputs):
+            continue
+        slope = scaled.inputs[1] if scaled.inputs[0] is x else scaled.inputs[0]
+        if not _is_constant(slope, lambda v: True) or _broadcast(_dims(slope), _dims(x)) != _dims(x):
+            continue
+        prelu = ir.Node("", "PRelu", [x, slope], name=f"{node.name}_prelu")
+        graph.insert_before(node, prelu)
+        out = node.outputs[0]
+        prelu.outputs[0].shape, prelu.outputs[0].type = out.shape, out.type
+        out.replace_all_uses_with(prelu.outputs[0], replace_graph_outputs=True)
+        count += 1
+    return count

@@ -1,0 +1,129 @@
+"""`hsemo-jax export --format onnx`: onnxruntime runs the exported graph to the live model's
+outputs on real faces (max |ort - jax| <= 1e-4 * max |jax|, batch 1 and 4 through one
+dynamic-batch graph), the graph is NCHW from the first convolution on (the layout passes did
+their work), the in-graph preprocessing equals the host path, the metadata travels with it.
+
+EfficientNet-B0 and MobileFaceNet (a 224-px and a 112-px model) run in every suite; the other
+backbones are marked slow (about a minute each on two cores), CI runs them too."""
+import numpy as np
+import pytest
+
+pytest.importorskip("jax2onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from hsemo_jax.export import export_model, read_metadata  # noqa: E402
+from hsemo_jax.models import preprocess, registry  # noqa: E402
+from hsemo_jax.models.inference import make_forward  # noqa: E402
+
+from export_fixtures import SOURCE, calibrated_model, faces  # noqa: E402
+
+FAST = ("tf_efficientnet_b0", "mobilefacenet")
+ARCHS = [a if a in FAST else pytest.param(a, marks=pytest.mark.slow) for a in registry.ARCHS]
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _close(got, want, what, rel=1e-4):
+    err, scale = np.abs(got - want).max(), np.abs(want).max()
+    assert np.isfinite(want).all() and scale > 1e-3, f"{what}: degenerate reference"
+    assert err <= rel * scale, f"{what}: max|ort - jax| = {err:.3g} > {rel} * {scale:.3g}"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """arch -> (model, info, path of its plain ONNX export), each exported once."""
+    cache = {}
+
+    def get(arch):
+        if arch not in cache:
+            model, info = calibrated_model(arch)
+            path = tmp_path_factory.mktemp("onnx") / f"{arch}.onnx"
+            export_model(model, info, "onnx", path)
+            cache[arch] = model, info, path
+        return cache[arch]
+
+    return get
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_onnxruntime_equals_the_model_on_real_faces(arch, exported):
+    model, info, path = exported(arch)
+    x = preprocess(arch, faces())
+    want = np.asarray(make_forward(model)(x))  # the live model (CPU kernels and all)
+    session = _session(path)
+    assert session.get_inputs()[0].shape == ["batch", info.input_size, info.input_size, 3]
+    _close(session.run(None, {"x": x})[0], want, f"{arch} batch {len(x)}")
+    _close(session.run(None, {"x": x[:1]})[0], want[:1], f"{arch} batch 1")
+    assert np.ptp(want[:, :8], axis=0).max() > 1e-2, "scores that do not depend on the face test nothing"
+
+
+def test_the_graph_is_nchw_with_batch_norms_folded(exported):
+    """B0's graph: one Transpose (the NHWC input), no dynamic-shape arithmetic (Shape, Expand,
+    Gather, Concat), batch norms folded into the convolutions (no BatchNormalization, no Sub),
+    every 1x1 convolution a Conv, SiLU as Sigmoid * x."""
+    import onnx
+    from collections import Counter
+
+    ops = Counter(n.op_type for n in onnx.load(exported("tf_efficientnet_b0")[2]).graph.node)
+    assert ops["Transpose"] == 1
+    assert not {"Shape", "Expand", "Gather", "Concat", "Reshape", "BatchNormalization", "Sub"} & set(ops), ops
+    assert ops["Conv"] == 49 and ops["Sigmoid"] == 65, ops  # 16 blocks: 1 + 16 * 3 - 1 + 1 convolutions
+
+
+@pytest.mark.slow
+def test_the_mobilevit_transformer_runs_nchw(exported):
+    """Transposes only at the input and for the unfold and fold of each of the three MobileViT
+    blocks (two each): none around the transformers' 1x1 convolutions."""
+    import onnx
+
+    nodes = onnx.load(exported("mobilevitv2_150")[2]).graph.node
+    assert sum(n.op_type == "Transpose" for n in nodes) <= 1 + 3 * 2 + 2
+
+
+def test_prelus_become_prelu_nodes(exported):
+    import onnx
+    from collections import Counter
+
+    ops = Counter(n.op_type for n in onnx.load(exported("mobilefacenet")[2]).graph.node)
+    assert ops["PRelu"] == 33 and not {"Where", "GreaterOrEqual"} & set(ops), ops
+
+
+def test_metadata_travels_in_metadata_props(exported):
+    _, info, path = exported("mobilefacenet")
+    meta = read_metadata(path, "onnx")
+    assert meta["arch"] == "mobilefacenet" and meta["class_order"] == "hse"
+    assert meta["outputs"] == list(info.outputs) and meta["classes"] == list(info.outputs[:8])
+    assert (meta["input_size"], meta["mean"], meta["std"]) == (112, [0.5] * 3, [0.5] * 3)
+    assert meta["source_sha256"] == SOURCE["sha256"] and meta["source"] == SOURCE
+    assert meta["input"]["shape"] == ["batch", 112, 112, 3] and meta["input"]["layout"] == "NHWC"
+    assert meta["graph_outputs"] == [{"name": "scores", "shape": ["batch", 10], "columns": list(info.outputs)}]
+
+
+def _crops():
+    """Face crops of three shapes: shrunk wider than tall, shrunk much taller than wide (Pillow
+    >= 13 resizes those height first), and enlarged."""
+    from skimage import data
+
+    img = data.astronaut()
+    return [img[20:220, 160:330], img[0:300, 180:260], faces()[1]]
+
+
+def test_with_preprocess_equals_the_host_path(tmp_path):
+    """One graph for every crop size: uint8 crops in, probabilities and valence/arousal out,
+    equal to softmax(model(preprocess(crop))) on the host (Pillow-exact resize)."""
+    from hsemo_jax.export.preprocess import read_out
+
+    model, info = calibrated_model("mobilefacenet")
+    path = tmp_path / "mbf_pre.onnx"
+    export_model(model, info, "onnx", path, with_preprocess=True)
+    session = _session(path)
+    assert [i.shape for i in session.get_inputs()] == [["batch", "height", "width", 3]]
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "valence_arousal"]
+    forward = make_forward(model)
+    for crop in _crops():
+        probs, va = session.run(None, {"crops": np.stack([crop, crop[:, ::-1]])})
+        want_probs, want_va = (np.asarray(a) for a in read_out(forward(preprocess("mobilefacenet", [crop, crop[:, ::-1]])), True))
+        assert np.abs(probs - want_probs).max() <= 1e-5, crop.shape
+        _close(va, want_va, f"valence/arousal of a {crop.shape} crop")
