@@ -81,7 +81,7 @@ def test_predictions_roundtrip_both_layouts(tmp_path):
 
 def test_prediction_errors(tmp_path):
     header = abaw_io.SCORES_HEADER
-    row = "v/00001.jpg," + ",".join(["0.1"] * 22)
+    row = "v/00001.jpg," + ",".join(["0.1"] * 2 + ["0.125"] * 8 + ["0.1"] * 12)  # the 8 probabilities sum to 1
     with pytest.raises(InputError, match=r"p.txt:1: unknown header"):
         abaw_io.read_mtl_predictions(write(tmp_path / "p.txt", ["image,foo", row]))
     with pytest.raises(InputError, match=r"p.txt:3: AU26 probability '1.5' outside \[0, 1\]"):
