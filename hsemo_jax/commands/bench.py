@@ -9,6 +9,7 @@ TARGETS = {
     "data": "decoded + augmented images/s of the grain loader by worker count",
     "postprocess": "smoothing sweep and AU-threshold search vs numpy/scikit-learn loops",
     "train": "train-step images/s per backbone vs a PyTorch eager training step",
+    "roofline": "on paper: bf16 train-step images/s on a TPU v5e / H100 from XLA's FLOPs and bytes, loader cores",
     "predict": "end-to-end frames/s of predict on a 720p video vs a per-face eager PyTorch pipeline",
 }
 
