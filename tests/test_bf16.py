@@ -36,7 +36,7 @@ from flax import nnx
 from jax.extend import core as jcore
 
 from hsemo_jax.models import registry
-from hsemo_jax.train import optim
+from hsemo_jax import optim
 from hsemo_jax.train.loop import Trainer
 from hsemo_jax.train.objectives import BackboneObjective
 from train_fixtures import one_device_mesh

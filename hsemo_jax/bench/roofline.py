@@ -59,7 +59,8 @@ def step_cost(arch: str, batch: int) -> dict:
 
     from hsemo_jax import ops
     from hsemo_jax.models import registry
-    from hsemo_jax.train import distributed, optim
+    from hsemo_jax import optim
+    from hsemo_jax.train import distributed
     from hsemo_jax.train.loop import Trainer
     from hsemo_jax.train.objectives import BackboneObjective
 
