@@ -60,13 +60,15 @@ def test_onnxruntime_equals_the_model_on_real_faces(arch, exported):
 
 
 def test_the_graph_is_nchw_with_batch_norms_folded(exported):
-    """B0's graph: one Transpose (the NHWC input), no dynamic-shape arithmetic (Shape, Expand,
-    Gather, Concat), batch norms folded into the convolutions (no BatchNormalization, no Sub),
-    every 1x1 convolution a Conv, SiLU as Sigmoid * x."""
+    """B0's graph: standard operators (opset 18) only, one Transpose (the NHWC input), no
+    dynamic-shape arithmetic (Shape, Expand, Gather, Concat), batch norms folded into the
+    convolutions (no BatchNormalization, no Sub), every 1x1 convolution a Conv, SiLU as Sigmoid * x."""
     import onnx
     from collections import Counter
 
-    ops = Counter(n.op_type for n in onnx.load(exported("tf_efficientnet_b0")[2]).graph.node)
+    proto = onnx.load(exported("tf_efficientnet_b0")[2])
+    assert [(o.domain, o.version) for o in proto.opset_import] == [("", 18)]  # standard operators only
+    ops = Counter(n.op_type for n in proto.graph.node)
     assert ops["Transpose"] == 1
     assert not {"Shape", "Expand", "Gather", "Concat", "Reshape", "BatchNormalization", "Sub"} & set(ops), ops
     assert ops["Conv"] == 49 and ops["Sigmoid"] == 65, ops  # 16 blocks: 1 + 16 * 3 - 1 + 1 convolutions

@@ -113,3 +113,17 @@ def test_cli_writes_the_artifact_and_its_json(tmp_path, capsys):
     meta = read_metadata(out, "stablehlo")
     assert meta["input"]["shape"] == [2, 112, 112, 3] and meta["source"] == {"random_weights": True, "seed": 0}
     assert jax.export.deserialize(bytearray(out.read_bytes())).in_avals[0].shape == (2, 112, 112, 3)
+
+
+def test_a_model_without_a_head_exports_its_embedding(tmp_path):
+    from hsemo_jax.checkpoint import ModelInfo
+    from hsemo_jax.errors import InputError
+    from hsemo_jax.models import registry
+
+    net, info = registry.build(ARCH, None), ModelInfo.for_arch(ARCH, None)
+    meta = export_model(net, info, "stablehlo", tmp_path / "e.shlo")
+    assert meta["graph_outputs"] == [{"name": "embedding", "shape": ["batch", 512], "columns": None}]
+    assert jax.export.deserialize(bytearray((tmp_path / "e.shlo").read_bytes())).out_avals[0].shape[1] == 512
+    with pytest.raises(InputError, match="no class scores"):
+        export_model(net, info, "stablehlo", tmp_path / "p.shlo", with_preprocess=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.shlo", "e.shlo.json"]

@@ -1,11 +1,11 @@
 """ONNX from the Flax model through jax2onnx, in the layout ONNX runtimes run fastest.
 
-1. The program is traced with every op in its plain XLA form and, where ONNX runtimes want
-   another, that one (`ops.xla_forms(onnx=True)`: 1x1 convolutions as Conv nodes, global pooling
-   as one mean), so the graph holds only standard ONNX operators: NHWC tensors, each Conv between
-   two Transposes as jax2onnx writes it.
+1. The program is traced with every op in its XLA form and, where ONNX runtimes want another, in
+   that one (`ops.xla_forms(onnx=True)`: 1x1 convolutions as Conv, global pooling as a mean over
+   NCHW, eval batch norm as x * scale + shift, MobileViT's unfold and fold from NCHW): standard
+   ONNX operators on NHWC tensors, each Conv between two Transposes as jax2onnx writes it.
 2. `onnx_graph.simplify` removes the dynamic-batch broadcasts and computed reshapes that would pin
-   those Transposes in place.
+   those Transposes in place, and turns PReLUs into PRelu nodes.
 3. onnxruntime's basic, hardware-independent graph optimizations run once, offline: constants
    folded (batch norms into the convolutions' weights and biases), Transpose pairs cancelled, so
    the saved graph is NCHW from the first convolution to the pooling; `onnx_graph.simplify` once
@@ -36,7 +36,7 @@ def check_dtype(dtype: str) -> None:
                          "bfloat16 convolution); use --format stablehlo for bfloat16")
 
 
-def export_onnx(program: Program, *, model_name: str = "hsemo_jax") -> bytes:
+def export_onnx(program: Program) -> bytes:
     """The serialized ModelProto of `program` (float32), with its metadata."""
     import onnx
     import onnx_ir as ir
@@ -44,7 +44,7 @@ def export_onnx(program: Program, *, model_name: str = "hsemo_jax") -> bytes:
 
     check_dtype(program.metadata["dtype"])
     with ops.xla_forms(onnx=True), _quiet("jax2onnx", "onnx_ir"):
-        model = to_onnx(program.fn, [program.input_spec], model_name=model_name, opset=OPSET,
+        model = to_onnx(program.fn, [program.input_spec], model_name=program.metadata["arch"], opset=OPSET,
                         input_names=[program.input_name], output_names=list(program.output_names),
                         return_mode="ir")
         proto = _optimize(ir.to_proto(onnx_graph.simplify(model)))

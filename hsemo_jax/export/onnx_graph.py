@@ -14,14 +14,14 @@ through either (onnxruntime keeps Transposes beside such nodes at load time), so
 - `prelus`: where(x >= 0, x, a * x) with a constant slope `a`, as a PReLU traces, becomes one
   PRelu node (one pass for the runtime instead of three);
 
-and the shape computations left unused are removed. Shapes are compared as jax2onnx annotates
+and the shape computations left unused, and imports of operator domains no node uses, are removed. Shapes are compared as jax2onnx annotates
 them (integers and named symbolic dimensions); anything unknown is left alone.
 """
 from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import RemoveUnusedNodesPass
+from onnx_ir.passes.common import RemoveUnusedNodesPass, RemoveUnusedOpsetsPass
 
 _BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Equal", "Less", "LessOrEqual",
                  "Greater", "GreaterOrEqual", "And", "Or"}
@@ -35,6 +35,7 @@ def simplify(model: ir.Model) -> ir.Model:
     unsqueeze_transposes(graph)
     prelus(graph)
     RemoveUnusedNodesPass()(model)
+    RemoveUnusedOpsetsPass()(model)  # onnxruntime's saved models import every domain it knows
     return model
 
 

@@ -5,7 +5,8 @@ A `Program` is one function of one array with the model's weights inside as cons
 metadata that travels with the artifact. Both formats export the same program.
 
     plain             x: float32 (N, S, S, 3), preprocessed as `hsemo_jax.models.preprocess` does
-                      -> scores (N, K): the model's outputs as `model(x)` returns them
+                      -> scores (N, K): the model's outputs as `model(x)` returns them (embedding
+                      (N, D) for a model without a head)
     with_preprocess   crops: uint8 RGB (N, H, W, 3), any H and W
                       -> probabilities (N, classes) [, valence_arousal (N, 2)]
 """
@@ -72,6 +73,9 @@ def build_program(model: nnx.Module, info, *, batch: int | None = None, dtype: s
                   with_preprocess: bool = False) -> Program:
     """The program of `model` (eval mode) with `info` (`checkpoint.ModelInfo`); batch None: dynamic."""
     check_dtype(dtype)
+    if with_preprocess and not info.num_classes:
+        raise InputError(f"--with-preprocess: {info.arch} here has no class scores (an embedding model), "
+                         "so there are no probabilities to put out")
     model.eval()
     graphdef, state = nnx.split(model)
     cast = DTYPES[dtype]
@@ -101,11 +105,12 @@ def build_program(model: nnx.Module, info, *, batch: int | None = None, dtype: s
     else:
         dims = _dims(batch, (size, size, 3))
         spec = jax.ShapeDtypeStruct(dims, jnp.float32)
-        names, fn = ("scores",), scores
+        name = "scores" if info.num_classes else "embedding"  # a model without a head: its embedding
+        names, fn = (name,), scores
         input_name = "x"
         meaning = f"float32 RGB, resized to {size}x{size} (Pillow bilinear), / 255, (x - mean) / std"
-        outputs = [{"name": "scores", "shape": _shape_text((dims[0], len(info.outputs))),
-                    "columns": list(info.outputs)}]
+        outputs = [{"name": name, "shape": _shape_text((dims[0], len(info.outputs) or info.embedding_dim)),
+                    "columns": list(info.outputs) or None}]
     source = dict(info.source)
     metadata = {
         "format": FORMAT,
