@@ -17,7 +17,7 @@ from hsemo_jax.models import registry
 from hsemo_jax.ops import dispatch
 
 ACCELERATORS = ("cuda", "tpu")
-ARCHS = tuple(registry.ARCHS)
+ARCHS = registry.BACKBONES
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from hsemo_jax.models.inference import make_forward  # noqa: E402
 from export_fixtures import SOURCE, calibrated_model, faces  # noqa: E402
 
 FAST = ("tf_efficientnet_b0", "mobilefacenet")
-ARCHS = [a if a in FAST else pytest.param(a, marks=pytest.mark.slow) for a in registry.ARCHS]
+ARCHS = [a if a in FAST else pytest.param(a, marks=pytest.mark.slow) for a in registry.BACKBONES]
 
 
 def _session(path):

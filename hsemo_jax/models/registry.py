@@ -40,6 +40,8 @@ ARCHS: dict[str, Arch] = {
     # smoke runs and tests of the training path (models/tiny_cnn.py); no published weights
     "tiny_cnn": Arch("tiny", 32, HALF, HALF, 32),
 }
+# The emotion backbones (tiny_cnn is a test architecture of the training path).
+BACKBONES = tuple(name for name, a in ARCHS.items() if a.family != "tiny")
 
 
 def get_arch(name: str) -> Arch:
