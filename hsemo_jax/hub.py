@@ -41,7 +41,7 @@ from hsemo_jax.errors import CheckpointError, InputError, InputWarning
 from hsemo_jax.models import registry
 from hsemo_jax.paths import cache_dir
 
-__all__ = ["cache_dir", "resolve_model", "load_published", "download", "published_names", "fetch_file",
+__all__ = ["resolve_model", "load_published", "download", "published_names", "fetch_file",
            "load_mtcnn"]
 
 BASE_URL_ENV = "HSEMO_JAX_BASE_URL"

@@ -27,3 +27,15 @@ def pytest_runtest_makereport(item, call):
     if os.environ.get("CI") == "true" and report.skipped:
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, which must run every test: {report.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A converted MobileFaceNet with random weights (10 outputs: 8 expressions + V + A), shared by the
+    predict, device-program and Python API tests."""
+    from hsemo_jax.checkpoint import ModelInfo, save_model
+    from hsemo_jax.models import registry
+
+    out = tmp_path_factory.mktemp("models") / "mbf"
+    save_model(registry.build("mobilefacenet", 10, seed=7), ModelInfo.for_arch("mobilefacenet", 10), out)
+    return str(out)

@@ -9,23 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hsemo_jax.checkpoint import ModelInfo, save_model
 from hsemo_jax.errors import InputError
-from hsemo_jax.models import registry
 from hsemo_jax.models.transforms import resize_uint8
 from hsemo_jax.predict import predict
 from hsemo_jax.predict.device import crop_boxes, crop_resize
 from hsemo_jax.predict.progress import Progress
 
 CLIP = Path(__file__).resolve().parents[1] / "examples" / "astronaut.mp4"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A converted MobileFaceNet with random weights (10 outputs: 8 expressions + V + A)."""
-    out = tmp_path_factory.mktemp("models") / "mbf"
-    save_model(registry.build("mobilefacenet", 10, seed=7), ModelInfo.for_arch("mobilefacenet", 10), out)
-    return str(out)
 
 
 def _frames(n):

@@ -158,10 +158,12 @@ def _assert_nothing_cached(cache):
 
 
 def test_cache_dir(monkeypatch, tmp_path):
+    from hsemo_jax.paths import cache_dir
+
     monkeypatch.setenv("HSEMO_JAX_CACHE", str(tmp_path / "c"))
-    assert hub.cache_dir() == tmp_path / "c"
+    assert cache_dir() == tmp_path / "c"
     monkeypatch.delenv("HSEMO_JAX_CACHE")
-    assert hub.cache_dir().parts[-2:] == (".cache", "hsemo-jax")
+    assert cache_dir().parts[-2:] == (".cache", "hsemo-jax")
 
 
 def test_file_digests(tmp_path):

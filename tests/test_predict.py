@@ -6,22 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from hsemo_jax.checkpoint import ModelInfo, save_model
 from hsemo_jax.cli import main as cli_main
 from hsemo_jax.errors import InputError
 from hsemo_jax.labels import AU_NAMES, HSE_CLASSES_8
-from hsemo_jax.models import registry
 from hsemo_jax.predict import predict
 
 CLIP = Path(__file__).resolve().parents[1] / "examples" / "astronaut.mp4"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A converted MobileFaceNet with random weights (10 outputs: 8 expressions + V + A)."""
-    out = tmp_path_factory.mktemp("models") / "mbf"
-    save_model(registry.build("mobilefacenet", 10, seed=7), ModelInfo.for_arch("mobilefacenet", 10), out)
-    return str(out)
 
 
 def _read_csv(path):

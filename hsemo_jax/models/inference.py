@@ -42,7 +42,7 @@ def make_forward(model: nnx.Module, *, with_features: bool = False) -> Callable:
     mesh = Mesh(np.array(devices), ("data",))
     split = NamedSharding(mesh, PartitionSpec("data"))
     # Eval-mode samples are independent: each device runs the model on its slice (shard_map), so
-    # custom CPU kernels (models/fused_depthwise.py) see local batches, not a partitioned program.
+    # custom CPU kernels (ops/cpu_kernels) see local batches, not a partitioned program.
     out_specs = (PartitionSpec("data"),) * 2 if with_features else PartitionSpec("data")
     forward_split = jit(jax.shard_map(apply, mesh=mesh, in_specs=PartitionSpec("data"), out_specs=out_specs))
 

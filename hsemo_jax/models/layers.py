@@ -89,13 +89,7 @@ class BatchNorm(nnx.Module):
             y, mean, var = ops.batch_norm_train(x, self.scale[...], self.bias[...], self.eps)
             self._update_running(mean, var, x.size // x.shape[-1])
             return y
-        if ops.onnx_forms():  # x * scale + shift: ONNX runtimes fold that into the convolution before it
-            scale, shift = self.affine()
-            return x * scale.astype(x.dtype) + shift.astype(x.dtype)
-        per_channel = lambda v: ops.broadcast_leading(v, x.shape)  # noqa: E731 (gradients: leading_sum)
-        inv = self._inv_std_scale(self.var[...])
-        return ((x - per_channel(self.mean[...].astype(x.dtype))) * per_channel(inv.astype(x.dtype))
-                + per_channel(self.bias[...].astype(x.dtype)))
+        return ops.batch_norm_eval(x, self.mean[...], self.var[...], self.scale[...], self.bias[...], self.eps)
 
     def _update_running(self, mean, var, n: int):
         m = self.momentum

@@ -189,41 +189,11 @@ class MobileVitV2Block(nnx.Module):
         if (nh * PATCH, nw * PATCH) != (h, w):
             x = resize_bilinear_align_corners(x, (nh * PATCH, nw * PATCH))
         x = self.conv_1x1(self.conv_kxk(x))
-        d = x.shape[-1]
-        if ops.onnx_forms():  # the same permutations, from and to NCHW (see _unfold_nchw)
-            x = _unfold_nchw(x, nh, nw)
-        else:  # unfold (B, nh*ph, nw*pw, d) -> (B, ph*pw, nh*nw, d), torch's P and N orders
-            x = x.reshape(b, nh, PATCH, nw, PATCH, d).transpose(0, 2, 4, 1, 3, 5)
-            x = x.reshape(b, PATCH * PATCH, nh * nw, d)
+        x = ops.unfold_patches(x, PATCH)  # (B, P, N, d), torch's P and N orders
         for block in self.transformer:
             x = block(x)
-        x = self.norm(x)
-        if ops.onnx_forms():
-            x = _fold_nchw(x, nh, nw)
-        else:
-            x = x.reshape(b, PATCH, PATCH, nh, nw, d).transpose(0, 3, 1, 4, 2, 5)
-            x = x.reshape(b, nh * PATCH, nw * PATCH, d)
+        x = ops.fold_patches(self.norm(x), nh, nw, PATCH)
         return self.conv_proj(x)
-
-
-def _unfold_nchw(x, nh: int, nw: int):
-    """The unfold for ONNX: (B, H, W, d) as NCHW -> (B, d, P, N) -> (B, P, N, d). The first
-    transpose cancels the one after the convolution before it, and the last one the runtime's
-    layout pass moves down through the transformer to the transposes around its 1x1
-    convolutions, which cancel: the transformer runs in NCHW (the NHWC unfold ended in a reshape
-    the pass cannot move a transpose through, leaving two transposes around every convolution)."""
-    b, _, _, d = x.shape
-    x = jnp.transpose(x, (0, 3, 1, 2)).reshape(b, d, nh, PATCH, nw, PATCH)
-    x = x.transpose(0, 1, 3, 5, 2, 4).reshape(b, d, PATCH * PATCH, nh * nw)
-    return jnp.transpose(x, (0, 2, 3, 1))
-
-
-def _fold_nchw(x, nh: int, nw: int):
-    """The fold for ONNX, (B, P, N, d) -> (B, d, P, N) -> NCHW (B, d, H, W) -> NHWC."""
-    b, _, _, d = x.shape
-    x = jnp.transpose(x, (0, 3, 1, 2)).reshape(b, d, PATCH, PATCH, nh, nw)
-    x = x.transpose(0, 1, 4, 2, 5, 3).reshape(b, d, nh * PATCH, nw * PATCH)
-    return jnp.transpose(x, (0, 2, 3, 1))
 
 
 class MobileViT(nnx.Module):

@@ -13,13 +13,14 @@ Arrays are NHWC / HWIO; shapes in the names (`x_nhwc`, `w_kn`).
 from hsemo_jax.ops.conv import Padding, conv1x1, conv2d, conv2d_lax, conv2d_shift, explicit_padding, pair
 from hsemo_jax.ops.dispatch import onnx_forms, xla_forms
 from hsemo_jax.ops.fused import conv_affine_act, depthwise_bn_act, depthwise_silu_input, expand_depthwise_bn_act
-from hsemo_jax.ops.norm import batch_moments, batch_norm_train
+from hsemo_jax.ops.norm import batch_moments, batch_norm_eval, batch_norm_train
+from hsemo_jax.ops.patches import fold_patches, unfold_patches
 from hsemo_jax.ops.pointwise import ACTIVATIONS, conv1x1_fused, matmul, pointwise
 from hsemo_jax.ops.reduce import broadcast_leading, leading_sum, spatial_mean
 
 __all__ = [
-    "ACTIVATIONS", "Padding", "batch_moments", "batch_norm_train", "broadcast_leading", "conv1x1", "conv1x1_fused",
-    "conv2d", "conv2d_lax", "conv2d_shift", "conv_affine_act", "depthwise_bn_act", "depthwise_silu_input",
-    "expand_depthwise_bn_act", "explicit_padding", "leading_sum", "matmul", "onnx_forms", "pair", "pointwise",
-    "spatial_mean", "xla_forms",
+    "ACTIVATIONS", "Padding", "batch_moments", "batch_norm_eval", "batch_norm_train", "broadcast_leading",
+    "conv1x1", "conv1x1_fused", "conv2d", "conv2d_lax", "conv2d_shift", "conv_affine_act", "depthwise_bn_act",
+    "depthwise_silu_input", "expand_depthwise_bn_act", "explicit_padding", "fold_patches", "leading_sum", "matmul",
+    "onnx_forms", "pair", "pointwise", "spatial_mean", "unfold_patches", "xla_forms",
 ]

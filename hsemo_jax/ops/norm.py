@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from hsemo_jax.ops.dispatch import cpu_kernels, kernel_or_xla
-from hsemo_jax.ops.reduce import leading_sum
+from hsemo_jax.ops.dispatch import cpu_kernels, kernel_or_xla, onnx_forms
+from hsemo_jax.ops.reduce import broadcast_leading, leading_sum
 
 
 def _moments_kernel(x_mc):
@@ -108,3 +108,14 @@ def _batch_norm_train_bwd(eps, residuals, cotangents):
 
 
 batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
+def batch_norm_eval(x, mean, var, scale, bias, eps: float):
+    """Batch norm with running statistics, (x - mean) * rsqrt(var + eps) * scale + bias in x's
+    dtype; the per-channel gradients through `leading_sum`. For ONNX converters
+    (`dispatch.onnx_forms`) as x * s + t, which ONNX runtimes fold into the convolution before it."""
+    inv = lax.rsqrt(var + eps) * scale
+    if onnx_forms():
+        return x * inv.astype(x.dtype) + (bias - mean * inv).astype(x.dtype)
+    per_channel = lambda v: broadcast_leading(v.astype(x.dtype), x.shape)  # noqa: E731
+    return (x - per_channel(mean)) * per_channel(inv) + per_channel(bias)
