@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16,
                    help="frames per device batch with BlazeFace; faces per inference batch otherwise (fixed shape)")
     p.add_argument("--out", help="CSV to write (default: <input name>.emotions.csv in the current folder)")
-    p.add_argument("--plot", help="PNG timeline of expressions and valence/arousal per face track")
+    p.add_argument("--plot", help="PNG of expressions and valence/arousal: a timeline per face track (video), a bar chart "
+                        "per face (still images)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from hsemo_jax.fileio import check_writable
     from hsemo_jax.predict import predict
     from hsemo_jax.predict.pipeline import check_options
-    from hsemo_jax.predict.writer import CsvOutput, plot
+    from hsemo_jax.predict.plot import plot
+    from hsemo_jax.predict.writer import CsvOutput
 
     models = tuple(args.models or ("enet_b0_8_va_mtl",))
     check_options(models=len(models), weights=args.blend, detector=args.detector, detect_width=args.detect_width,

@@ -28,11 +28,15 @@ DETECT_EVERY = 5  # video frames per full-frame face search (tracked faces are f
 @dataclass
 class Predictions:
     """A column table: `columns[name]` is an array with one entry per row (NaN / -1 / "" where a
-    frame has no face). `expression_names` order the `p_*` columns."""
+    frame has no face). `expression_names` order the `p_*` columns. Beside the columns (not in the
+    CSV): `models`, the models as given to `predict`, and `sequences`, per row the sequence its frame
+    belongs to (the video, an ABAW frame folder, or the image itself; None: each source is one)."""
 
     columns: dict[str, np.ndarray]
     expression_names: tuple[str, ...]
     skipped: list[Skipped] = field(default_factory=list)
+    models: tuple[str, ...] = ()
+    sequences: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.columns["frame"])
@@ -248,7 +252,7 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
         finally:
             bar.close()
         _report_input_notes(source, chatter)
-        return _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr)
+        return _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr, models)
     follow = FollowingDetector(make_detector(detector, detector_model, detect_width),
                                detect_every if source.kind == "video" else 1)
 
@@ -310,7 +314,7 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
         flush()
     bar.close()
     _report_input_notes(source, chatter)
-    return _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr)
+    return _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr, models)
 
 
 def _report_input_notes(source, chatter: list[str]) -> None:
@@ -322,10 +326,12 @@ def _report_input_notes(source, chatter: list[str]) -> None:
               f"held back; the first: {chatter[0].strip()}", file=sys.stderr)
 
 
-def _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr) -> Predictions:
+def _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr,
+           models) -> Predictions:
     if frames_seen == 0:
         raise InputError(f"{input_spec}: no readable frames ({len(skipped)} unreadable file(s))")
     table = rows_to_table(rows, classes, with_va, skipped)
+    table.models = tuple(str(m) for m in models)
     if smooth != "none":
         _smooth_tracks(table, smooth, sigma, k)
     _labels(table, au_thr)
@@ -333,8 +339,8 @@ def _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sig
 
 
 def _row(frame: Frame, box, track_id: int) -> dict:
-    return {"source": frame.source, "frame": frame.index, "time": frame.time, "track_id": track_id,
-            "box": box, "probs": None, "va": None, "au": None}
+    return {"source": frame.source, "sequence": frame.sequence, "frame": frame.index, "time": frame.time,
+            "track_id": track_id, "box": box, "probs": None, "va": None, "au": None}
 
 
 def rows_to_table(rows: list[dict], classes, with_va: bool, skipped) -> Predictions:
@@ -366,7 +372,8 @@ def rows_to_table(rows: list[dict], classes, with_va: bool, skipped) -> Predicti
                 au[i] = r["au"]
         for j, name in enumerate(labels.AU_NAMES):
             cols[f"p_{name}"] = au[:, j]
-    return Predictions(cols, tuple(classes), list(skipped))
+    sequences = np.array([r.get("sequence", r["source"]) for r in rows], dtype=object)
+    return Predictions(cols, tuple(classes), list(skipped), sequences=sequences)
 
 
 def _smooth_tracks(table: Predictions, method: str, sigma: float, k: int) -> None:
