@@ -50,6 +50,11 @@ def test_folder_of_crops_reports_corrupt_files(model_dir, tmp_path):
     table = predict(str(folder), [model_dir], detector="none", batch_size=4)
     assert list(table["frame"]) == [1, 2, 3, 4, 5]  # ABAW frame numbers from the file names
     assert table.has_face.all() and [s.source for s in table.skipped] == [str(folder / "00009.jpg")]
+    # for the plot: the model as given, and the folder as the frames' sequence (a timeline, not stills)
+    from hsemo_jax.predict.plot import layout
+
+    assert table.models == (model_dir,) and set(table.sequences) == {str(folder)}
+    assert not layout(table).still
     # blending a model with itself changes nothing
     twice = predict(str(folder), [model_dir, model_dir], weights=[0.3, 0.7], detector="none", batch_size=4)
     np.testing.assert_allclose(twice["p_Anger"], table["p_Anger"], rtol=1e-5)

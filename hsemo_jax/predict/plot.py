@@ -68,15 +68,20 @@ def _name(path: str) -> str:
     return Path(str(path).rstrip("/\\")).name or str(path)
 
 
+def _frames_of(table: Predictions) -> dict[str, set]:
+    """Sequence -> its frame numbers, sequences in table order."""
+    out: dict[str, set] = {}
+    for s, f in zip(_sequences(table), table["frame"]):
+        out.setdefault(s, set()).add(int(f))
+    return out
+
+
 def layout(table: Predictions, max_panels: int = MAX_PANELS) -> Layout:
     """The panels of `figure(table)`: stills when every sequence is a single frame, else timelines,
     longest tracks first; the rest are `hidden`."""
     seq, frame, face = _sequences(table), table["frame"], table.has_face
-    frames_of: dict[str, set] = {}
-    for s, f in zip(seq, frame):
-        frames_of.setdefault(s, set()).add(int(f))
-    still = all(len(fs) == 1 for fs in frames_of.values())
-    if still:
+    frames_of = _frames_of(table)
+    if all(len(fs) == 1 for fs in frames_of.values()):
         return _still_layout(table, max_panels)
     keys: dict[tuple, list[int]] = {}
     for i in np.flatnonzero(face):
@@ -122,12 +127,13 @@ def _still_layout(table: Predictions, max_panels: int) -> Layout:
 
 def title(table: Predictions, models=None) -> str:
     """'<source(s)> · model <name(s)>' for the figure's title."""
-    seqs = list(dict.fromkeys(_sequences(table)))
+    frames_of = _frames_of(table)
+    seqs = list(frames_of)
     if len(seqs) == 1:
         what = _name(seqs[0])
     else:
         parents = {str(Path(s).parent) for s in seqs}
-        kind = "images" if all(len(set(table["frame"][_sequences(table) == s])) == 1 for s in seqs) else "sequences"
+        kind = "images" if all(len(fs) == 1 for fs in frames_of.values()) else "sequences"
         what = (f"{_name(parents.pop())}/ ({len(seqs)} {kind})" if len(parents) == 1
                 else ", ".join(_name(s) for s in seqs[:3]) + (f" +{len(seqs) - 3} more" if len(seqs) > 3 else ""))
     models = tuple(table.models if models is None else ([models] if isinstance(models, str) else models))
