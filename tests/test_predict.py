@@ -289,3 +289,23 @@ def test_unrelated_images_never_share_a_track_id(model_dir, tmp_path):
     for s, t in zip(table["source"], table["track_id"]):
         tracks[Path(s).parent.name].add(int(t))
     assert len(tracks["v1"]) == len(tracks["v2"]) == 1 and tracks["v1"] != tracks["v2"]
+
+
+def test_smoothing_follows_a_track_across_the_files_of_a_frame_folder():
+    """An ABAW frame folder has one source file per frame: a track is the folder's, not the file's,
+    so `--smooth` must smooth across files (it did nothing there when tracks were grouped by file)."""
+    from hsemo_jax.labels import HSE_CLASSES_8
+    from hsemo_jax.predict.pipeline import _smooth_tracks, rows_to_table
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        p = rng.random(len(HSE_CLASSES_8))
+        rows.append({"source": f"clip/{i + 1:05d}.jpg", "sequence": "clip", "frame": i, "time": None,
+                     "track_id": 0, "box": np.array([0, 0, 10, 10.0]), "probs": p / p.sum(),
+                     "va": rng.uniform(-1, 1, 2), "au": None})
+    table = rows_to_table(rows, HSE_CLASSES_8, True, [])
+    raw = table["valence"].copy()
+    _smooth_tracks(table, "box", None, 2)
+    want = np.array([raw[max(0, i - 2):i + 3].mean() for i in range(12)])
+    np.testing.assert_allclose(table["valence"], want, rtol=1e-6)

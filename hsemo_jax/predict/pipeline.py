@@ -385,8 +385,10 @@ def _smooth_tracks(table: Predictions, method: str, sigma: float, k: int) -> Non
         return
     keys = [c for c in table.columns if c.startswith("p_")] + [c for c in labels.VA_NAMES if c in table.columns]
     values = np.stack([table[c][face] for c in keys], axis=1)
-    # one "video" per (source, track); frames must be sorted within each
-    track = np.array([f"{s}#{t}" for s, t in zip(table["source"][face], table["track_id"][face])])
+    # one "video" per (sequence, track): a track spans its sequence (a video, or an ABAW frame
+    # folder whose frames are separate files); frames must be sorted within each
+    seq = table["source"] if table.sequences is None else table.sequences
+    track = np.array([f"{s}#{t}" for s, t in zip(seq[face], table["track_id"][face])])
     order = np.lexsort((table["frame"][face], track))
     smoothed = np.empty_like(values)
     smoothed[order] = smooth(values[order], track[order], table["frame"][face][order], method=method,
