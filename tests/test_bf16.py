@@ -33,13 +33,12 @@ import pytest
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.extend import core as jcore
 
 from hsemo_jax.models import registry
 from hsemo_jax import optim
 from hsemo_jax.train.loop import Trainer
 from hsemo_jax.train.objectives import BackboneObjective
-from train_fixtures import one_device_mesh
+from train_fixtures import conv_dtypes, float_dtypes, one_device_mesh
 
 LR = 1e-5
 TOLERANCES = {"loss_expr": {"rtol": 3e-2}, "loss_va": {"atol": 1e-1}, "loss_attention": {"rtol": 2e-2}}
@@ -69,28 +68,6 @@ def _batches(arch: str):
                "va": rng.uniform(-1, 1, (BATCH, 2)).astype(np.float32), "va_mask": np.ones(BATCH, bool)}
 
 
-def _equations(jaxpr):
-    """Every equation of a jaxpr and of the jaxprs inside it (jit, custom VJPs, cond branches)."""
-    for eqn in jaxpr.eqns:
-        yield eqn
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else (param,):
-                if isinstance(sub, jcore.ClosedJaxpr):
-                    yield from _equations(sub.jaxpr)
-                elif isinstance(sub, jcore.Jaxpr):
-                    yield from _equations(sub)
-
-
-def _conv_dtypes(trainer: Trainer, batch) -> set[tuple[str, ...]]:
-    jaxpr = jax.make_jaxpr(trainer._train_step)(trainer.state, batch)
-    return {tuple(str(v.aval.dtype) for v in eqn.invars) for eqn in _equations(jaxpr.jaxpr)
-            if eqn.primitive.name == "conv_general_dilated"}
-
-
-def _float_dtypes(tree) -> set[str]:
-    return {str(a.dtype) for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)}
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_bf16_training_matches_float32(arch):
     model = registry.build(arch, 10, seed=0)
@@ -99,8 +76,8 @@ def test_bf16_training_matches_float32(arch):
     jax.tree.map(np.testing.assert_array_equal, t16.host_state()["params"], initial)
     batches = list(_batches(arch))
 
-    assert _conv_dtypes(t16, batches[0]) == {("bfloat16", "bfloat16")}  # activations and weights
-    assert _conv_dtypes(t32, batches[0]) == {("float32", "float32")}
+    assert conv_dtypes(t16, batches[0]) == {("bfloat16", "bfloat16")}  # activations and weights
+    assert conv_dtypes(t32, batches[0]) == {("float32", "float32")}
 
     m32 = [{k: float(v) for k, v in t32.step(b).items()} for b in batches]
     m16 = [{k: float(v) for k, v in t16.step(b).items()} for b in batches]
@@ -111,8 +88,8 @@ def test_bf16_training_matches_float32(arch):
     assert [m["loss"] for m in m16] != [m["loss"] for m in m32]  # really computed in bfloat16
 
     state = t16.host_state()
-    assert _float_dtypes(state["params"]) == {"float32"}
-    assert _float_dtypes(state["stats"]) == {"float32"}
+    assert float_dtypes(state["params"]) == {"float32"}
+    assert float_dtypes(state["stats"]) == {"float32"}
     assert int(state["step"]) == STEPS
     # the updates (fp32 masters, so steps of lr are kept) go the same way: the gradients agree
     flat = lambda tree: np.concatenate([np.ravel(a) for a in jax.tree.leaves(tree)])  # noqa: E731
@@ -148,4 +125,4 @@ def test_bf16_forward_keeps_bf16_activations_and_fp32_statistics(arch):
 
         scores, stats = jax.eval_shape(forward, p16, rest)
         assert scores.dtype == jnp.bfloat16, mode
-        assert _float_dtypes(stats) == {"float32"}, mode
+        assert float_dtypes(stats) == {"float32"}, mode

@@ -227,6 +227,52 @@ def test_the_teacher_is_frozen_state_not_a_parameter(tiny_pair):
     assert out["expr"].shape == (1, 6, 7) and out["va"].shape == (1, 6, 40)
 
 
+BF16_LR = 1e-4  # small: the three steps' differences stay those of the forward
+
+
+def _student_trainer(tiny_pair, dtype: str):
+    from hsemo_jax import optim
+    from hsemo_jax.train.loop import Trainer
+    from train_fixtures import one_device_mesh
+
+    teacher, student = copy.deepcopy(tiny_pair[0]), copy.deepcopy(tiny_pair[1])
+    student.attach_teacher(teacher)
+    obj = D.DistillObjective("student", hflip=False, temperature=T, lambda_teacher=LAM, compute_dtype=dtype)
+    return Trainer(student, obj, optim.make_optimizer("adam", BF16_LR), mesh=one_device_mesh(), compute_dtype=dtype,
+                   seed=1)
+
+
+def test_bf16_distillation_matches_float32(tiny_pair):
+    """`train.compute_dtype = "bfloat16"` for the student: the student's and the frozen teacher's
+    convolutions run in bfloat16, the master weights and every statistic stay float32, and three
+    steps from one state give the float32 run's losses within bfloat16 tolerances.
+
+    Tolerance: bfloat16 keeps 8 significant bits (each rounding off by <= 2^-9 = 0.2%); the
+    logits of the two-conv teacher and student are off by a few roundings, and the losses (CE,
+    KD and 1 - CCC, each O(1)) average over 3 x 6 rows: rtol 1%; observed <= 0.17% (loss_expr),
+    <= 0.08% (loss). A float32 convolution left in the step fails the dtype check."""
+    from train_fixtures import conv_dtypes, float_dtypes
+
+    t32, t16 = _student_trainer(tiny_pair, "float32"), _student_trainer(tiny_pair, "bfloat16")
+    initial = t32.host_state()
+    jax.tree.map(np.testing.assert_array_equal, t16.host_state(), initial)
+    batches = [hand_batch(seed=i) for i in range(3)]
+    # the student's 2 convolutions (forward and backward) and the teacher's 2, all bf16 x bf16
+    assert conv_dtypes(t16, batches[0]) == {("bfloat16", "bfloat16")}
+    assert conv_dtypes(t32, batches[0]) == {("float32", "float32")}
+    m32 = [{k: float(v) for k, v in t32.step(b).items()} for b in batches]
+    m16 = [{k: float(v) for k, v in t16.step(b).items()} for b in batches]
+    assert all(np.isfinite(list(m.values())).all() for m in m16), m16
+    for key in ("loss", "loss_expr", "loss_va"):
+        np.testing.assert_allclose([m[key] for m in m16], [m[key] for m in m32], rtol=1e-2, err_msg=key)
+    assert [m["loss"] for m in m16] != [m["loss"] for m in m32]  # really computed in bfloat16
+    state = t16.host_state()
+    assert float_dtypes(state["params"]) == float_dtypes(state["stats"]) == {"float32"}
+    # the teacher (Frozen weights, FrozenStat statistics: in "stats") is carried unchanged
+    np.testing.assert_array_equal(state["stats"]["teacher"]["expr"]["fc1"]["kernel"].get_value(),
+                                  initial["stats"]["teacher"]["expr"]["fc1"]["kernel"].get_value())
+
+
 # ----------------------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The accelerator path, proven on CPU: every backbone's inference forward, one train step per
-backbone (float32 and bfloat16 compute), BlazeFace's and MTCNN's face detection, the predict
-device program, `smooth`, `search_au_thresholds` and the sweep cross-lower for GPU and TPU with
-`jax.export`; the exported modules hold no CPU kernel call (`hsemo_*`) and no host callback, and
-nothing asked for the CPU kernels (`ops.dispatch.cpu_kernels` is where every kernel form starts).
+backbone (float32 and bfloat16 compute) and the bfloat16 distillation student's, BlazeFace's and
+MTCNN's face detection, the predict device program, `smooth`, `search_au_thresholds` and the sweep
+cross-lower for GPU and TPU with `jax.export`; the exported modules hold no CPU kernel call
+(`hsemo_*`) and no host callback, and nothing asked for the CPU kernels (`ops.dispatch.cpu_kernels`
+is where every kernel form starts).
 On CPU, `jax.export` of the inference forward works too: it keeps the XLA forms."""
 import re
 
@@ -103,6 +104,31 @@ def test_train_step_exports_for_gpu_and_tpu(arch, dtype, no_kernels):
     assert {"loss", "grad_norm"} <= set(metrics)
     assert {p.dtype for p in jax.tree.leaves(state["params"])} == {jnp.dtype(jnp.float32)}  # fp32 masters
     assert ("bf16>" in exported.mlir_module()) == (dtype == "bfloat16")  # tensor<...xbf16> types
+
+
+def test_bf16_distill_student_step_exports_for_gpu_and_tpu(no_kernels):
+    """The distillation student's step (`hsemo-jax distill`, bfloat16 compute: the student and its
+    frozen teacher in bf16), on the tiny test backbone: cheap, and the same code path as any."""
+    from hsemo_jax import optim
+    from hsemo_jax.distill.objective import STREAMS, DistillObjective
+    from hsemo_jax.models.heads import DistillModel
+    from hsemo_jax.train.loop import Trainer
+
+    student = DistillModel("tiny_cnn", 7, 20, hidden=16, seed=1)
+    student.attach_teacher(DistillModel("tiny_cnn", 7, 20, hidden=16, seed=0))
+    trainer = Trainer(student, DistillObjective("student", compute_dtype="bfloat16"),
+                      optim.make_optimizer("adam", 1e-4), compute_dtype="bfloat16")
+    n, s = 2, 16
+    batch = {}
+    for name in STREAMS:
+        batch.update({f"{name}.images": np.zeros((n, s, s, 3), np.uint8), f"{name}.expr": np.zeros(n, np.int32),
+                      f"{name}.expr_mask": np.ones(n, bool), f"{name}.va": np.zeros((n, 2), np.float32),
+                      f"{name}.va_mask": np.ones(n, bool)})
+    exported = _export(jax.jit(trainer._train_step), trainer.state, batch)
+    state, metrics = exported.out_tree.unflatten(exported.out_avals)
+    assert {"loss", "loss_expr", "loss_va"} <= set(metrics)
+    assert {p.dtype for p in jax.tree.leaves((state["params"], state["stats"]))} == {jnp.dtype(jnp.float32)}
+    assert "bf16>" in exported.mlir_module()
 
 
 def _capture(monkeypatch, module, name):

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.extend import core as jcore
 
 from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear
 
@@ -58,6 +59,29 @@ def feature_data(n: int, d: int = 20, seed: int = 0, missing: float = 0.0) -> di
         va[rng.random(n) < missing] = -5
         au[rng.random(n) < missing] = -1
     return {"x": x, "expr": expr, "va": va, "au": au}
+
+
+def jaxpr_equations(jaxpr):
+    """Every equation of a jaxpr and of the jaxprs inside it (jit, custom VJPs, cond branches)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                if isinstance(sub, jcore.ClosedJaxpr):
+                    yield from jaxpr_equations(sub.jaxpr)
+                elif isinstance(sub, jcore.Jaxpr):
+                    yield from jaxpr_equations(sub)
+
+
+def conv_dtypes(trainer, batch) -> set[tuple[str, ...]]:
+    """The (input, kernel) dtypes of every convolution in `trainer`'s train step on `batch`."""
+    jaxpr = jax.make_jaxpr(trainer._train_step)(trainer.state, batch)
+    return {tuple(str(v.aval.dtype) for v in eqn.invars) for eqn in jaxpr_equations(jaxpr.jaxpr)
+            if eqn.primitive.name == "conv_general_dilated"}
+
+
+def float_dtypes(tree) -> set[str]:
+    return {str(a.dtype) for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,7 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-train-step", action="store_true", help="skip timing the training step")
 
 
-def _source(n: int, size: int) -> list[dict]:
+def jpeg_source(n: int, size: int) -> list[dict]:
+    """`n` in-memory records {"image": JPEG bytes, "label"}: size x size face-sized crops of one
+    photo (deterministic), the loader's input for `bench data` and the roofline's loader rate."""
     import cv2
 
     try:
@@ -113,7 +115,7 @@ def train_step_rate(arch: str, batch: int, seconds: float) -> float:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    source = _source(args.num_images, args.source_size)
+    source = jpeg_source(args.num_images, args.source_size)
     what = "decode + preprocess" + ("" if args.no_augment else " + DDAMFN augmentation")
     print(f"# data loader: {what}, {args.arch} input, {args.source_size}px JPEG source, "
           f"batch {args.batch_size}, {args.threads} read threads/process, {os.cpu_count()} CPUs")

@@ -88,11 +88,11 @@ def roofline(flops: float, nbytes: float, chip: Chip) -> tuple[float, str]:
 def loader_rate_per_core(arch: str, seconds: float, batch: int = 32) -> float:
     """Images/s of the grain loader feeding `arch` on one core: in-process, one read thread, JPEG
     crops of the input size decoded, DDAMFN-augmented and normalized."""
-    from hsemo_jax.bench.data import _source, loader_rate
+    from hsemo_jax.bench.data import jpeg_source, loader_rate
     from hsemo_jax.models import registry
 
     size = registry.get_arch(arch).input_size
-    rate, _ = loader_rate(_source(4 * batch, size), arch, batch, workers=0, threads=1, seconds=seconds,
+    rate, _ = loader_rate(jpeg_source(4 * batch, size), arch, batch, workers=0, threads=1, seconds=seconds,
                           augment=True)
     return rate
 

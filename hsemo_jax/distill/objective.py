@@ -156,7 +156,9 @@ class DistillObjective:
     streams: the streams present in the batches (a subset of STREAMS, in that order). hflip:
     mirror each image with probability 1/2 (teacher and student see the same flipped image).
     Follows the trainer's objective interface (loss / predict / evaluate, `objectives.py`).
-    Logged parts: loss_expr / loss_va (the two means) and entry_<head>_<stream> (each entry)."""
+    Logged parts: loss_expr / loss_va (the two means) and entry_<head>_<stream> (each entry).
+    compute_dtype: the trainer's (`train.compute_dtype`); the student's and the teacher's inputs
+    and the teacher's weights are cast to it (`distill/model.py`)."""
 
     mode: str
     streams: tuple[str, ...] = STREAMS
@@ -164,6 +166,7 @@ class DistillObjective:
     lambda_teacher: float = 0.4
     lambda_ccc: float = 1.0
     hflip: bool = True
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
         if self.mode not in ("teacher", "student"):
@@ -176,8 +179,8 @@ class DistillObjective:
         if self.hflip:
             flip = jax.random.bernoulli(k_flip, 0.5, x.shape[:2])
             x = jnp.where(flip[:, :, None, None, None], x[:, :, :, ::-1], x)
-        out = distill_model.scan_streams(model, x, jax.random.split(k_drop, len(self.streams)))
-        teacher = distill_model.teacher_logits(model, x) if self.mode == "student" else None
+        out = distill_model.scan_streams(model, x, jax.random.split(k_drop, len(self.streams)), self.compute_dtype)
+        teacher = distill_model.teacher_logits(model, x, self.compute_dtype) if self.mode == "student" else None
         for i, s in enumerate(self.streams):
             e, v = out["expr"][i].astype(jnp.float32), out["va"][i].astype(jnp.float32)
             y_e, m_e = batch[f"{s}.expr"], batch[f"{s}.expr_mask"]
@@ -206,7 +209,7 @@ class DistillObjective:
         return total, parts
 
     def predict(self, model, batch):
-        out = model(model.prepare(_images01(batch["images"])))
+        out = model(model.prepare(_images01(batch["images"])).astype(self.compute_dtype))
         return {"expr": jax.nn.softmax(out["expr"].astype(jnp.float32), -1),
                 "va": decode_va(out["va"], model.va_bins)}
 

@@ -102,7 +102,7 @@ def _train_stage(cfg, role: str, model, streams, val, run: Path) -> dict:
 
     d = cfg.distill
     objective = DistillObjective(role, tuple(streams), temperature=d.temperature, lambda_teacher=d.lambda_teacher,
-                                 lambda_ccc=d.lambda_ccc, hflip=cfg.data.hflip)
+                                 lambda_ccc=d.lambda_ccc, hflip=cfg.data.hflip, compute_dtype=cfg.train.compute_dtype)
     loader = StreamIterator(streams, cfg.train.batch_size, seed=cfg.train.seed, process_index=jax.process_index(),
                             process_count=jax.process_count())
     shortest = min(len(s["expr"]) for s in streams.values())

@@ -26,8 +26,9 @@ two-conv network for smoke tests that runs at any input size (the registry's Mob
 DDAMFN need exactly 112 px). Each model knows its own input size and normalization (`prepare`), so
 a teacher and a student of different architectures read the same uint8 batch. For the student,
 the frozen teacher is an attribute (`attach_teacher`): its parameters are turned into `Frozen`
-variables, so the trainer's split (`nnx.Param` vs the rest) puts them with the batch statistics --
-carried and checkpointed in the train state, never differentiated nor updated.
+variables and its batch-norm statistics into `FrozenStat`, so the trainer's split (`nnx.Param` vs
+the rest) puts them with the batch statistics -- carried and checkpointed in the train state,
+never differentiated nor updated.
 
 Files, one format for all three (`save_small` / `load_small`): DIR/<stem>.npz holds the module's
 Params and BatchStats by '/'-joined path (`flat_state`; a student's `Frozen` teacher is not saved)
@@ -198,6 +199,11 @@ class Frozen(nnx.Variable):
     """A teacher weight: part of the train state, not a trainable parameter."""
 
 
+class FrozenStat(nnx.Variable):
+    """A teacher's batch-norm running statistic: like `Frozen`, but kept float32 when the teacher
+    computes in bfloat16 (as a model's own `BatchStat`s under the trainer's `compute_dtype`)."""
+
+
 class Dropout(nnx.Module):
     """Inverted dropout with an explicit key (the trainer hands the objective one key per step);
     `deterministic` is switched by `model.train()` / `model.eval()` like nnx.Dropout."""
@@ -276,7 +282,8 @@ class DistillModel(nnx.Module):
         return {"expr": self.expr(f, k_expr), "va": self.va(f, k_va)}
 
     def attach_teacher(self, teacher: "DistillModel") -> None:
-        """Make `teacher` this model's frozen teacher (its Params become `Frozen`, in place)."""
+        """Make `teacher` this model's frozen teacher (in place: its Params become `Frozen`, its
+        BatchStats `FrozenStat`)."""
         if teacher.teacher is not None:
             raise InputError("a teacher cannot itself carry a teacher")
         if (teacher.num_expr, teacher.va_bins) != (self.num_expr, self.va_bins):
@@ -286,7 +293,8 @@ class DistillModel(nnx.Module):
             if isinstance(node, nnx.Module):
                 for name, value in list(vars(node).items()):
                     if isinstance(value, (nnx.Param, nnx.BatchStat)):
-                        setattr(node, name, Frozen(value[...]))
+                        frozen = Frozen if isinstance(value, nnx.Param) else FrozenStat
+                        setattr(node, name, frozen(value[...]))
         assert not jax.tree.leaves(nnx.state(teacher, nnx.Param))
         teacher.eval()
         self.teacher = nnx.data(teacher)

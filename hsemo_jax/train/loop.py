@@ -32,7 +32,8 @@ from hsemo_jax.train.data import eval_batches
 from hsemo_jax.train.metrics_log import MetricsLog, Progress
 
 
-def _cast_floats(tree, dtype):
+def cast_floats(tree, dtype):
+    """`tree` with its floating arrays in `dtype` (a compute dtype; None or float32: unchanged)."""
     if dtype is None or jnp.dtype(dtype) == jnp.float32:
         return tree
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
@@ -84,7 +85,7 @@ class Trainer:
 
         def loss_fn(params, stats):
             stats = jax.tree.map(lambda v: v, stats)  # fresh Variables at this trace level (BN mutates them)
-            model = nnx.merge(self.graph, _cast_floats(params, self.compute_dtype), stats)
+            model = nnx.merge(self.graph, cast_floats(params, self.compute_dtype), stats)
             loss, parts = self.objective.loss(model, batch, key)
             new_stats = nnx.split(model, nnx.Param, ...)[2]
             return loss, (parts, new_stats)
@@ -98,7 +99,7 @@ class Trainer:
         return new_state, {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads)}
 
     def _predict_step(self, state, batch):
-        model = nnx.merge(self.eval_graph, _cast_floats(state["params"], self.compute_dtype), state["stats"])
+        model = nnx.merge(self.eval_graph, cast_floats(state["params"], self.compute_dtype), state["stats"])
         return self.objective.predict(model, batch)
 
     def _predict_gather_step(self, state, batch):
