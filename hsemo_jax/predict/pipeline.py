@@ -95,9 +95,9 @@ _AU_HEADS: dict = {}
 
 def _au_head(head_dir: str, model: _Model):
     """(jitted AU function, the head's stored thresholds or 0.5), cached by head path and model."""
-    key = (os.path.abspath(head_dir), id(model.module))
+    key = (os.path.abspath(head_dir), id(model))  # the cache holds `model`, so its id is not reused
     if key in _AU_HEADS:
-        return _AU_HEADS[key]
+        return _AU_HEADS[key][:2]
     import jax
     from flax import nnx
 
@@ -118,8 +118,8 @@ def _au_head(head_dir: str, model: _Model):
                              f"{f.shape[1]} + {n_scores}; use the backbone the head was trained on")
         return nnx.merge(graphdef, state).predict(jax.numpy.concatenate([f, s], axis=1))["au"]
 
-    _AU_HEADS[key] = (lambda f, s: np.asarray(au(state, f, s))), meta.get("au_thresholds", 0.5)
-    return _AU_HEADS[key]
+    _AU_HEADS[key] = (lambda f, s: np.asarray(au(state, f, s))), meta.get("au_thresholds", 0.5), model
+    return _AU_HEADS[key][:2]
 
 
 def _au_thresholds(thresholds) -> np.ndarray:
