@@ -186,15 +186,26 @@ def test_two_inputs_of_one_name_and_abaw_without_a_head_are_refused(model_dir, t
     assert not list(tmp_path.glob("o.csv*")) and not (tmp_path / "abaw.txt").exists()
 
 
-def test_a_corrupt_video_among_several_fails_alone(model_dir, tmp_path, capsys):
+def test_a_bad_head_stops_several_inputs_once_before_any_output(model_dir, tmp_path, capsys):
+    a, b = _video(tmp_path / "a.avi"), _video(tmp_path / "b.avi")
+    out = tmp_path / "out"
+    assert cli_main(["predict", str(a), str(b), "--model", model_dir, "--detector", "none",
+                     "--head", str(tmp_path / "no_head"), "--out", str(out) + "/"]) == 2
+    _one_line_error(capsys, str(tmp_path / "no_head"))
+    assert not out.exists()
+
+
+def test_a_corrupt_video_among_several_fails_alone(model_dir, head_dir, tmp_path, capsys):
     good = _video(tmp_path / "good.avi")
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00" * 1000)
-    out = tmp_path / "out"
-    assert cli_main(["predict", str(bad), str(good), "--model", model_dir, "--detector", "none",
-                     "--out", str(out) + "/"]) == 2
+    out, abaw = tmp_path / "out", tmp_path / "abaw"
+    assert cli_main(["predict", str(bad), str(good), "--model", model_dir, "--detector", "none", "--head", head_dir,
+                     "--out", str(out) + "/", "--abaw-out", str(abaw) + "/"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"hsemo-jax predict: error: {bad}" in err, err
     assert "1 of 2 input(s) failed" in err, err
     assert sorted(p.name for p in out.iterdir()) == ["good.emotions.csv"]
     assert len(_rows(out / "good.emotions.csv")) == 5
+    assert sorted(p.name for p in abaw.iterdir()) == ["good.abaw.txt"]  # a folder: one ABAW file per input
+    assert abaw_io.read_mtl_predictions(str(abaw / "good.abaw.txt")).images == [f"good/{i:05d}.jpg" for i in range(1, 6)]

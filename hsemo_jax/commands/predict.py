@@ -73,7 +73,13 @@ def run(args: argparse.Namespace) -> int:
                            sigma=args.sigma, k=args.k, batch_size=args.batch_size, au_thresholds=args.au_thresholds)
     runs, combined = inputs.plan(args.inputs, out=args.out, plot=args.plot, abaw=args.abaw_out)
     if args.abaw_out:
-        _check_abaw(args, runs, combined, models)
+        _check_abaw(args, runs, combined)
+    # once, before any input is read (the runs reuse them): a bad --model or --head stops here, not in every run
+    loaded = pipeline.load_models(models)
+    if args.abaw_out:
+        abaw.check_models(*pipeline.expression_layout(loaded))
+    if args.head:
+        pipeline.load_au_head(args.head, loaded[0], args.au_thresholds)
     tables, failed = [], 0
     for r in runs:
         if len(runs) > 1:
@@ -98,11 +104,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_abaw(args, runs, combined, models) -> None:
-    """Before any work: each input has ABAW frame names, no video twice in one file, and the models
-    (loaded once, as the runs will reuse them) give every column."""
+def _check_abaw(args, runs, combined) -> None:
+    """Before any work: each input has ABAW frame names, no video is twice in one file, a head gives the AUs."""
     from hsemo_jax.errors import InputError
-    from hsemo_jax.predict import abaw, pipeline
+    from hsemo_jax.predict import abaw
 
     seen: dict[str, str] = {}
     for r in runs:
@@ -111,7 +116,6 @@ def _check_abaw(args, runs, combined, models) -> None:
                 raise InputError(f"{r.input}: video {name!r} is also in {seen[name]}; {combined} can list it once")
             seen[name] = r.input
     abaw.check_head(args.head)
-    abaw.check_models(*pipeline.expression_layout(pipeline.load_models(models)))
 
 
 def _report_abaw(notes) -> None:

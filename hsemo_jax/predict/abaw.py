@@ -67,7 +67,13 @@ def video_names(source: FrameSource) -> list[str]:
             if not re.fullmatch(r"\d+", f.stem):
                 raise InputError(f"{f}: --abaw-out needs a video or numbered frames (ABAW cropped_aligned: "
                                  "VIDEO/00001.jpg); this image has no frame number")
-        names = list(dict.fromkeys(f.absolute().parent.name for f in source.files))
+        folders = {}
+        for f in source.files:
+            other = folders.setdefault(f.absolute().parent.name, f.absolute().parent)
+            if other != f.absolute().parent:
+                raise InputError(f"{f}: its folder and {other} have one name, which ABAW files use for the video; "
+                                 "give them one at a time")
+        names = list(folders)
     for name in names:
         if not name or "," in name:
             raise InputError(f"{source.spec}: video name {name!r} cannot be written in an ABAW file "
