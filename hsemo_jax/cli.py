@@ -4,7 +4,7 @@ Thin by design: each subcommand is one module of `hsemo_jax.commands`, named aft
 exposes `add_arguments(parser)` and `run(args) -> int` and calls the library. Modules are
 imported only when their subcommand runs, and their `add_arguments` import nothing heavy, so
 `hsemo-jax --help`, `hsemo-jax --version` and `hsemo-jax COMMAND --help` import neither JAX nor torch
-(tests/test_cli_errors.py checks it for predict).
+(tests/test_cli_startup.py checks it).
 """
 from __future__ import annotations
 

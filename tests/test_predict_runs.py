@@ -1,7 +1,6 @@
 """`hsemo-jax predict` with several inputs (one run each, checked before any work) and `--abaw-out`
 (ABAW MTL predictions that `hsemo-jax evaluate` and `abaw_io.read_mtl_predictions` read)."""
 import csv
-from pathlib import Path
 
 import cv2
 import numpy as np

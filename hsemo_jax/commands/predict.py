@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from hsemo_jax.predict.defaults import DETECT_EVERY, DETECT_WIDTH, DETECTORS  # no JAX, no OpenCV: fast --help
 
