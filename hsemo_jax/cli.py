@@ -2,7 +2,9 @@
 
 Thin by design: each subcommand is one module of `hsemo_jax.commands`, named after it, that
 exposes `add_arguments(parser)` and `run(args) -> int` and calls the library. Modules are
-imported only when their subcommand runs, so `hsemo-jax --help` stays fast and never imports torch.
+imported only when their subcommand runs, and their `add_arguments` import nothing heavy, so
+`hsemo-jax --help`, `hsemo-jax --version` and `hsemo-jax COMMAND --help` import neither JAX nor torch
+(tests/test_cli_startup.py checks it).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import sys
 import warnings
 
 from hsemo_jax import runtime
-from hsemo_jax.errors import InputError, InputWarning
+from hsemo_jax.errors import InputError, InputWarning, user_message
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -31,13 +33,41 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version() -> str:
+    """`hsemo-jax X.Y.Z (jax A.B.C, flax D.E.F)`, from the installed packages' metadata (nothing imported)."""
+    from importlib import metadata
+
+    def of(dist, fallback="not installed"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return fallback
+
+    from hsemo_jax import __version__
+
+    return f"hsemo-jax {of('hsemo-jax', __version__)} (jax {of('jax')}, flax {of('flax')})"
+
+
+class _VersionAction(argparse.Action):
+    """--version: prints `version()`, looked up only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version())
+        parser.exit()
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser; with `only`, just that subcommand's module is imported."""
+    """The argument parser; with `only`, just that subcommand's module is imported ("": none, for
+    the top-level --help and --version)."""
     parser = argparse.ArgumentParser(
         prog="hsemo-jax",
         description="Facial expression, valence/arousal and action-unit recognition with JAX/Flax ports "
         "of the HSEmotion models.",
     )
+    parser.add_argument("--version", action=_VersionAction, help="print the versions of hsemo-jax, JAX and Flax and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module_name, help_text) in COMMANDS.items():
@@ -69,28 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     words = [a for a in argv if not a.startswith("-")]
     command = words[0] if words else None
+    parser = build_parser(command if command in COMMANDS else "")  # an unknown one: argparse's error
+    args = parser.parse_args(argv)  # --help, --version and usage errors exit here, before JAX is imported
     training = command in TRAINING or words[:2] == ["bench", "train"]
-    runtime.configure(split_cpu=not training)  # before any command imports JAX's backends
-    parser = build_parser(command if command in COMMANDS else None)
-    args = parser.parse_args(argv)
+    runtime.configure(split_cpu=not training)  # imports JAX; before any command starts its backends
     _print_input_warnings(args.command)
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)
     except (InputError, OSError) as e:  # bad input, or a path the system refuses: one line, no traceback
-        print(f"hsemo-jax {args.command}: error: {_message(e)}", file=sys.stderr)
+        print(f"hsemo-jax {args.command}: error: {user_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hsemo-jax {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-def _message(e: Exception) -> str:
-    """The error for the user; a system error names its path(s) and the reason, not the errno."""
-    if isinstance(e, OSError) and e.filename is not None:
-        where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
-        return f"{where}: {e.strerror or e}"
-    return str(e) or type(e).__name__
 
 
 if __name__ == "__main__":

@@ -16,3 +16,11 @@ class UnsafePickleError(CheckpointError):
 class InputWarning(UserWarning):
     """Input that is used, but not all of it or not verified (e.g. zip members that were skipped);
     the CLI prints it as one line."""
+
+
+def user_message(e: Exception) -> str:
+    """The one-line error for the user; a system error names its path(s) and the reason, not the errno."""
+    if isinstance(e, OSError) and e.filename is not None:
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+        return f"{where}: {e.strerror or e}"
+    return str(e) or type(e).__name__

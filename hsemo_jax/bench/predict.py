@@ -82,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from hsemo_jax.convert import convert_state_dict
     from hsemo_jax.models import registry
     from hsemo_jax.predict import predict
-    from hsemo_jax.predict.detect import DETECT_WIDTH
-    from hsemo_jax.predict.pipeline import DETECT_EVERY
+    from hsemo_jax.predict.defaults import DETECT_EVERY, DETECT_WIDTH
 
     arch = registry.get_arch(args.arch)
     ref = torch_reference(args.arch)

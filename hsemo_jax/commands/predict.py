@@ -1,16 +1,18 @@
-"""`hsemo-jax predict INPUT [--model NAME|DIR|FILE.pt ...] [--out FILE.csv] [--plot FILE.png] ...`"""
+"""`hsemo-jax predict INPUT... [--model NAME|DIR|FILE.pt ...] [--out FILE.csv|DIR] [--plot FILE.png|DIR]
+[--abaw-out FILE|DIR] ...`: one run per input (a glob of videos: one per video), checked before any work."""
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from hsemo_jax.predict.detect import DETECT_WIDTH, DETECTORS
-from hsemo_jax.predict.pipeline import DETECT_EVERY
+from hsemo_jax.predict.defaults import DETECT_EVERY, DETECT_WIDTH, DETECTORS  # no JAX, no OpenCV: fast --help
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="a video file, an image, a folder of images, or a quoted glob ('frames/*.jpg')")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="a video file, an image, a folder of images, or a quoted glob: of images ('frames/*.jpg', "
+                        "the frames of one run) or of videos ('clips/*.mp4', one run per video). Several inputs: "
+                        "one run each, the models loaded and compiled once")
     p.add_argument("--model", action="append", dest="models", metavar="NAME|DIR|FILE.pt",
                    help="published model name (e.g. enet_b0_8_va_mtl, mbf_va_mtl; fetched and converted on "
                         "first use), a converted directory, or a PyTorch file. Repeat to blend. "
@@ -43,30 +45,94 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="AU decision threshold(s): one for all or 12 (default: the head's stored ones, else 0.5)")
     p.add_argument("--batch-size", type=int, default=16,
                    help="frames per device batch with BlazeFace; faces per inference batch otherwise (fixed shape)")
-    p.add_argument("--out", help="CSV to write (default: <input name>.emotions.csv in the current folder)")
-    p.add_argument("--plot", help="PNG of expressions and valence/arousal: a timeline per face track (video), a bar chart "
-                        "per face (still images)")
+    p.add_argument("--out", metavar="FILE.csv|DIR",
+                   help="CSV to write (default: <input name>.emotions.csv in the current folder); with several "
+                        "inputs a folder (existing, or ending in '/') for one <input name>.emotions.csv each")
+    p.add_argument("--plot", metavar="FILE.png|DIR",
+                   help="PNG of expressions and valence/arousal: a timeline per face track (video), a bar chart "
+                        "per face (still images); with several inputs a folder for one <input name>.emotions.png each")
+    p.add_argument("--abaw-out", metavar="FILE|DIR",
+                   help="also write ABAW MTL predictions (image,valence,arousal,... one row per frame, as "
+                        "`hsemo-jax evaluate` reads them; needs --head for the 12 AUs): a video's frames are "
+                        "VIDEO/00001.jpg..., ABAW frame folders keep their names; the largest face track only; "
+                        "frames without it repeat the last prediction. With several inputs: one file for all, "
+                        "or a folder for one <input name>.abaw.txt each")
+    p.add_argument("--abaw-layout", choices=("scores", "submission"), default="scores",
+                   help="--abaw-out as probabilities (default; for evaluate's threshold search, smoothing and "
+                        "blending) or as ABAW's submission (expression index, 0/1 AUs at the head's thresholds)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from hsemo_jax.errors import InputError, user_message
+    from hsemo_jax.predict import abaw, inputs, pipeline
+
+    models = tuple(args.models or ("enet_b0_8_va_mtl",))
+    pipeline.check_options(models=len(models), weights=args.blend, detector=args.detector,
+                           detect_width=args.detect_width, detect_every=args.detect_every, smooth=args.smooth,
+                           sigma=args.sigma, k=args.k, batch_size=args.batch_size, au_thresholds=args.au_thresholds)
+    runs, combined = inputs.plan(args.inputs, out=args.out, plot=args.plot, abaw=args.abaw_out)
+    if args.abaw_out:
+        _check_abaw(args, runs, combined)
+    # once, before any input is read (the runs reuse them): a bad --model or --head stops here, not in every run
+    loaded = pipeline.load_models(models)
+    if args.abaw_out:
+        abaw.check_models(*pipeline.expression_layout(loaded))
+    if args.head:
+        pipeline.load_au_head(args.head, loaded[0], args.au_thresholds)
+    tables, failed = [], 0
+    for r in runs:
+        if len(runs) > 1:
+            print(f"{r.input}:")
+        try:
+            table = _run_one(args, r, models)
+        except KeyboardInterrupt:
+            return 130
+        except (InputError, OSError) as e:
+            if len(runs) == 1:
+                raise
+            print(f"hsemo-jax predict: error: {user_message(e)}", file=sys.stderr)
+            failed += 1
+            continue
+        tables.append(table)
+    if combined is not None and tables:
+        _report_abaw(abaw.write(combined, tables, args.abaw_layout))
+        print(f"wrote {combined}")
+    if failed:
+        print(f"hsemo-jax predict: error: {failed} of {len(runs)} input(s) failed (see above)", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _check_abaw(args, runs, combined) -> None:
+    """Before any work: each input has ABAW frame names, no video is twice in one file, a head gives the AUs."""
+    from hsemo_jax.errors import InputError
+    from hsemo_jax.predict import abaw
+
+    seen: dict[str, str] = {}
+    for r in runs:
+        for name in abaw.video_names(r.source):
+            if combined is not None and name in seen and seen[name] != r.input:
+                raise InputError(f"{r.input}: video {name!r} is also in {seen[name]}; {combined} can list it once")
+            seen[name] = r.input
+    abaw.check_head(args.head)
+
+
+def _report_abaw(notes) -> None:
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def _run_one(args, r, models):
+    """One input: its CSV (streamed to <out>.partial, finalized atomically), summary, plot, ABAW file."""
     from collections import Counter
 
-    from hsemo_jax.fileio import check_writable
-    from hsemo_jax.predict import predict
-    from hsemo_jax.predict.pipeline import check_options
+    from hsemo_jax.predict import abaw, predict
     from hsemo_jax.predict.plot import plot
     from hsemo_jax.predict.writer import CsvOutput
 
-    models = tuple(args.models or ("enet_b0_8_va_mtl",))
-    check_options(models=len(models), weights=args.blend, detector=args.detector, detect_width=args.detect_width,
-                  detect_every=args.detect_every, smooth=args.smooth, sigma=args.sigma, k=args.k,
-                  batch_size=args.batch_size, au_thresholds=args.au_thresholds)
-    out = check_writable(args.out or f"{Path(args.input.rstrip('/')).stem or 'predictions'}.emotions.csv", "CSV")
-    if args.plot:
-        check_writable(args.plot, "plot")
-    csv_out = CsvOutput(out)
+    csv_out = CsvOutput(r.csv)
     try:
-        table = predict(args.input, models, weights=args.blend,
+        table = predict(r.input, models, weights=args.blend,
                         detector=args.detector, detector_model=args.detector_model,
                         detect_width=args.detect_width, detect_every=args.detect_every, smooth=args.smooth,
                         sigma=args.sigma, k=args.k, batch_size=args.batch_size, head=args.head,
@@ -74,8 +140,8 @@ def run(args: argparse.Namespace) -> int:
                         on_rows=csv_out.write_rows, progress=True)
     except KeyboardInterrupt:
         partial = csv_out.abort()
-        print(f"interrupted: rows computed so far are in {partial}; {out} was not written", file=sys.stderr)
-        return 130
+        print(f"interrupted: rows computed so far are in {partial}; {r.csv} was not written", file=sys.stderr)
+        raise
     except BaseException:
         csv_out.abort().unlink(missing_ok=True)
         raise
@@ -92,7 +158,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"mean valence {table['valence'][face].mean():+.3f}, mean arousal {table['arousal'][face].mean():+.3f}")
     else:
         print("no faces were detected; try --detector none for pre-cropped faces")
-    print(f"wrote {out}")
-    if args.plot:
-        print(f"wrote {plot(table, args.plot)}")
-    return 0
+    print(f"wrote {r.csv}")
+    if r.plot is not None:
+        print(f"wrote {plot(table, r.plot)}")
+    if r.abaw is not None:
+        _report_abaw(abaw.write(r.abaw, [table], args.abaw_layout))
+        print(f"wrote {r.abaw}")
+    return table

@@ -10,11 +10,13 @@ A *detector* is a face-detection network whose weights ship with the package
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from flax import nnx
+from typing import TYPE_CHECKING
 
 from hsemo_jax import labels
 from hsemo_jax.errors import InputError
+
+if TYPE_CHECKING:  # the tables here are read without importing JAX (`hsemo-jax predict --help`)
+    from flax import nnx
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -20,9 +20,8 @@ import numpy as np
 
 from hsemo_jax.errors import InputError
 from hsemo_jax.models import registry
+from hsemo_jax.predict.defaults import DETECT_WIDTH, DETECTORS
 
-DETECTORS = ("haar", "yunet", *registry.DETECTORS, "mtcnn", "none")
-DETECT_WIDTH = 960  # frames wider than this are shrunk for detection (boxes mapped back)
 NEAR_MARGIN = 0.5  # `near` searches each box widened by this fraction of its size on every side
 NEAR_SIZE = 96  # ... shrunk so that the box is at most this many pixels wide
 

@@ -6,6 +6,7 @@ shape (the last batch is padded), so each model compiles once.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -17,12 +18,11 @@ import numpy as np
 from hsemo_jax import labels
 from hsemo_jax.errors import InputError
 from hsemo_jax.models import registry
-from hsemo_jax.predict.detect import DETECT_WIDTH, DETECTORS, crop, make_detector
+from hsemo_jax.predict.defaults import DETECT_EVERY, DETECT_WIDTH, DETECTORS
+from hsemo_jax.predict.detect import crop, make_detector
 from hsemo_jax.predict.follow import FollowingDetector
 from hsemo_jax.predict.track import IoUTracker
 from hsemo_jax.predict.video import Frame, FrameSource, Skipped, decoder_messages, threaded_map
-
-DETECT_EVERY = 5  # video frames per full-frame face search (tracked faces are followed between)
 
 
 @dataclass
@@ -88,7 +88,20 @@ def _load_model(model_dir: str, name: str) -> _Model:
 def load_au_head(head_dir: str, model: _Model, thresholds=None):
     """The ABAW-7 multi-task head trained by `hsemo-jax train-head` on `model`'s features, as a
     jitted `fn(embedding, scores) -> AU probabilities (N, 12)`, and its AU thresholds (12,):
-    `thresholds` if given, else the `au_thresholds` stored in head.json, else 0.5."""
+    `thresholds` if given, else the `au_thresholds` stored in head.json, else 0.5. Loaded and
+    compiled once per process, head directory and model (several videos of one run share it)."""
+    fn, stored = _au_head(head_dir, model)
+    return fn, _au_thresholds(stored if thresholds is None else thresholds)
+
+
+_AU_HEADS: dict = {}
+
+
+def _au_head(head_dir: str, model: _Model):
+    """(jitted AU function, the head's stored thresholds or 0.5), cached by head path and model."""
+    key = (os.path.abspath(head_dir), id(model))  # the cache holds `model`, so its id is not reused
+    if key in _AU_HEADS:
+        return _AU_HEADS[key][:2]
     import jax
     from flax import nnx
 
@@ -109,9 +122,8 @@ def load_au_head(head_dir: str, model: _Model, thresholds=None):
                              f"{f.shape[1]} + {n_scores}; use the backbone the head was trained on")
         return nnx.merge(graphdef, state).predict(jax.numpy.concatenate([f, s], axis=1))["au"]
 
-    if thresholds is None:
-        thresholds = meta.get("au_thresholds", 0.5)
-    return (lambda f, s: np.asarray(au(state, f, s))), _au_thresholds(thresholds)
+    _AU_HEADS[key] = (lambda f, s: np.asarray(au(state, f, s))), meta.get("au_thresholds", 0.5), model
+    return _AU_HEADS[key][:2]
 
 
 def _au_thresholds(thresholds) -> np.ndarray:
@@ -160,7 +172,7 @@ def check_options(*, models: int = 1, weights=None, detector: str = "haar", dete
         raise InputError("; ".join(bad))
 
 
-def _expression_layout(models: list[_Model]) -> tuple[tuple[str, ...], bool]:
+def expression_layout(models: list[_Model]) -> tuple[tuple[str, ...], bool]:
     """(expression class names, whether every model has valence/arousal). All models must agree."""
     layouts = []
     for m in models:
@@ -234,23 +246,25 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
         source, input_spec = ArraySource(input_spec), "<array>"
     loaded = load_models(models)
     weights = np.full(len(loaded), 1.0 / len(loaded)) if weights is None else np.asarray(weights, float)
-    classes, with_va = _expression_layout(loaded)
+    classes, with_va = expression_layout(loaded)
     au_head, au_thr = load_au_head(head, loaded[0], au_thresholds) if head else (None, None)
     from hsemo_jax.predict.progress import Progress, frame_total
 
-    bar = Progress(frame_total(source), enabled=progress)
+    # the bar is made inside `decoder_messages`, so that it writes to the real standard error, not to fd 2,
+    # which the block holds back
     if detector in registry.DETECTORS and not exact_preprocess:
         from hsemo_jax.predict import device
 
         program = device.program_for(detector, loaded, tuple(weights), with_va, with_embedding=au_head is not None)
-        try:
-            with decoder_messages() as chatter:
+        with decoder_messages() as chatter:
+            bar = Progress(frame_total(source), enabled=progress)
+            try:
                 rows, skipped, frames_seen = device.run(
                     source, program, batch_size=batch_size, max_faces=device.MAX_FACES, tracker=IoUTracker(),
                     make_row=_row, on_rows=lambda new: on_rows(new, classes, with_va) if on_rows else None,
                     progress=bar, au_head=au_head)
-        finally:
-            bar.close()
+            finally:
+                bar.close()
         _report_input_notes(source, chatter)
         return _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr, models)
     follow = FollowingDetector(make_detector(detector, detector_model, detect_width),
@@ -289,7 +303,7 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
             sequence[0] = item.sequence
         return item, follow(item.rgb, item.index)
 
-    with decoder_messages() as chatter:
+    with decoder_messages() as chatter, contextlib.closing(Progress(frame_total(source), enabled=progress)) as bar:
         for item, found in threaded_map(detected, source):
             if isinstance(item, Skipped):
                 skipped.append(item)
@@ -312,7 +326,6 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
                     flush()
             bar.update(1)
         flush()
-    bar.close()
     _report_input_notes(source, chatter)
     return _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr, models)
 

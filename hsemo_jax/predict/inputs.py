@@ -1,0 +1,105 @@
+"""The runs of one `hsemo-jax predict` command and the output files of each, checked before any work.
+
+An input is a video, an image, a folder of images, or a quoted glob. A glob whose matches are images
+is the frames of one run (an image sequence); a glob that matches videos is one run per video. With
+one run the outputs are the files given (`--out FILE`, default `<stem>.emotions.csv` here); with
+several, `--out` and `--plot` name folders (`--out` default: the current folder) that get one
+`<stem>.emotions.csv` / `<stem>.emotions.png` per run, and `--abaw-out` is a folder (one
+`<stem>.abaw.txt` per run) or one file for all runs (the ABAW submission: one file, every video).
+"""
+from __future__ import annotations
+
+import glob as globlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from hsemo_jax.errors import InputError
+from hsemo_jax.fileio import check_writable
+from hsemo_jax.predict.video import IMAGE_EXTS, VIDEO_EXTS, FrameSource
+
+_WILDCARDS = "*?["
+
+
+@dataclass
+class Run:
+    input: str
+    source: FrameSource
+    csv: Path
+    plot: Path | None = None
+    abaw: Path | None = None  # this run's own ABAW file (None: none, or the combined one)
+
+
+def expand(specs: Sequence[str]) -> list[str]:
+    """The inputs of each run: a glob that matches videos becomes those videos (sorted); any other
+    argument stays one run."""
+    runs = []
+    for spec in specs:
+        if any(c in spec for c in _WILDCARDS) and not os.path.exists(spec):
+            matches = sorted(globlib.glob(spec))
+            videos = [m for m in matches if Path(m).suffix.lower() in VIDEO_EXTS and os.path.isfile(m)]
+            images = [m for m in matches if Path(m).suffix.lower() in IMAGE_EXTS]
+            if videos and images:
+                raise InputError(f"{spec}: the pattern matches videos ({videos[0]}) and images ({images[0]}); "
+                                 "give one pattern for each")
+            if videos:
+                runs += videos
+                continue
+        runs.append(spec)
+    return runs
+
+
+def stem(spec: str) -> str:
+    """The name of a run's outputs: the file or folder name without its extension; for a glob, the
+    last folder of the pattern without wildcards ('frames/*.jpg' -> 'frames')."""
+    parts = Path(spec.rstrip("/")).parts
+    if any(c in spec for c in _WILDCARDS):
+        parts = [p for p in parts if not any(c in p for c in _WILDCARDS)]
+    return (Path(parts[-1]).stem if parts else "") or "predictions"
+
+
+def _is_folder(arg: str) -> bool:
+    return os.path.isdir(arg) or arg.endswith(("/", os.sep))
+
+
+def plan(specs: Sequence[str], *, out: str | None, plot: str | None, abaw: str | None) -> tuple[list[Run], Path | None]:
+    """Check every input (it exists and is a video, an image, a folder of images or a glob that
+    matches some) and every output path (writable, no two runs writing one file), before any work:
+    InputError naming the first bad one. Returns the runs and the combined ABAW file (or None)."""
+    inputs = expand(specs)
+    sources = [FrameSource(spec) for spec in inputs]
+    many = len(inputs) > 1
+    if many:
+        for flag, arg in (("--out", out), ("--plot", plot)):
+            if arg is not None and not _is_folder(arg):
+                raise InputError(f"{arg}: {flag} names a file, but {len(inputs)} inputs get one output each; "
+                                 "give a folder (an existing one, or a name ending in '/')")
+    combined = Path(abaw) if abaw is not None and not (many and _is_folder(abaw)) else None
+
+    def path(arg, suffix, default_folder=None):
+        if arg is None and default_folder is None:
+            return None
+        if not many and arg is not None:
+            return Path(arg)
+        return Path(arg if arg is not None else default_folder) / f"{stem(spec)}{suffix}"
+
+    runs, writers = [], {}
+    for spec, source in zip(inputs, sources):
+        run = Run(spec, source, path(out, ".emotions.csv", "."), path(plot, ".emotions.png"),
+                  None if combined else path(abaw, ".abaw.txt"))
+        for what, p in (("CSV", run.csv), ("plot", run.plot), ("ABAW file", run.abaw)):
+            if p is None:
+                continue
+            key = os.path.normpath(os.path.abspath(p))
+            if key in writers:
+                raise InputError(f"{p}: {writers[key]} and {spec} would both write this {what}; "
+                                 "rename one or run them separately")
+            writers[key] = spec
+            check_writable(p, what)
+        runs.append(run)
+    if combined is not None:
+        if os.path.normpath(os.path.abspath(combined)) in writers:
+            raise InputError(f"{combined}: given for the ABAW file and another output")
+        check_writable(combined, "ABAW file")
+    return runs, combined
