@@ -13,8 +13,9 @@ frame by IoU >= 0.3. The bench also measures how far the device program's crop +
 PIL-exact host path (`--exact-preprocess`) on the clip's faces: the 224x224 crops of the same boxes
 (levels 0-255; independent of the weights) and the largest change of a probability (these weights).
 
-The clips move real faces (scikit-image's astronaut, twice, and its cameraman, grey; test
-dependencies) over a 1280x720 frame at 60-250 px; the 360p clip is the same frames shrunk. Weights
+The clips move four real faces (scikit-image's astronaut, in colour and grey, twice, and its cameraman,
+grey, in three-quarter view; test dependencies) over a 1280x720 frame, ~65-200 px wide; the 360p
+clip is the same frames shrunk. Weights
 are random (the same in every pipeline): speed does not depend on them.
 """
 from __future__ import annotations
@@ -42,19 +43,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16)
 
 
-# (image, crop rows, crop columns, mirrored, x, y (top left at 1280x720), scale): the astronaut close
-# (face ~210 px wide), the cameraman (~90 px) and the astronaut again, mirrored, farther (~65 px)
-SCENE = (("astronaut", (0, 330), (90, 380), False, 40, 40, 2.0),
-         ("camera", (60, 300), (150, 320), False, 820, 120, 1.6),
-         ("astronaut", (20, 260), (130, 330), True, 640, 420, 0.75))
+# (image, crop rows, crop columns, mirrored, grey, x, y (top left at 1280x720), scale): the astronaut
+# close (face ~180 px wide, by MTCNN's box), the cameraman (grey, three-quarter view, ~90 px), the
+# astronaut in grey (~110 px) and mirrored, farther (~65 px)
+SCENE = (("astronaut", (0, 330), (90, 380), False, False, 40, 40, 2.0),
+         ("camera", (60, 300), (150, 320), False, True, 820, 100, 1.6),
+         ("astronaut", (40, 200), (150, 320), False, True, 1020, 490, 1.25),
+         ("astronaut", (20, 260), (130, 330), True, False, 640, 420, 0.75))
 
 
 def _people():
     from skimage import data
 
     out = []
-    for name, (r0, r1), (c0, c1), mirrored, x, y, s in SCENE:
+    for name, (r0, r1), (c0, c1), mirrored, grey, x, y, s in SCENE:
         img = getattr(data, name)()
+        if img.ndim == 3 and grey:
+            img = np.round(img[..., :3] @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
         img = np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img
         img = img[r0:r1, c0:c1, :3]
         out.append((np.ascontiguousarray(img[:, ::-1] if mirrored else img), x, y, s))
@@ -311,7 +316,7 @@ def _print(args, report, detect_every) -> None:
     for height, runs, gap, threads, rates in report:
         a = runs["a"]
         a_fps = a.frames / a.seconds
-        print(f"\n# predict, {round(height * 16 / 9)}x{height}: {args.frames} frames, 3 faces each, {args.arch}, "
+        print(f"\n# predict, {round(height * 16 / 9)}x{height}: {args.frames} frames, {len(SCENE)} faces each, {args.arch}, "
               f"batch {args.batch_size}, random weights")
         print("| pipeline | frames/s | faces found | recall vs (a) | speed vs (a) |\n|---|---|---|---|---|")
         for key, r in runs.items():
