@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=40, help="frames per clip (default 40)")
     p.add_argument("--resolutions", type=int, nargs="+", default=[360, 720], metavar="HEIGHT",
                    help="clip heights, 16:9 (default 360 720)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="predict's batch size (default 16)")
 
 
 # (image, crop rows, crop columns, mirrored, grey, x, y (top left at 1280x720), scale): the astronaut
