@@ -22,13 +22,14 @@ class Recognizer:
 
     `model`: a published name (fetched and converted on first use, see `hsemo_jax.hub`), a
     converted model directory or a PyTorch `.pt` file; a list of them is blended with `weights`
-    (default equal) by `predict`. `detector`: "blazeface" (default; one device program per batch
-    of frames), "blazeface_full_range", "haar", "yunet" or "none" (pre-cropped faces).
+    (default equal) by `predict`. `detector`: None (predict's default, BlazeFace full range: one
+    device program per batch of frames), "blazeface" (short range), "blazeface_full_range", "haar",
+    "yunet" or "none" (pre-cropped faces).
     `progress`: show frames done, percentage and ETA on stderr during `predict`.
     """
 
     def __init__(self, model: str | os.PathLike | Sequence = "enet_b0_8_va_mtl", *, weights=None,
-                 detector: str = "blazeface", batch_size: int = 16, progress: bool = True):
+                 detector: str | None = None, batch_size: int = 16, progress: bool = True):
         from hsemo_jax.predict.pipeline import load_models
 
         specs = [model] if isinstance(model, (str, os.PathLike)) else list(model)
@@ -83,8 +84,8 @@ class Recognizer:
 
         from hsemo_jax.predict import predict
 
-        kwargs = {"weights": self.weights, "detector": self.detector, "batch_size": self.batch_size,
-                  "progress": self.progress, **kwargs}
+        kwargs = {"weights": self.weights, "batch_size": self.batch_size, "progress": self.progress,
+                  **({} if self.detector is None else {"detector": self.detector}), **kwargs}
         table = predict(source, self.specs, **kwargs)
         return pd.DataFrame(table.columns)
 

@@ -122,5 +122,5 @@ def test_command_line_defaults_to_the_device_path():
     parser = argparse.ArgumentParser()
     predict_command.add_arguments(parser)
     args = parser.parse_args(["clip.mp4"])
-    assert args.detector == "blazeface" and not args.exact_preprocess
+    assert args.detector == "blazeface_full_range" and not args.exact_preprocess
     assert parser.parse_args(["clip.mp4", "--exact-preprocess"]).exact_preprocess

@@ -11,7 +11,8 @@ TARGETS = {
     "train": "train-step images/s per backbone vs a PyTorch eager training step; --dataset DIR: the grain "
              "loader's images/s per core vs the train step's",
     "roofline": "on paper: bf16 train-step images/s on a TPU v5e / H100 from XLA's FLOPs and bytes, loader cores",
-    "predict": "end-to-end frames/s of predict on a 720p video vs a per-face eager PyTorch pipeline",
+    "predict": "frames/s and faces found at 360p and 720p: HSEmotion's MTCNN + eager PyTorch per face, predict's "
+               "Haar host path and its device program with each BlazeFace model; the device resize vs PIL-exact",
 }
 
 

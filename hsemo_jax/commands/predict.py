@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hsemo_jax.models.registry import DEFAULT_DETECTOR
 from hsemo_jax.predict.defaults import DETECT_EVERY, DETECT_WIDTH, DETECTORS  # no JAX, no OpenCV: fast --help
 
 
@@ -19,8 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Default: enet_b0_8_va_mtl")
     p.add_argument("--blend", type=float, nargs="+", metavar="W",
                    help="blend weights, one per --model, summing to 1 (default: equal)")
-    p.add_argument("--detector", choices=DETECTORS, default="blazeface",
-                   help="face detector: MediaPipe's BlazeFace short-range (default) or full-range (bundled; "
+    p.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
+                   help="face detector: MediaPipe's BlazeFace full-range (default; faces to ~5 m, down to ~70 px "
+                        "wide at 720p) or short-range (faces within ~2 m, ~120 px at 720p) (bundled; "
                         "detection, crops and models then run as one device program per batch of frames), "
                         "OpenCV Haar cascade (bundled), YuNet (needs --detector-model), "
                         "or none for pre-cropped faces (e.g. ABAW cropped_aligned)")

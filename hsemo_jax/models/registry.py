@@ -133,6 +133,10 @@ DETECTORS: dict[str, Detector] = {
     "blazeface": Detector("blazeface", "short_range"),  # faces within ~2 m of the camera
     "blazeface_full_range": Detector("blazeface", "full_range"),  # within ~5 m; smaller faces
 }
+# predict's detector: on whole 360p/720p frames the full-range model finds frontal faces from about half
+# the size the short-range one needs (~70 vs ~120 px wide at 720p) and more of HSEmotion's MTCNN faces
+# (`hsemo-jax bench predict`, README)
+DEFAULT_DETECTOR = "blazeface_full_range"
 
 
 def get_detector(name: str) -> Detector:

@@ -213,7 +213,8 @@ def _run_batch(models, weights, crops, batch_size, with_va, au_head=None):
 
 
 def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weights=None,
-            detector: str = "blazeface", detector_model: str | None = None, detect_width: int = DETECT_WIDTH,
+            detector: str = registry.DEFAULT_DETECTOR, detector_model: str | None = None,
+            detect_width: int = DETECT_WIDTH,
             detect_every: int = DETECT_EVERY, smooth: str = "none", sigma: float = 2.0, k: int = 5,
             batch_size: int = 16, head: str | None = None, au_thresholds=None,
             exact_preprocess: bool = False, on_rows: Callable | None = None,
@@ -229,8 +230,8 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
     12 AU probabilities and labels (`au_thresholds`, else the head's stored ones, else 0.5).
     `on_rows(rows, classes, with_va)` receives the raw rows, in order, as they are computed.
 
-    With a BlazeFace detector (the default) every batch of `batch_size` frames runs as one device
-    program (`hsemo_jax.predict.device`: whole-frame detection on every frame, crops resized on the
+    With a BlazeFace detector (the default: full range, `registry.DEFAULT_DETECTOR`) every batch
+    of `batch_size` frames runs as one device program (`hsemo_jax.predict.device`: whole-frame detection on every frame, crops resized on the
     device; `detect_width` and `detect_every` do not apply); `exact_preprocess` uses the host path
     instead, whose PIL-exact resize reproduces the published numbers bit for bit (the other
     detectors always use it; there `batch_size` counts faces). `progress`: frames done, percentage and ETA on stderr (`hsemo_jax.predict.progress`).
