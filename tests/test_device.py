@@ -48,6 +48,38 @@ def test_device_resize_is_pillows_but_for_rare_one_level_steps():
     assert not np.asarray(nonempty).any()
 
 
+def test_a_window_around_the_crop_gives_the_same_bits():
+    """The crop and resize read only a window of the frame around the face (the gathers' cost scales
+    with it): the same bits as reading the whole frame, for crops inside, at an edge, at a corner."""
+    rgb = np.ascontiguousarray(np.concatenate([_frames(1)[0]] * 2, axis=1))  # (240, 640, 3)
+    whole = jax.jit(crop_resize, static_argnums=2)
+    windowed = jax.jit(crop_resize, static_argnums=(2, 3))
+    for box in [(100, 50, 300, 230), (600, 10, 640, 60), (0, 180, 90, 240), (3, 0, 131, 128)]:
+        corners = jnp.array(box, jnp.float32)
+        for size, window in ((224, (128, 128)), (112, (200, 256)), (224, (512, 512))):
+            if box[3] - box[1] > window[0] or box[2] - box[0] > window[1]:
+                continue
+            np.testing.assert_array_equal(np.asarray(windowed(rgb, corners, size, window)),
+                                          np.asarray(whole(rgb, corners, size)), err_msg=f"{box} {window}")
+
+
+def test_crops_larger_than_the_window_are_rerun_with_a_larger_one(model_dir, monkeypatch):
+    """A 32 px first window: the astronaut's ~100 px crops do not fit, the batch is rerun with a
+    window that holds them, and the results equal the whole-frame window's."""
+    from hsemo_jax.predict import device
+
+    frames = _frames(4)
+    monkeypatch.setattr(device, "_HINTS", {})
+    whole = predict(frames, [model_dir], batch_size=4)
+    monkeypatch.setattr(device, "_HINTS", {})
+    monkeypatch.setattr(device, "WINDOW", 32)
+    small = predict(frames, [model_dir], batch_size=4)
+    assert max(side for _, side in device._HINTS.values()) >= 64  # grew from 32
+    assert whole.has_face.all()
+    for c in ("x1", "y1", "x2", "y2", "p_Happiness", "valence"):
+        np.testing.assert_array_equal(small[c], whole[c])
+
+
 def test_device_path_matches_the_exact_host_path(model_dir, tmp_path):
     """Same faces, boxes, probabilities, valence/arousal and AU head outputs as the host path."""
     from hsemo_jax.labels import AU_NAMES

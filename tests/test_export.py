@@ -239,6 +239,6 @@ def test_device_program_exports_for_gpu_and_tpu(no_kernels):
                                   with_embedding=True)
     exported = _export(program, np.zeros((2, 240, 320, 3), np.uint8), 4)
     shapes = {k: v.shape for k, v in zip(sorted(["boxes", "det_scores", "valid", "probs", "found", "va", "embedding",
-                                                 "scores"]), exported.out_avals)}
+                                                 "scores", "extent"]), exported.out_avals)}
     assert shapes["boxes"] == (2, 3, 4) and shapes["probs"] == (2, 3, 8) and shapes["va"] == (2, 3, 2)
-    assert shapes["embedding"] == (2, 3, 512) and shapes["found"] == ()
+    assert shapes["embedding"] == (2, 3, 512) and shapes["found"] == () and shapes["extent"] == (2,)

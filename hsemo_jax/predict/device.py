@@ -4,7 +4,8 @@ every model -> softmax and blend -> per-face outputs. The host only decodes, tra
     frames uint8 (B, H, W, 3)
     -> BlazeFace (`hsemo_jax.models.detection.detect`): at most `max_faces` faces per frame
     -> the faces with a non-empty crop, compacted to a fixed budget of `budget` faces per batch
-    -> each face cropped as the host does (`predict.detect.crop`: box truncated to int, clamped to
+    -> each face read from a square window of the frame around it (static side, grown and the batch
+       rerun when a crop is larger), cropped as the host does (`predict.detect.crop`: box truncated to int, clamped to
        the frame, no margin) and resized to each model's input as Pillow does (bilinear, antialiased
        when shrinking, 22-bit fixed-point weights, each of the two passes rounded to 0..255)
     -> (x / 255 - mean) / std -> every backbone -> softmax of the expression scores, blended with
@@ -31,10 +32,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import lax
 
 from hsemo_jax.models.detection import detect
 
 MAX_FACES = 8  # faces per frame the detector keeps
+WINDOW = 256  # first side (px) of the frame window around each face that its crop and resize read
+_HINTS: dict[int, tuple[int, int]] = {}  # id(program) -> the (budget, window side) its last run reached
 
 
 @dataclass(frozen=True)
@@ -89,40 +93,63 @@ def _resample(x, axis: int, taps, weights):
     """One Pillow pass on int32 pixels `x` along `axis` (0: rows, 1: columns): 22-bit fixed-point
     weights, integer sums rounded half up, clipped to 0..255 (as `models.transforms._resample`)."""
     coeffs = jnp.floor(0.5 + weights * (1 << _PRECISION_BITS)).astype(jnp.int32)  # (out, k)
-    if axis == 0:
-        acc = jnp.sum(x[taps] * coeffs[:, :, None, None], axis=1)
-    else:
-        acc = jnp.sum(x[:, taps] * coeffs[None, :, :, None], axis=2)
+    if axis == 1:  # gather whole rows of the transposed image: row copies, not strided single pixels
+        return jnp.swapaxes(_resample(jnp.swapaxes(x, 0, 1), 0, taps, weights), 0, 1)
+    acc = jnp.sum(x[taps] * coeffs[:, :, None, None], axis=1)
     return jnp.clip((acc + (1 << (_PRECISION_BITS - 1))) >> _PRECISION_BITS, 0, 255)
 
 
-def crop_resize(frame, box, size: int):
+def crop_resize(frame, box, size: int, window: tuple[int, int] | None = None):
     """One uint8 frame (H, W, 3) and integer crop corners (4,) -> the crop resized to
     (size, size, 3) as Pillow's bilinear resize does it (`models.transforms.resize_uint8`): two
     separable passes in 22-bit fixed point, each rounded to 0..255, vertical first when the height
-    shrinks by more than twice as many pixels as the width (Pillow >= 13). Returned as float32."""
-    h, w = frame.shape[:2]
-    ky = math.ceil(2 * max(h / size, 1.0)) + 2  # enough taps for the largest possible crop
-    kx = math.ceil(2 * max(w / size, 1.0)) + 2
-    ty, wy = _taps(box[1], box[3], h, size, ky)
-    tx, wx = _taps(box[0], box[2], w, size, kx)
-    x = frame.astype(jnp.int32)
-    rows_first = _resample(_resample(x, 0, ty, wy), 1, tx, wx)
-    columns_first = _resample(_resample(x, 1, tx, wx), 0, ty, wy)
-    in_h, in_w = box[3] - box[1], box[2] - box[0]
+    shrinks by more than twice as many pixels as the width (Pillow >= 13). Returned as float32.
+
+    `window` (static (height, width)): work on that window of the frame around the crop, not on
+    whole rows and columns (the cost of the gathers scales with it). The result is the same bits
+    for every crop that fits in the window; a larger crop is cut to it (the program reports the
+    crops' extent, and `run` reruns with a window that holds them)."""
+    return crop_resize_from(frame[None], 0, box, size, window)
+
+
+def crop_resize_from(frames, index, box, size: int, window: tuple[int, int] | None = None):
+    """`crop_resize` of frame `index` (traced) of frames (N, H, W, 3): the window is sliced from
+    the batch directly, so under `vmap` no face copies a whole frame."""
+    _, fh, fw, c = frames.shape
+    side = max(fh, fw) if window is None else max(window)
+    # a square window (frames smaller than it padded, outside any crop): both pass orders are then
+    # the same computation, on the window or on its transpose
+    frames = jnp.pad(frames, ((0, 0), (0, max(side - fh, 0)), (0, max(side - fw, 0)), (0, 0)))
+    y0 = jnp.clip(box[1], 0, frames.shape[1] - side).astype(jnp.int32)
+    x0 = jnp.clip(box[0], 0, frames.shape[2] - side).astype(jnp.int32)
+    x = lax.dynamic_slice(frames, (index, y0, x0, 0), (1, side, side, c))[0].astype(jnp.int32)
+    x1, y1, x2, y2 = jnp.minimum(box - jnp.stack([x0, y0, x0, y0]).astype(box.dtype), side)
+    k = math.ceil(2 * max(side / size, 1.0)) + 2  # enough taps for the largest possible crop
+    ty, wy = _taps(y1, y2, side, size, k)
+    tx, wx = _taps(x1, x2, side, size, k)
+    in_h, in_w = y2 - y1, x2 - x1
     vertical_first = (size < in_h) & (in_h - size > 2 * (in_w - size))
-    return jnp.where(vertical_first, rows_first, columns_first).astype(jnp.float32)
+    # horizontal pass first; vertical first = horizontal first on the transposed window
+    flip = lambda a, b: jnp.where(vertical_first, a, b)  # noqa: E731
+    x = flip(jnp.swapaxes(x, 0, 1), x)
+    first_t, first_w, second_t, second_w = flip(ty, tx), flip(wy, wx), flip(tx, ty), flip(wx, wy)
+    # the first pass materialized: fused into the second pass's gather, XLA recomputes it per tap
+    out = _resample(lax.optimization_barrier(_resample(x, 1, first_t, first_w)), 0, second_t, second_w)
+    return flip(jnp.swapaxes(out, 0, 1), out).astype(jnp.float32)
 
 
 def make_program(detector: nnx.Module, backbones: Sequence[Backbone], weights: Sequence[float], *,
                  max_faces: int = MAX_FACES, with_embedding: bool = False) -> Callable:
-    """`fn(frames uint8 (B, H, W, 3), budget) -> dict` of per-face outputs, jitted (`budget`, the
-    faces per batch that go through the models, is static):
+    """`fn(frames uint8 (B, H, W, 3), budget, window=None) -> dict` of per-face outputs, jitted
+    (static: `budget`, the faces per batch that go through the models, and `window`, the
+    (height, width) of frame around each face that its crop and resize read; None: the frame):
 
     boxes (B, F, 4) px, det_scores (B, F), valid (B, F) bool, probs (B, F, K) blended softmax,
     va (B, F, 2) if every model has valence/arousal, and with_embedding the first model's
     embedding (B, F, D) and raw scores (B, F, C); found (): the faces the batch had, of which the
-    first `budget` (in frame order) were run (rerun with budget B * F when found > budget).
+    first `budget` (in frame order) were run (rerun with budget B * F when found > budget);
+    extent (2,): the largest crop height and width of the faces run (rerun with a window that
+    holds it when it exceeds `window`).
     Rows that are not valid are zeros. The weights are compile-time constants, as in
     `models.inference.make_forward`."""
     weights = [float(w) for w in weights]
@@ -136,7 +163,7 @@ def make_program(detector: nnx.Module, backbones: Sequence[Backbone], weights: S
     det_graphdef, det_state = nnx.split(detector)
     det_state = jax.tree.map(np.asarray, det_state)
 
-    def program(frames, budget: int):
+    def program(frames, budget: int, window: tuple[int, int] | None = None):
         n, h, w, _ = frames.shape
         found = detect(nnx.merge(det_graphdef, det_state), frames, max_faces=max_faces)
         corners, nonempty = crop_boxes(found.boxes, h, w)
@@ -151,7 +178,7 @@ def make_program(detector: nnx.Module, backbones: Sequence[Backbone], weights: S
         for i, (b, (graphdef, state), wt) in enumerate(zip(backbones, nets, weights)):
             key = (b.input_size, b.mean, b.std)
             if key not in inputs:
-                crops = jax.vmap(lambda f, bx: crop_resize(frames[f], bx, b.input_size))(frame_of, box_of)
+                crops = jax.vmap(lambda f, bx: crop_resize_from(frames, f, bx, b.input_size, window))(frame_of, box_of)
                 inputs[key] = (crops / 255.0 - jnp.asarray(b.mean, jnp.float32)) / jnp.asarray(b.std, jnp.float32)
             m = nnx.merge(graphdef, state)
             emb = m.features(inputs[key])
@@ -170,13 +197,14 @@ def make_program(detector: nnx.Module, backbones: Sequence[Backbone], weights: S
         ran = scatter(run).astype(bool)
         out = {"boxes": jnp.where(ran[..., None], found.boxes, 0.0),
                "det_scores": jnp.where(ran, found.scores, 0.0), "valid": ran,
-               "probs": scatter(probs), "found": flat_valid.sum()}
+               "probs": scatter(probs), "found": flat_valid.sum(),
+               "extent": jnp.max(jnp.where(run[:, None], box_of[:, 3:1:-1] - box_of[:, 1::-1], 0), axis=0)}
         if with_va:
             out["va"] = scatter(va)
         out.update({k: scatter(v) for k, v in extra.items()})
         return out
 
-    return jax.jit(program, static_argnums=1)
+    return jax.jit(program, static_argnums=(1, 2))
 
 
 @functools.lru_cache(maxsize=8)
@@ -205,26 +233,32 @@ def run(source, program: Callable, *, batch_size: int, max_faces: int, tracker, 
     pending: list = []  # frames of the batch being filled
     in_flight = None  # (frames, array, budget, outputs) dispatched, not yet read
 
-    budget = batch_size  # faces per batch through the models; grows (and stays) when a batch has more
+    # faces per batch through the models, and the side of the window each crop reads: both grow
+    # (and stay, also for later runs of this program) when a batch needs more; neither changes results
+    budget, side = _HINTS.get(id(program), (batch_size, WINDOW))
+    budget = min(max(budget, batch_size), batch_size * max_faces)
     sequence = [None]  # of the last frame tracked
 
     def dispatch(frames):
         arr = np.stack([f.rgb for f in frames])
         if len(frames) < batch_size:
             arr = np.concatenate([arr, np.zeros((batch_size - len(frames), *arr.shape[1:]), np.uint8)])
-        return frames, arr, budget, program(arr, budget)
+        return frames, arr, (budget, side), program(arr, budget, (side, side))
 
     def collect(entry):
-        nonlocal budget
+        nonlocal budget, side
         frames, arr, used, out = entry
         out = jax.device_get(out)
-        found = int(out["found"])
-        if found > used:
-            # more faces than this batch's budget: rerun with room for them, and keep that budget
-            # (one compile per budget: batch_size times 2, 4, ... max_faces)
+        found, extent = int(out["found"]), int(out["extent"].max())
+        if found > used[0] or extent > used[1]:
+            # more faces than this batch's budget, or a crop larger than its window: rerun with room
+            # for them, and keep that budget and window (one compile each: budget batch_size times
+            # 2, 4, ... max_faces; window WINDOW times 2, 4, ...)
             while budget < found:
                 budget = min(2 * budget, batch_size * max_faces)
-            out = jax.device_get(program(arr, budget))
+            while side < extent:
+                side *= 2
+            out = jax.device_get(program(arr, budget, (side, side)))
         au = None
         if au_head is not None:
             emb, scores = (out[k].reshape(-1, out[k].shape[-1]) for k in ("embedding", "scores"))
@@ -272,6 +306,7 @@ def run(source, program: Callable, *, batch_size: int, max_faces: int, tracker, 
         submit()
     if in_flight is not None:
         collect(in_flight)
+    _HINTS[id(program)] = (budget, side)
     return rows, skipped, frames_seen
 
 
