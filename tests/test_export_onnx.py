@@ -84,12 +84,56 @@ def test_the_mobilevit_transformer_runs_nchw(exported):
     assert sum(n.op_type == "Transpose" for n in nodes) <= 1 + 3 * 2 + 2
 
 
-def test_prelus_become_prelu_nodes(exported):
+def test_prelus_become_depthwise_convolutions_onnxruntime_keeps_blocked(exported, tmp_path):
+    """MobileFaceNet's 33 PReLUs (slopes in [0, 0.5]) as a * x + Relu((1 - a) * x) with depthwise
+    1x1 Convs, no Where/GreaterOrEqual; onnxruntime then runs the whole network in its blocked
+    NCHWc layout: of the 65 reorders around its PRelus a few are left (the input, the one grouped
+    convolution, the head)."""
     import onnx
     from collections import Counter
 
-    ops = Counter(n.op_type for n in onnx.load(exported("mobilefacenet")[2]).graph.node)
-    assert ops["PRelu"] == 33 and not {"Where", "GreaterOrEqual"} & set(ops), ops
+    path = exported("mobilefacenet")[2]
+    ops = Counter(n.op_type for n in onnx.load(path).graph.node)
+    assert ops["PRelu"] == 0 and ops["Relu"] == 33 and not {"Where", "GreaterOrEqual"} & set(ops), ops
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimized = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    assert optimized["ReorderInput"] + optimized["ReorderOutput"] <= 4, optimized
+
+
+@pytest.mark.parametrize("top", [1.0, 1.5])
+def test_prelu_as_convolutions_equals_prelu(top):
+    """The rewrite on a lone NCHW PRelu (slopes from -0.5 to `top`): equal to PRelu; a slope
+    above 1 (where Relu((1 - a) x) != (1 - a) Relu(x)) leaves the PRelu as it is."""
+    import onnx
+    import onnx_ir as ir
+    from onnx import TensorProto, helper, numpy_helper
+
+    from hsemo_jax.export import onnx_graph
+
+    c = 16
+    a = np.linspace(-0.5, top, c, dtype=np.float32).reshape(1, c, 1, 1)
+    graph = helper.make_graph(
+        [helper.make_node("PRelu", ["x", "a"], ["y"])], "prelu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", c, 5, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", c, 5, 6])],
+        [numpy_helper.from_array(a, "a")])
+    proto = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    model = ir.from_proto(proto)
+    assert onnx_graph.prelus_as_convolutions(model.graph) == (top <= 1)
+    out = ir.to_proto(onnx_graph.simplify(model))
+    assert _op_counts(out) == ({"Conv": 2, "Relu": 1, "Add": 1} if top <= 1 else {"PRelu": 1})
+    x = np.random.default_rng(0).standard_normal((3, c, 5, 6)).astype(np.float32)
+    got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, np.where(x >= 0, x, a * x), rtol=1e-6, atol=1e-7)
+
+
+def _op_counts(proto) -> dict:
+    from collections import Counter
+
+    return dict(Counter(n.op_type for n in proto.graph.node))
 
 
 def test_metadata_travels_in_metadata_props(exported):
