@@ -19,6 +19,11 @@ through either (onnxruntime keeps Transposes beside such nodes at load time), so
   NCHWc layout and back and ran its PRelu kernel at ~2-3 GB/s (a quarter of a MobileFaceNet call,
   as much in torch's export). As Convs all of it stays NCHWc, the Relu fuses into the first and
   the Add into the second Conv;
+- `affine_products`: a product x @ W with a constant W (MatMul, or Gemm without transposes) followed
+  by a per-column constant Mul and/or Add (a linear layer's bias, batch norm, a mean's 1 / n:
+  jax2onnx writes each on its own, a Gemm with a zero bias first) becomes one Gemm with the
+  scale folded into W and the shift into its bias, which onnxruntime fuses with an activation
+  (a scalar Mul or Div of x before it, as a mean over reduced sums, folds into W too);
 
 and the shape computations left unused, and imports of operator domains no node uses, are removed. Shapes are compared as jax2onnx annotates
 them (integers and named symbolic dimensions); anything unknown is left alone.
@@ -41,6 +46,7 @@ def simplify(model: ir.Model) -> ir.Model:
     unsqueeze_transposes(graph)
     prelus(graph)
     prelus_as_convolutions(graph)
+    affine_products(graph)
     RemoveUnusedNodesPass()(model)
     RemoveUnusedOpsetsPass()(model)  # onnxruntime's saved models import every domain it knows
     return model
@@ -268,5 +274,92 @@ def prelus_as_convolutions(graph: ir.Graph) -> int:
         add.outputs[0].shape, add.outputs[0].type = out.shape, out.type
         out.replace_all_uses_with(add.outputs[0], replace_graph_outputs=True)
         graph.remove(node, safe=True)
+        count += 1
+    return count
+
+
+def _single_user(value: ir.Value) -> ir.Node | None:
+    users = value.uses()
+    if value.is_graph_output() or len(users) != 1:
+        return None
+    return next(iter(users))[0]
+
+
+def _column_constant(node: ir.Node, value: ir.Value, n: int) -> np.ndarray | None:
+    """The other operand of the binary `node` (whose one operand is `value`, shape (M, n)) as a
+    float32 row of n, where it is a constant broadcasting along the columns only."""
+    if len(node.inputs) != 2 or not _is_default_domain(node):
+        return None
+    other = node.inputs[1] if node.inputs[0] is value else node.inputs[0]
+    if other is None or other is value or other.const_value is None:
+        return None
+    c = other.const_value.numpy()
+    if c.dtype != np.float32 or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1) or c.size not in (1, n):
+        return None
+    return np.broadcast_to(c.reshape(-1), (n,))
+
+
+def _plain_product(node: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
+    """(W (K, N), bias (N,)) of a rank-2 x @ W [+ bias] with constant W and bias, else None."""
+    if not _is_default_domain(node) or node.op_type not in ("MatMul", "Gemm"):
+        return None
+    x, w = node.inputs[0], node.inputs[1]
+    if w is None or w.const_value is None or w.const_value.numpy().ndim != 2 or _dims(x) is None or len(_dims(x)) != 2:
+        return None
+    weight = w.const_value.numpy()
+    if weight.dtype != np.float32:
+        return None
+    bias = np.zeros(weight.shape[1], np.float32)
+    if node.op_type == "Gemm":
+        attrs = {k: (v.value if v is not None else None) for k, v in node.attributes.items()}
+        if attrs.get("transA", 0) or attrs.get("transB", 0) or attrs.get("alpha", 1.0) != 1.0:
+            return None
+        if len(node.inputs) > 2 and node.inputs[2] is not None and attrs.get("beta", 1.0) != 0.0:
+            c = node.inputs[2].const_value
+            if c is None or c.numpy().size not in (1, weight.shape[1]) or c.numpy().ndim > 2:
+                return None
+            bias = bias + attrs.get("beta", 1.0) * np.broadcast_to(c.numpy().reshape(-1), bias.shape)
+    return weight, bias
+
+
+def affine_products(graph: ir.Graph) -> int:
+    """Replace x @ W [+ b] followed by per-column constant Muls and Adds by one Gemm
+    (x, W * s, b * s + t), and x = y * c or y / c (a scalar constant c) before it by y; returns how
+    many products were rewritten."""
+    count = 0
+    for node in list(graph):
+        product = _plain_product(node)
+        if product is None:
+            continue
+        weight, bias = product
+        n = weight.shape[1]
+        scale, shift = np.ones(n, np.float32), bias.astype(np.float32)
+        out, folded = node.outputs[0], 0
+        while (user := _single_user(out)) is not None and user.op_type in ("Mul", "Add"):
+            c = _column_constant(user, out, n)
+            if c is None:
+                break
+            if user.op_type == "Mul":
+                scale, shift = scale * c, shift * c
+            else:
+                shift = shift + c
+            out, folded = user.outputs[0], folded + 1
+        x = node.inputs[0]
+        pre = x.producer()
+        if pre is not None and pre.op_type in ("Mul", "Div") and _single_user(x) is node:
+            c = _column_constant(pre, pre.inputs[0], 1) if pre.inputs[1] is not None else None
+            if c is not None and pre.inputs[0].const_value is None and (pre.op_type == "Mul" or c[0] != 0):
+                x, weight, folded = pre.inputs[0], weight * (c[0] if pre.op_type == "Mul" else 1 / c[0]), folded + 1
+        if not folded:
+            continue  # nothing to fold (onnxruntime turns MatMul + Add into a Gemm itself)
+        w = ir.Value(name=f"{out.name}_weight", const_value=ir.tensor(
+            (weight * scale).astype(np.float32), name=f"{out.name}_weight"))
+        b = ir.Value(name=f"{out.name}_bias", const_value=ir.tensor(shift.astype(np.float32), name=f"{out.name}_bias"))
+        graph.register_initializer(w)
+        graph.register_initializer(b)
+        gemm = ir.Node("", "Gemm", [x, w, b], name=f"{node.name}_affine")
+        graph.insert_before(node, gemm)
+        gemm.outputs[0].shape, gemm.outputs[0].type = out.shape, out.type
+        out.replace_all_uses_with(gemm.outputs[0], replace_graph_outputs=True)
         count += 1
     return count
