@@ -130,6 +130,34 @@ def test_prelu_as_convolutions_equals_prelu(top):
     np.testing.assert_allclose(got, np.where(x >= 0, x, a * x), rtol=1e-6, atol=1e-7)
 
 
+def test_affine_products_fold_into_one_gemm():
+    """(x / 49) @ W * s + t, as jax2onnx writes a pooled mean into a linear layer with batch norm,
+    becomes one Gemm with the same output; a Mul whose constant varies along rows stays."""
+    import onnx
+    import onnx_ir as ir
+    from onnx import TensorProto, helper, numpy_helper
+
+    from hsemo_jax.export import onnx_graph
+
+    rng = np.random.default_rng(0)
+    consts = {"n": np.float32(49), "w": rng.standard_normal((8, 5)).astype(np.float32),
+              "s": rng.standard_normal((1, 5)).astype(np.float32), "t": rng.standard_normal(5).astype(np.float32),
+              "r": rng.standard_normal((3, 1)).astype(np.float32)}
+    nodes = [helper.make_node("Div", ["x", "n"], ["m"]), helper.make_node("MatMul", ["m", "w"], ["p"]),
+             helper.make_node("Mul", ["p", "s"], ["q"]), helper.make_node("Add", ["t", "q"], ["y"]),
+             helper.make_node("Mul", ["y", "r"], ["z"])]
+    graph = helper.make_graph(nodes, "affine", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [3, 5])],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()])
+    proto = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    out = ir.to_proto(onnx_graph.simplify(ir.from_proto(proto)))
+    assert _op_counts(out) == {"Gemm": 1, "Mul": 1}
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    want = ((x / 49) @ consts["w"] * consts["s"] + consts["t"]) * consts["r"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def _op_counts(proto) -> dict:
     from collections import Counter
 

@@ -257,8 +257,8 @@ def prelus_as_convolutions(graph: ir.Graph) -> int:
             w = ir.Value(name=f"{out.name}_{tag}", const_value=ir.tensor(
                 scale.reshape(channels, 1, 1, 1).astype(np.float32), name=f"{out.name}_{tag}"))
             graph.register_initializer(w)
-            conv = ir.Node("", "Conv", [x, w], attributes=[ir.AttrInt64("group", channels), ir.AttrInt64s("kernel_shape", [1, 1])],
-                           name=f"{node.name}_{tag}")
+            attributes = [ir.AttrInt64("group", channels), ir.AttrInt64s("kernel_shape", [1, 1])]
+            conv = ir.Node("", "Conv", [x, w], attributes=attributes, name=f"{node.name}_{tag}")
             graph.insert_before(node, conv)
             return conv.outputs[0]
 
