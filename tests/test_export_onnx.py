@@ -158,6 +158,47 @@ def test_affine_products_fold_into_one_gemm():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_mixed_depthwise_becomes_one_convolution():
+    """Channel slices 0:4, 4:10, 10:16 of one NCHW map through 3x3, 5x5 and 3x3 depthwise Convs
+    (stride 2), concatenated: one 5x5 depthwise Conv with the same output; slices out of order
+    (the concatenation then permutes channels) are left alone."""
+    import onnx
+    import onnx_ir as ir
+    from onnx import TensorProto, helper, numpy_helper
+
+    from hsemo_jax.export import onnx_graph
+
+    rng = np.random.default_rng(0)
+
+    def model(bounds):
+        nodes, inits, outs = [], [], []
+        for i, ((start, end), k) in enumerate(zip(bounds, (3, 5, 3))):
+            inits += [numpy_helper.from_array(np.array([v], np.int64), f"{n}{i}") for n, v in
+                      (("s", start), ("e", end), ("a", 1))]
+            w = rng.standard_normal((end - start, 1, k, k)).astype(np.float32)
+            inits.append(numpy_helper.from_array(w, f"w{i}"))
+            nodes += [helper.make_node("Slice", ["x", f"s{i}", f"e{i}", f"a{i}"], [f"x{i}"]),
+                      helper.make_node("Conv", [f"x{i}", f"w{i}"], [f"y{i}"], group=end - start,
+                                       pads=[k // 2] * 4, strides=[2, 2], kernel_shape=[k, k])]
+            outs.append(f"y{i}")
+        nodes.append(helper.make_node("Concat", outs, ["y"], axis=1))
+        graph = helper.make_graph(nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16, 9, 9])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+
+    x = rng.standard_normal((2, 16, 9, 9)).astype(np.float32)
+
+    def run(proto):
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0]
+
+    for bounds, merged in (([(0, 4), (4, 10), (10, 16)], True), ([(4, 10), (0, 4), (10, 16)], False)):
+        proto = model(bounds)
+        out = ir.to_proto(onnx_graph.simplify(ir.from_proto(proto)))
+        assert (_op_counts(out) == {"Conv": 1}) == merged, _op_counts(out)
+        np.testing.assert_allclose(run(out), run(proto), rtol=1e-5, atol=1e-5)
+
+
 def _op_counts(proto) -> dict:
     from collections import Counter
 

@@ -24,6 +24,10 @@ through either (onnxruntime keeps Transposes beside such nodes at load time), so
   jax2onnx writes each on its own, a Gemm with a zero bias first) becomes one Gemm with the
   scale folded into W and the shift into its bias, which onnxruntime fuses with an activation
   (a scalar Mul or Div of x before it, as a mean over reduced sums, folds into W too);
+- `mixed_depthwise`: a mixed depthwise convolution (DDAMFN's MDConv: channel slices of one NCHW map,
+  each through its own k x k depthwise Conv, concatenated in order) becomes one depthwise Conv
+  with every kernel zero-padded to the largest, centred: onnxruntime keeps it in its blocked
+  layout, where the Slices and the Concat of unaligned channel groups left it;
 
 and the shape computations left unused, and imports of operator domains no node uses, are removed. Shapes are compared as jax2onnx annotates
 them (integers and named symbolic dimensions); anything unknown is left alone.
@@ -47,6 +51,7 @@ def simplify(model: ir.Model) -> ir.Model:
     prelus(graph)
     prelus_as_convolutions(graph)
     affine_products(graph)
+    mixed_depthwise(graph)
     RemoveUnusedNodesPass()(model)
     RemoveUnusedOpsetsPass()(model)  # onnxruntime's saved models import every domain it knows
     return model
@@ -362,4 +367,94 @@ def affine_products(graph: ir.Graph) -> int:
         gemm.outputs[0].shape, gemm.outputs[0].type = out.shape, out.type
         out.replace_all_uses_with(gemm.outputs[0], replace_graph_outputs=True)
         count += 1
+    return count
+
+
+def _ints(value: ir.Value | None) -> list[int] | None:
+    if value is None or value.const_value is None:
+        return None
+    return [int(v) for v in value.const_value.numpy().ravel()]
+
+
+def _channel_slice(node: ir.Node | None) -> tuple[ir.Value, int, int] | None:
+    """(x, start, end) of a Slice of x's axis 1 (rank 4) with constant bounds and step 1."""
+    if node is None or node.op_type != "Slice" or not _is_default_domain(node) or len(node.inputs) < 4:
+        return None
+    x = node.inputs[0]
+    dims = _dims(x)
+    starts, ends, axes = (_ints(v) for v in node.inputs[1:4])
+    steps = _ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else [1]
+    if dims is None or len(dims) != 4 or not isinstance(dims[1], int) or None in (starts, ends, axes):
+        return None
+    if len(axes) != 1 or axes[0] % 4 != 1 or steps != [1]:
+        return None
+    c = dims[1]
+    start, end = (v + c if v < 0 else v for v in (starts[0], ends[0]))
+    return x, min(start, c), min(end, c)
+
+
+def _depthwise_conv(node: ir.Node | None) -> tuple[np.ndarray, int, tuple] | None:
+    """(weights (C, 1, k, k), k, strides) of a bias-free square depthwise Conv padded k // 2 on
+    every side, undilated, else None."""
+    if node is None or node.op_type != "Conv" or not _is_default_domain(node) or len(node.inputs) != 2:
+        return None
+    w = node.inputs[1].const_value
+    if w is None:
+        return None
+    w = w.numpy()
+    attrs = {k: v.value for k, v in node.attributes.items()}
+    if w.ndim != 4 or w.shape[1] != 1 or w.shape[2] != w.shape[3] or w.shape[2] % 2 == 0:
+        return None
+    k = w.shape[2]
+    if attrs.get("group") != w.shape[0] or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+        return None
+    if list(attrs.get("pads", [0] * 4)) != [k // 2] * 4 or list(attrs.get("dilations", [1, 1])) != [1, 1]:
+        return None
+    return w, k, tuple(attrs.get("strides", (1, 1)))
+
+
+def mixed_depthwise(graph: ir.Graph) -> int:
+    """Replace Concat(axis 1) of depthwise Convs of consecutive channel Slices of one map that
+    cover it in order by one depthwise Conv with the kernels zero-padded to the largest;
+    returns how many."""
+    count = 0
+    for node in list(graph):
+        if node.op_type != "Concat" or not _is_default_domain(node) or node.attributes.get("axis") is None:
+            continue
+        if node.attributes["axis"].value % 4 != 1 or len(node.inputs) < 2:
+            continue
+        parts, source, end = [], None, 0
+        for value in node.inputs:
+            conv = value.producer() if value is not None and _single_user(value) is node else None
+            geometry = _depthwise_conv(conv)
+            piece = _channel_slice(conv.inputs[0].producer()) if geometry is not None else None
+            if piece is None or (source is not None and piece[0] is not source) or piece[1] != end:
+                break
+            w, _, strides = geometry
+            if piece[2] - piece[1] != w.shape[0] or (parts and strides != parts[0][2]):
+                break
+            source, end = piece[0], piece[2]
+            parts.append(geometry)
+        else:
+            if end != _dims(source)[1]:
+                continue
+            k = max(p[1] for p in parts)
+            weights = np.zeros((end, 1, k, k), np.float32)
+            start = 0
+            for w, kw, _ in parts:
+                o = (k - kw) // 2
+                weights[start:start + w.shape[0], :, o:o + kw, o:o + kw] = w
+                start += w.shape[0]
+            out = node.outputs[0]
+            name = f"{out.name}_mixed_weight"
+            wv = ir.Value(name=name, const_value=ir.tensor(weights, name=name))
+            graph.register_initializer(wv)
+            attributes = [ir.AttrInt64("group", end), ir.AttrInt64s("kernel_shape", [k, k]),
+                          ir.AttrInt64s("pads", [k // 2] * 4), ir.AttrInt64s("strides", list(parts[0][2]))]
+            conv = ir.Node("", "Conv", [source, wv], attributes=attributes, name=f"{node.name}_mixed")
+            graph.insert_before(node, conv)
+            conv.outputs[0].shape, conv.outputs[0].type = out.shape, out.type
+            out.replace_all_uses_with(conv.outputs[0], replace_graph_outputs=True)
+            graph.remove(node, safe=True)
+            count += 1
     return count
