@@ -59,19 +59,29 @@ def test_onnxruntime_equals_the_model_on_real_faces(arch, exported):
     assert np.ptp(want[:, :8], axis=0).max() > 1e-2, "scores that do not depend on the face test nothing"
 
 
-def test_the_graph_is_nchw_with_batch_norms_folded(exported):
+def test_the_graph_is_nchw_with_batch_norms_folded(exported, tmp_path):
     """B0's graph: standard operators (opset 18) only, one Transpose (the NHWC input), no
     dynamic-shape arithmetic (Shape, Expand, Gather, Concat), batch norms folded into the
-    convolutions (no BatchNormalization, no Sub), every 1x1 convolution a Conv, SiLU as Sigmoid * x."""
+    convolutions (no BatchNormalization, no Sub), every 1x1 convolution a Conv, SiLU as Sigmoid * x,
+    each squeeze-excite as GlobalAveragePool, two 1x1 Convs and a Resize of the gate; onnxruntime
+    then runs it all in its blocked NCHWc layout (one reorder left, before the head's pooling)."""
     import onnx
     from collections import Counter
 
-    proto = onnx.load(exported("tf_efficientnet_b0")[2])
+    path = exported("tf_efficientnet_b0")[2]
+    proto = onnx.load(path)
     assert [(o.domain, o.version) for o in proto.opset_import] == [("", 18)]  # standard operators only
     ops = Counter(n.op_type for n in proto.graph.node)
     assert ops["Transpose"] == 1
     assert not {"Shape", "Expand", "Gather", "Concat", "Reshape", "BatchNormalization", "Sub"} & set(ops), ops
-    assert ops["Conv"] == 49 and ops["Sigmoid"] == 65, ops  # 16 blocks: 1 + 16 * 3 - 1 + 1 convolutions
+    # 16 blocks: 1 + 16 * 3 - 1 + 1 convolutions, 2 per squeeze-excite
+    assert ops["Conv"] == 49 + 32 and ops["Sigmoid"] == 65 and ops["GlobalAveragePool"] == ops["Resize"] == 16, ops
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimized = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    assert optimized["ReorderInput"] + optimized["ReorderOutput"] <= 1, optimized
 
 
 @pytest.mark.slow

@@ -28,6 +28,11 @@ through either (onnxruntime keeps Transposes beside such nodes at load time), so
   each through its own k x k depthwise Conv, concatenated in order) becomes one depthwise Conv
   with every kernel zero-padded to the largest, centred: onnxruntime keeps it in its blocked
   layout, where the Slices and the Concat of unaligned channel groups left it;
+- `blocked_squeeze_excite`: EfficientNet's squeeze-excite on an NCHW map x, x * sigmoid(silu(sum(x)
+  @ W1 + b1) @ W2 + b2)[:, :, None, None], becomes GlobalAveragePool, two 1x1 Convs (the reduced
+  width zero-padded to a multiple of 16) and the gate broadcast by a nearest Resize to x's shape,
+  annotated with x's dimensions: onnxruntime then keeps the gate's Mul in its blocked layout (it
+  needs two operands of one provable shape), where the broadcast Mul reordered x out and back;
 
 and the shape computations left unused, and imports of operator domains no node uses, are removed. Shapes are compared as jax2onnx annotates
 them (integers and named symbolic dimensions); anything unknown is left alone.
@@ -51,7 +56,9 @@ def simplify(model: ir.Model) -> ir.Model:
     prelus(graph)
     prelus_as_convolutions(graph)
     affine_products(graph)
+    RemoveUnusedNodesPass()(model)  # the patterns below count uses
     mixed_depthwise(graph)
+    blocked_squeeze_excite(graph)
     RemoveUnusedNodesPass()(model)
     RemoveUnusedOpsetsPass()(model)  # onnxruntime's saved models import every domain it knows
     return model
@@ -457,4 +464,97 @@ def mixed_depthwise(graph: ir.Graph) -> int:
             out.replace_all_uses_with(conv.outputs[0], replace_graph_outputs=True)
             graph.remove(node, safe=True)
             count += 1
+    return count
+
+
+def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
+    node = None if value is None else value.producer()
+    return node if node is not None and node.op_type == op_type and _is_default_domain(node) else None
+
+
+def _squeeze_excite(mul: ir.Node):
+    """(x, W1 (C, r), b1, W2 (r, C), b2, [nodes]) where `mul` is x * Unsqueeze(sigmoid(silu(
+    ReduceSum(x, (2, 3)) @ W1 + b1) @ W2 + b2), (2, 3)) with x (N, C, H, W), else None."""
+    if len(mul.inputs) != 2:
+        return None
+    for x, g4 in (mul.inputs, mul.inputs[::-1]):
+        unsqueeze = _producer(g4, "Unsqueeze")
+        sig = _producer(unsqueeze.inputs[0], "Sigmoid") if unsqueeze is not None else None
+        expand = _producer(sig.inputs[0], "Gemm") if sig is not None else None
+        silu = _producer(expand.inputs[0], "Mul") if expand is not None else None
+        if silu is None or _ints(unsqueeze.inputs[1]) not in ([2, 3], [-2, -1]):
+            continue
+        s1, inner = silu.inputs
+        inner_sig = _producer(inner, "Sigmoid")
+        if inner_sig is None or inner_sig.inputs[0] is not s1:
+            s1, inner = inner, s1
+            inner_sig = _producer(inner, "Sigmoid")
+        reduce_fc = _producer(s1, "Gemm")
+        if inner_sig is None or inner_sig.inputs[0] is not s1 or reduce_fc is None:
+            continue
+        pool = _producer(reduce_fc.inputs[0], "ReduceSum")
+        dims = _dims(x)
+        if (pool is None or pool.inputs[0] is not x or _ints(pool.inputs[1]) not in ([2, 3], [-2, -1])
+                or pool.attributes.get("keepdims") is None or pool.attributes["keepdims"].value != 0
+                or dims is None or len(dims) != 4 or not all(isinstance(d, int) for d in dims[1:])):
+            continue
+        first, second = _plain_product(reduce_fc), _plain_product(expand)
+        if first is None or second is None:
+            continue
+        inner_values = [pool.outputs[0], reduce_fc.outputs[0], inner_sig.outputs[0], silu.outputs[0],
+                        expand.outputs[0], sig.outputs[0], unsqueeze.outputs[0]]
+        if any(v.is_graph_output() for v in inner_values) or len(s1.uses()) != 2 or any(
+                len(v.uses()) != 1 for v in inner_values if v is not s1):
+            continue
+        return x, first[0], first[1], second[0], second[1]
+    return None
+
+
+def blocked_squeeze_excite(graph: ir.Graph) -> int:
+    """Rewrite EfficientNet's squeeze-excite gates (`_squeeze_excite`) as GlobalAveragePool, 1x1
+    Convs and a nearest Resize of the gate to x's shape; returns how many."""
+    count = 0
+    for node in list(graph):
+        if node.op_type != "Mul" or not _is_default_domain(node):
+            continue
+        found = _squeeze_excite(node)
+        if found is None:
+            continue
+        x, w1, b1, w2, b2 = found
+        _, c, h, w = _dims(x)
+        r = w1.shape[1]
+        padded = -(-r // 16) * 16
+        k1 = np.zeros((padded, c, 1, 1), np.float32)
+        k1[:r, :, 0, 0] = (w1 * (h * w)).T  # the pool is a mean, the graph's reduction was a sum
+        k2 = np.zeros((c, padded, 1, 1), np.float32)
+        k2[:, :r, 0, 0] = w2.T
+        out = node.outputs[0]
+        consts = {}
+        for tag, v in (("k1", k1), ("b1", np.pad(b1, (0, padded - r))), ("k2", k2), ("b2", b2),
+                       ("scales", np.array([1, 1, h, w], np.float32))):
+            name = f"{out.name}_se_{tag}"
+            consts[tag] = ir.Value(name=name, const_value=ir.tensor(np.asarray(v, np.float32), name=name))
+            graph.register_initializer(consts[tag])
+        new = [ir.Node("", "GlobalAveragePool", [x], name=f"{node.name}_se_pool")]
+        new.append(ir.Node("", "Conv", [new[-1].outputs[0], consts["k1"], consts["b1"]], name=f"{node.name}_se_reduce"))
+        reduced = new[-1].outputs[0]
+        new.append(ir.Node("", "Sigmoid", [reduced], name=f"{node.name}_se_sigmoid1"))
+        new.append(ir.Node("", "Mul", [reduced, new[-1].outputs[0]], name=f"{node.name}_se_silu"))
+        new.append(ir.Node("", "Conv", [new[-1].outputs[0], consts["k2"], consts["b2"]], name=f"{node.name}_se_expand"))
+        new.append(ir.Node("", "Sigmoid", [new[-1].outputs[0]], name=f"{node.name}_se_gate"))
+        resize_attrs = [ir.AttrString("mode", "nearest"), ir.AttrString("coordinate_transformation_mode", "asymmetric"),
+                        ir.AttrString("nearest_mode", "floor")]
+        new.append(ir.Node("", "Resize", [new[-1].outputs[0], None, consts["scales"]], attributes=resize_attrs,
+                           name=f"{node.name}_se_broadcast"))
+        new.append(ir.Node("", "Mul", [x, new[-1].outputs[0]], name=f"{node.name}_se_apply"))
+        n = _dims(x)[0]
+        shapes = [(n, c, 1, 1), (n, padded, 1, 1), (n, padded, 1, 1), (n, padded, 1, 1), (n, c, 1, 1), (n, c, 1, 1)]
+        for op, dims in zip(new, shapes + [None, None]):
+            graph.insert_before(node, op)
+            op.outputs[0].type = x.type
+            op.outputs[0].shape = x.shape if dims is None else ir.Shape([
+                d if isinstance(d, int) else x.shape[0] for d in dims])
+        out.replace_all_uses_with(new[-1].outputs[0], replace_graph_outputs=True)
+        graph.remove(node, safe=True)
+        count += 1
     return count
