@@ -9,8 +9,9 @@
 3. onnxruntime's basic, hardware-independent graph optimizations run once, offline: constants
    folded (batch norms into the convolutions' weights and biases), Transpose pairs cancelled, so
    the saved graph is NCHW from the first convolution to the pooling; with the shapes inferred
-   again, `onnx_graph.simplify` once more tidies what they moved and writes the NCHW PRelus as
-   depthwise convolutions. A runtime loads the graph as it is.
+   again, `onnx_graph.simplify` once more tidies what they moved and rewrites what onnxruntime
+   would run outside its blocked NCHWc layout (PReLUs, mixed depthwise convolutions,
+   squeeze-excite gates) in forms it keeps blocked. A runtime loads the graph as it is.
 
 The model's metadata goes into `metadata_props`, one key per field, each value JSON text.
 """
