@@ -1,8 +1,10 @@
 """`hsemo-jax bench backbones`: images/s of jitted Flax vs PyTorch eager and onnxruntime, batch 1 and 32.
 
 All engines run the same architecture with the same (random) weights on the same inputs,
-interleaved round by round in one process; the table reports the median over rounds and the
-Flax/PyTorch and Flax/onnxruntime ratios. onnxruntime runs the PyTorch module exported with
+interleaved round by round in one process (every other round in reverse order, so a drift in the
+machine's load favours none); the table reports the median rate over rounds and, for each ratio,
+the median of the per-round ratios (the two engines timed back to back under the same load; on a
+shared machine that is much steadier than the ratio of two medians). onnxruntime runs the PyTorch module exported with
 `torch.onnx.export` at each batch size and, beside it, the Flax model exported by `hsemo-jax export`
 (jax2onnx, one graph with a dynamic batch): "our ONNX" and its ratio to torch's export under
 onnxruntime. PyTorch, onnxruntime and jax2onnx are optional (the `bench` extra);
@@ -31,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement, at least")
     p.add_argument("--no-torch", action="store_true", help="time Flax only")
     p.add_argument("--no-onnx", action="store_true", help="leave out onnxruntime")
+    p.add_argument("--ort-threads", type=int, default=0,
+                   help="onnxruntime's intra-op threads for both ONNX sessions (0: its default); 1 makes "
+                        "our-vs-torch's ONNX comparisons on a loaded machine steadier")
 
 
 def _rate(fn, batch: int, min_time: float) -> float:
@@ -45,7 +50,7 @@ def _rate(fn, batch: int, min_time: float) -> float:
 
 
 def measure(arch: str, batch_sizes, rounds: int, min_time: float, use_torch: bool,
-            use_onnx: bool = True) -> list[dict]:
+            use_onnx: bool = True, ort_threads: int = 0) -> list[dict]:
     import tempfile
     from pathlib import Path
 
@@ -68,7 +73,7 @@ def measure(arch: str, batch_sizes, rounds: int, min_time: float, use_torch: boo
     else:
         model = registry.build(arch, 10)
     forward = make_forward(model)
-    ours = our_onnxruntime(model, arch, 10) if ref is not None and use_onnx else None
+    ours = our_onnxruntime(model, arch, 10, threads=ort_threads) if ref is not None and use_onnx else None
     rows = []
     for batch in batch_sizes:
         x = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype(np.float32)
@@ -84,7 +89,7 @@ def measure(arch: str, batch_sizes, rounds: int, min_time: float, use_torch: boo
             engines["torch"] = lambda: ref(xt)
             if use_onnx:
                 with tempfile.TemporaryDirectory() as tmp:
-                    ort_fn = onnxruntime_reference(ref, xt, Path(tmp) / f"{arch}_{batch}.onnx")
+                    ort_fn = onnxruntime_reference(ref, xt, Path(tmp) / f"{arch}_{batch}.onnx", threads=ort_threads)
                 if ort_fn is not None:
                     xn = xt.numpy()
                     want = ref(xt)
@@ -100,11 +105,13 @@ def measure(arch: str, batch_sizes, rounds: int, min_time: float, use_torch: boo
         for fn in engines.values():
             fn()
         rates = {name: [] for name in engines}
-        for _ in range(rounds):
-            for name, fn in engines.items():
-                rates[name].append(_rate(fn, batch, min_time))
+        for i in range(rounds):
+            for name in list(engines)[::-1 if i % 2 else 1]:
+                rates[name].append(_rate(engines[name], batch, min_time))
         row = {"arch": arch, "batch": batch, "compile_s": compile_s, "torch": None, "ort": None, "ours": None}
         row.update({name: statistics.median(r) for name, r in rates.items()})
+        row["ratios"] = {(a, b): statistics.median(x / y for x, y in zip(rates[a], rates[b]))
+                         for a, b in (("flax", "torch"), ("flax", "ort"), ("ours", "ort")) if a in rates and b in rates}
         rows.append(row)
         print(format_row(row), flush=True)
     return rows
@@ -113,9 +120,11 @@ def measure(arch: str, batch_sizes, rounds: int, min_time: float, use_torch: boo
 def run(args: argparse.Namespace) -> int:
     import jax
 
-    print(f"# backbones: images/s, median of {args.rounds} interleaved rounds, "
-          f"jax {jax.__version__} on {jax.default_backend()}")
+    threads = f", onnxruntime {args.ort_threads} thread(s)" if args.ort_threads else ""
+    print(f"# backbones: images/s, median of {args.rounds} interleaved rounds (ratios: median of the per-round "
+          f"ratios), jax {jax.__version__} on {jax.default_backend()}{threads}")
     print(HEADER)
     for arch in args.archs:
-        measure(arch, args.batch_sizes, args.rounds, args.min_time, not args.no_torch, not args.no_onnx)
+        measure(arch, args.batch_sizes, args.rounds, args.min_time, not args.no_torch, not args.no_onnx,
+                args.ort_threads)
     return 0

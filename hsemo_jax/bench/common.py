@@ -62,10 +62,22 @@ def _random_reference(arch: str):
     return ddamfn.DDAMNet(num_class=10, num_head=2, pretrained=False)
 
 
-def onnxruntime_reference(module, x_nchw, path):
+def _ort_options(threads: int = 0):
+    """All graph optimizations; `threads` intra-op threads (0: onnxruntime's default), one inter-op."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return options
+
+
+def onnxruntime_reference(module, x_nchw, path, threads: int = 0):
     """`fn(x_nchw) -> scores`: `module` exported with `torch.onnx.export` (fixed input shape) and
-    run by onnxruntime's CPU provider with its default threading and all graph optimizations, as
-    hsemotion-onnx / EmotiEffLib run it. None when onnx/onnxruntime/onnxscript are missing."""
+    run by onnxruntime's CPU provider with all graph optimizations and its default threading, as
+    hsemotion-onnx / EmotiEffLib run it (or `threads` intra-op threads). None when
+    onnx/onnxruntime/onnxscript are missing."""
     import contextlib
     import importlib.util
     import io
@@ -80,14 +92,12 @@ def onnxruntime_reference(module, x_nchw, path):
 
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates each pass
         torch.onnx.export(module, (x_nchw,), str(path), dynamo=True, verbose=False)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), _ort_options(threads), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
 
 
-def our_onnxruntime(model, arch: str, num_classes: int):
+def our_onnxruntime(model, arch: str, num_classes: int, threads: int = 0):
     """`fn(x_nhwc) -> scores`: `model` exported by `hsemo_jax.export` to ONNX (dynamic batch) and
     run by onnxruntime as `onnxruntime_reference` runs torch's export. None when jax2onnx or
     onnxruntime is missing."""
@@ -100,21 +110,24 @@ def our_onnxruntime(model, arch: str, num_classes: int):
     from hsemo_jax.export import build_program, export_onnx
 
     program = build_program(model, ModelInfo.for_arch(arch, num_classes))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(export_onnx(program), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(export_onnx(program), _ort_options(threads), providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {program.input_name: x})[0]
 
 
 def format_row(r: dict) -> str:
     """A table row from {arch, batch, flax, torch (or None), compile_s}: TABLE_HEADER's columns,
     plus onnxruntime's two when the row has an `ort` key and our ONNX export's two (its rate and
-    its ratio to onnxruntime on torch's export) when it has `ours`."""
+    its ratio to onnxruntime on torch's export) when it has `ours`. A ratio is `ratios[(a, b)]`
+    where the row has it (the median of per-round ratios), else the ratio of the two rates."""
+    ratios = r.get("ratios", {})
+
+    def ratio(a, b):
+        return f"{ratios.get((a, b), r[a] / r[b]):.2f}x"
+
     cells = [r["arch"], r["batch"], f"{r['flax']:.1f}"]
     for ref in ("torch", "ort") if "ort" in r else ("torch",):
-        cells += [f"{r[ref]:.1f}", f"{r['flax'] / r[ref]:.2f}x"] if r[ref] else ["-", "-"]
+        cells += [f"{r[ref]:.1f}", ratio("flax", ref)] if r[ref] else ["-", "-"]
     if "ours" in r:
-        cells += [f"{r['ours']:.1f}" if r["ours"] else "-",
-                  f"{r['ours'] / r['ort']:.2f}x" if r["ours"] and r["ort"] else "-"]
+        cells += [f"{r['ours']:.1f}" if r["ours"] else "-", ratio("ours", "ort") if r["ours"] and r["ort"] else "-"]
     cells.append(f"{r['compile_s']:.1f}")
     return "| " + " | ".join(str(c) for c in cells) + " |"

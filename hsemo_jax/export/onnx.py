@@ -8,8 +8,10 @@
    those Transposes in place, and turns PReLUs into PRelu nodes.
 3. onnxruntime's basic, hardware-independent graph optimizations run once, offline: constants
    folded (batch norms into the convolutions' weights and biases), Transpose pairs cancelled, so
-   the saved graph is NCHW from the first convolution to the pooling; `onnx_graph.simplify` once
-   more tidies what they moved. A runtime loads the graph as it is.
+   the saved graph is NCHW from the first convolution to the pooling; with the shapes inferred
+   again, `onnx_graph.simplify` once more tidies what they moved and rewrites what onnxruntime
+   would run outside its blocked NCHWc layout (PReLUs, mixed depthwise convolutions,
+   squeeze-excite gates) in forms it keeps blocked. A runtime loads the graph as it is.
 
 The model's metadata goes into `metadata_props`, one key per field, each value JSON text.
 """
@@ -48,6 +50,7 @@ def export_onnx(program: Program) -> bytes:
                         input_names=[program.input_name], output_names=list(program.output_names),
                         return_mode="ir")
         proto = _optimize(ir.to_proto(onnx_graph.simplify(model)))
+        proto = onnx.shape_inference.infer_shapes(proto)  # onnxruntime saves no intermediate shapes
         proto = ir.to_proto(onnx_graph.simplify(ir.from_proto(proto)))  # what the optimizer moved
     onnx.helper.set_model_props(proto, {k: json.dumps(v) for k, v in program.metadata.items()})
     onnx.checker.check_model(proto)
