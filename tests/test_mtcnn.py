@@ -46,6 +46,17 @@ def _no_grad():
         yield
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    """The cascade's weights are compile-time constants, so each `make_detect` compiles anew: a
+    cache for this module lets `make_detector("mtcnn", ...)` read back the program that `detect_fn`
+    compiled for the same weights and frame size (test time only)."""
+    from jax_fixtures import compilation_cache
+
+    with compilation_cache(tmp_path_factory.mktemp("xla_cache")):
+        yield
+
+
 @pytest.fixture(scope="module")
 def facenet():
     return pytest.importorskip("facenet_pytorch", reason="pip install --no-deps facenet-pytorch==2.6.0")
