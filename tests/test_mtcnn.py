@@ -227,17 +227,18 @@ def _crops(size, n=12):
 def test_nets_equal_facenet_pytorch(model, reference):
     img = torch.as_tensor(_astronaut()).unsqueeze(0).permute(0, 3, 1, 2).float()
     level = ((F.interpolate(img, size=(155, 155), mode="area") - 127.5) * 0.0078125).permute(0, 2, 3, 1).numpy()
+    run = nnx.jit(lambda net, x: net(x))  # one program per net and shape (eager runs op by op)
     with jax.default_matmul_precision("float32"):
         for x in (level, np.ascontiguousarray(level[:, :12, :17])):  # a pyramid level, and PNet's smallest height
             reg, prob = reference.pnet(_nchw(x))
-            out = model.pnet(jnp.asarray(x))
+            out = run(model.pnet, jnp.asarray(x))
             _assert_close(np.asarray(out[0]).transpose(0, 3, 1, 2), reg, "pnet regression")
             _assert_close(np.asarray(out[1]).transpose(0, 3, 1, 2), prob, "pnet probability")
         x = _crops(24)
-        for o, r, what in zip(model.rnet(jnp.asarray(x)), reference.rnet(_nchw(x)), ("regression", "probability")):
+        for o, r, what in zip(run(model.rnet, jnp.asarray(x)), reference.rnet(_nchw(x)), ("regression", "probability")):
             _assert_close(o, r, f"rnet {what}")
         x = _crops(48)
-        for o, r, what in zip(model.onet(jnp.asarray(x)), reference.onet(_nchw(x)),
+        for o, r, what in zip(run(model.onet, jnp.asarray(x)), reference.onet(_nchw(x)),
                               ("regression", "landmarks", "probability")):
             _assert_close(o, r, f"onet {what}")
 
