@@ -2,6 +2,8 @@
 depthwise-convolution gradient and batch norm's training statistics and gradient equal their XLA
 forms and are what CPU inference and training run; the library is built once, cached, and falls back cleanly when it cannot be built. (The
 fused inference kernel: test_ops_fused.py.)"""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -88,11 +90,11 @@ def test_training_step_gradients_use_the_kernel():
         rest = jax.tree.map(lambda v: v, rest)  # Variables of this trace level (BatchNorm updates them)
         return jnp.sum(nnx.merge(graphdef, params, rest)(x) ** 2)
 
-    grad = jax.jit(jax.grad(loss))
-    text = grad.lower(params, rest, x).as_text()
-    assert text.count(f"@{GRAD}_silu(") == 15 and text.count(f"@{GRAD}(") == 1
     with jax.default_matmul_precision("float32"):
-        g1 = grad(params, rest, x)
+        lowered = jax.jit(jax.grad(loss)).lower(params, rest, x)  # traced once: checked, then compiled
+        text = lowered.as_text()
+        assert text.count(f"@{GRAD}_silu(") == 15 and text.count(f"@{GRAD}(") == 1
+        g1 = lowered.compile()(params, rest, x)
         with ops.xla_forms():
             g0 = jax.jit(jax.grad(loss))(params, rest, x)
     # tolerance on the scale of all gradients: the biases of batch norms followed by another one
@@ -357,7 +359,22 @@ def test_kernels_only_for_x86_with_avx2(monkeypatch):
 
 
 def test_build_is_cached(monkeypatch, tmp_path):
+    """The second build finds the first's library and runs no compiler. The compile itself (most of a
+    minute on two cores) is stubbed here to write a placeholder library: the real one runs wherever
+    the kernels are first built (ck.available(), the other tests of this file)."""
     monkeypatch.setenv("HSEMO_JAX_CACHE", str(tmp_path))
+    real_run, compiles = ck.subprocess.run, []
+
+    def run(cmd, *args, **kwargs):
+        if "-o" not in cmd:  # `cxx --version`: part of the cache key, run for real
+            return real_run(cmd, *args, **kwargs)
+        compiles.append(cmd)
+        Path(cmd[cmd.index("-o") + 1]).write_bytes(b"a placeholder library")
+        return ck.subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(ck.subprocess, "run", run)
     first = ck._build(ck._compiler())
     mtime = first.stat().st_mtime_ns
+    assert len(compiles) == 1 and first.read_bytes() == b"a placeholder library"
     assert ck._build(ck._compiler()) == first and first.stat().st_mtime_ns == mtime
+    assert len(compiles) == 1  # no second compile

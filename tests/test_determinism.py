@@ -126,6 +126,7 @@ def test_kernels_give_the_same_bits_on_one_thread(tmp_path):
 # ----------------------------------------------------------------------------------------------
 SMOKE = REPO / "hsemo_jax" / "train" / "configs" / "pretrain_smoke_synthetic.toml"
 STEPS = 4
+BATCH = 8  # the smoke config's 32 would make the steps most of the time; any batch exercises the same kernels
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +142,7 @@ def _pretrain(out: Path, cache: Path, data: Path):
                JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env.pop(ck.ENV, None)  # the kernels on
     cmd = [sys.executable, "-m", "hsemo_jax.cli", "pretrain", str(SMOKE), "--out", str(out), "--train", str(data),
-           "--set", "data.workers=0", "--set", f"train.steps={STEPS}", "--set", "train.log_every=1", "--set", "train.progress=false",
+           "--set", "data.workers=0", "--set", f"train.steps={STEPS}", "--set", f"train.batch_size={BATCH}", "--set", "train.log_every=1", "--set", "train.progress=false",
            "--set", "data.val=", "--set", "checkpoint.save_every=0", "--set", "checkpoint.async_save=false"]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

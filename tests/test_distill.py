@@ -392,21 +392,11 @@ def runs(tmp_path_factory):
                         str(tmp / "b"), "--stage", "teacher"]}
     # The baseline's step is the same XLA program as the teacher's (same architecture, seed, shapes):
     # a compilation cache local to this fixture saves compiling it twice (test time only).
-    from jax.experimental.compilation_cache import compilation_cache as cc
+    from jax_fixtures import compilation_cache
 
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    saved = {n: getattr(jax.config, n) for n in names}
-    for n, v in zip(names, (str(tmp / "xla_cache"), 0, 0)):
-        jax.config.update(n, v)
-    cc.reset_cache()
-    try:
+    with compilation_cache(tmp / "xla_cache"):
         for name in ("teacher", "baseline", "student"):
             assert cli.main(cmd[name]) == 0, name
-    finally:
-        for n, v in saved.items():
-            jax.config.update(n, v)
-        cc.reset_cache()
     out["cmd"] = cmd
     out["acc"] = {"teacher": _val_accuracy(tmp / "t" / "teacher"), "student": _val_accuracy(tmp / "s" / "student"),
                   "baseline": _val_accuracy(tmp / "b" / "teacher")}

@@ -25,17 +25,18 @@ import sys
 import numpy as np
 from jax import export
 
-outputs = {}
-inputs = np.load(sys.argv[2])
-with open(sys.argv[1], "rb") as f:
-    exported = export.deserialize(bytearray(f.read()))
-for name in inputs.files:
-    out = exported.call(inputs[name])
-    for i, o in enumerate(out if isinstance(out, (tuple, list)) else [out]):
-        outputs[f"{name}.{i}"] = np.asarray(o)
-assert "hsemo_jax" not in sys.modules, "the artifact needed hsemo_jax"
-outputs["platforms"] = np.array(exported.platforms)
-np.savez(sys.argv[3], **outputs)
+for artifact, inputs, result in zip(*[iter(sys.argv[1:])] * 3):  # (artifact, inputs.npz, outputs.npz) ...
+    outputs = {}
+    inputs = np.load(inputs)
+    with open(artifact, "rb") as f:
+        exported = export.deserialize(bytearray(f.read()))
+    for name in inputs.files:
+        out = exported.call(inputs[name])
+        for i, o in enumerate(out if isinstance(out, (tuple, list)) else [out]):
+            outputs[f"{name}.{i}"] = np.asarray(o)
+    assert "hsemo_jax" not in sys.modules, "the artifact needed hsemo_jax"
+    outputs["platforms"] = np.array(exported.platforms)
+    np.savez(result, **outputs)
 """
 
 
@@ -45,12 +46,18 @@ def _close(got, want, what, rel=1e-4):
     assert err <= rel * scale, f"{what}: max|artifact - model| = {err:.3g} > {rel} * {scale:.3g}"
 
 
-def _reload_and_run(tmp_path, artifact, inputs: dict) -> dict:
-    np.savez(tmp_path / "inputs.npz", **inputs)
-    subprocess.run([sys.executable, "-c", RELOAD, str(artifact), str(tmp_path / "inputs.npz"),
-                    str(tmp_path / "outputs.npz")], check=True, cwd=tmp_path, timeout=600)
-    with np.load(tmp_path / "outputs.npz") as f:
-        return {k: f[k] for k in f.files}
+def _reload_and_run(tmp_path, *runs) -> list[dict]:
+    """runs: (artifact, {name: input}) ...; one fresh process (one jax import) reloads and runs them all."""
+    argv = []
+    for k, (artifact, inputs) in enumerate(runs):
+        np.savez(tmp_path / f"inputs{k}.npz", **inputs)
+        argv += [str(artifact), str(tmp_path / f"inputs{k}.npz"), str(tmp_path / f"outputs{k}.npz")]
+    subprocess.run([sys.executable, "-c", RELOAD, *argv], check=True, cwd=tmp_path, timeout=600)
+    results = []
+    for k in range(len(runs)):
+        with np.load(tmp_path / f"outputs{k}.npz") as f:
+            results.append({name: f[name] for name in f.files})
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +75,7 @@ def test_a_fresh_process_without_hsemo_jax_runs_the_artifact(model, tmp_path):
     crops = faces()
     x = preprocess(ARCH, crops)
     big, small = np.stack([crops[0], crops[0][::-1]]), np.stack(crops[1:])
-    plain_out = _reload_and_run(tmp_path, plain, {"x": x, "x1": x[:1]})
-    pre_out = _reload_and_run(tmp_path, pre, {"big": big, "small": small})
+    plain_out, pre_out = _reload_and_run(tmp_path, (plain, {"x": x, "x1": x[:1]}), (pre, {"big": big, "small": small}))
     assert tuple(plain_out["platforms"]) == ("cpu", "cuda", "tpu")
 
     forward = make_forward(net)

@@ -46,6 +46,17 @@ def _no_grad():
         yield
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    """The cascade's weights are compile-time constants, so each `make_detect` compiles anew: a
+    cache for this module lets `make_detector("mtcnn", ...)` read back the program that `detect_fn`
+    compiled for the same weights and frame size (test time only)."""
+    from jax_fixtures import compilation_cache
+
+    with compilation_cache(tmp_path_factory.mktemp("xla_cache")):
+        yield
+
+
 @pytest.fixture(scope="module")
 def facenet():
     return pytest.importorskip("facenet_pytorch", reason="pip install --no-deps facenet-pytorch==2.6.0")
@@ -216,17 +227,18 @@ def _crops(size, n=12):
 def test_nets_equal_facenet_pytorch(model, reference):
     img = torch.as_tensor(_astronaut()).unsqueeze(0).permute(0, 3, 1, 2).float()
     level = ((F.interpolate(img, size=(155, 155), mode="area") - 127.5) * 0.0078125).permute(0, 2, 3, 1).numpy()
+    run = nnx.jit(lambda net, x: net(x))  # one program per net and shape (eager runs op by op)
     with jax.default_matmul_precision("float32"):
         for x in (level, np.ascontiguousarray(level[:, :12, :17])):  # a pyramid level, and PNet's smallest height
             reg, prob = reference.pnet(_nchw(x))
-            out = model.pnet(jnp.asarray(x))
+            out = run(model.pnet, jnp.asarray(x))
             _assert_close(np.asarray(out[0]).transpose(0, 3, 1, 2), reg, "pnet regression")
             _assert_close(np.asarray(out[1]).transpose(0, 3, 1, 2), prob, "pnet probability")
         x = _crops(24)
-        for o, r, what in zip(model.rnet(jnp.asarray(x)), reference.rnet(_nchw(x)), ("regression", "probability")):
+        for o, r, what in zip(run(model.rnet, jnp.asarray(x)), reference.rnet(_nchw(x)), ("regression", "probability")):
             _assert_close(o, r, f"rnet {what}")
         x = _crops(48)
-        for o, r, what in zip(model.onet(jnp.asarray(x)), reference.onet(_nchw(x)),
+        for o, r, what in zip(run(model.onet, jnp.asarray(x)), reference.onet(_nchw(x)),
                               ("regression", "landmarks", "probability")):
             _assert_close(o, r, f"onet {what}")
 
