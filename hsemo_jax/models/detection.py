@@ -106,21 +106,21 @@ def weighted_nms(boxes, keypoints, scores, candidate, max_faces: int, iou_thresh
     return out
 
 
-def resample(frames, size: int, region: tuple[int, int, int, int] | None = None):
+def resample(frames, size: int, region: tuple[int, int, int, int] | None = None, *, box: bool = True):
     """uint8 frames (N, H, W, 3) -> (N, size, size, 3) float32 in [-1, 1]: the frame's `region`
     (x0, y0, width, height; the whole frame by default) scaled by size / max(width, height),
     centred, black border. Also returns (scale, offset (x, y)) with
     input pixel = frame pixel * scale + offset.
 
-    Shrinking by a whole factor k = floor(1 / scale) is first a mean over k x k blocks (the edge
-    repeated to fill the last ones), then the antialiased bilinear resize does the rest (a factor
-    in (1/2, 1]): the resize's dense weight matrices are then k^2 times smaller than on the whole
-    frame, which is most of the letterbox's cost at 720p."""
+    With `box`, shrinking by a whole factor k = floor(1 / scale) is first a mean over k x k
+    blocks (the edge repeated to fill the last ones), then the antialiased bilinear resize does
+    the rest (a factor in (1/2, 1]): the resize's dense weight matrices are then k^2 times
+    smaller than on the whole frame, which is most of the letterbox's cost at 720p."""
     n, h, w, _ = frames.shape
     x0, y0, rw, rh = (0, 0, w, h) if region is None else region
     scale = size / max(rw, rh)
     x = frames[:, y0:y0 + rh, x0:x0 + rw].astype(jnp.float32)
-    k = max(1, int(1 / scale))
+    k = max(1, max(rw, rh) // size) if box else 1  # floor(1 / scale), exactly
     if k > 1:
         ph, pw = -rh % k, -rw % k
         x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
@@ -132,9 +132,9 @@ def resample(frames, size: int, region: tuple[int, int, int, int] | None = None)
 
 
 def letterbox(frames, size: int):
-    """The whole frame as the model's input (`resample` without a region): MediaPipe's
-    ImageToTensorCalculator with keep_aspect_ratio and BORDER_ZERO."""
-    return resample(frames, size)
+    """The whole frame as the model's input, one antialiased resize (`resample` without a region
+    or box means): MediaPipe's ImageToTensorCalculator with keep_aspect_ratio and BORDER_ZERO."""
+    return resample(frames, size, box=False)
 
 
 TILE_OVERLAP = 0.2  # the least overlap of neighbouring tiles, a fraction of their side
@@ -172,7 +172,7 @@ def detect(model, frames, *, max_faces: int = 8, min_score: float | None = None,
     detections cut by an edge it shares with the frame's inside are dropped (the face is whole in
     a neighbour, or large enough for the whole frame), and the weighted NMS runs once over all
     the rest, merging a face seen several times; a tile's detections need `tile_min_score`.
-    Without, the whole frame only, as MediaPipe.
+    Without, the whole frame only, `letterbox`ed as MediaPipe.
 
     Traceable (call it under `jax.jit`/`nnx.jit`, shapes static); `min_score` defaults to the
     variant's threshold (short range 0.5, full range 0.6)."""
@@ -181,7 +181,7 @@ def detect(model, frames, *, max_faces: int = 8, min_score: float | None = None,
     variant = VARIANTS[model.variant]
     n, h, w, _ = frames.shape
     regions = [(0, 0, w, h)] + (tile_regions(h, w) if tiles else [])
-    views = [resample(frames, variant.input_size, r) for r in regions]
+    views = [resample(frames, variant.input_size, r, box=tiles) for r in regions]
     regressors, classificators = model(jnp.concatenate([x for x, _, _ in views]))
     parts = []
     for i, ((x0, y0, rw, rh), (_, scale, offset)) in enumerate(zip(regions, views)):
