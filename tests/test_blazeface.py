@@ -363,7 +363,8 @@ def test_tiles_find_faces_too_small_for_the_whole_frame_once():
     alone = run(np.concatenate([frames[1:2, :, :720], frames[1:2, :, 560:]]), False)  # each tile as a frame
     assert alone.valid.sum(axis=1).tolist() == [1, 1]
     np.testing.assert_allclose(alone.boxes[1, 0] + [560, 0, 560, 0], alone.boxes[0, 0], atol=8)  # the same face
-    np.testing.assert_allclose(tiled.boxes[2, 0], whole.boxes[2, 0], atol=0.1 * (whole.boxes[2, 0, 2] - whole.boxes[2, 0, 0]))
+    width = whole.boxes[2, 0, 2] - whole.boxes[2, 0, 0]
+    np.testing.assert_allclose(tiled.boxes[2, 0], whole.boxes[2, 0], atol=0.1 * width)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Face detection with BlazeFace as MediaPipe runs it, traceable end to end (one jitted program):
 
     frames (N, H, W, 3) uint8 -> letterbox to the model's square input in [-1, 1]
-    -> regressors, classificators -> boxes and keypoints decoded against SSD anchors, scores
-    -> MediaPipe's weighted non-maximum suppression per frame -> at most `max_faces` faces,
-       in frame pixels, padded, with a validity mask.
+       (by default also overlapping square tiles of the frame, `tile_regions`, one batch)
+    -> regressors, classificators -> boxes and keypoints decoded against SSD anchors, scores,
+       in frame pixels
+    -> MediaPipe's weighted non-maximum suppression per frame over all views' detections
+       -> at most `max_faces` faces, in frame pixels, padded, with a validity mask.
 
 MediaPipe semantics followed (`face_detection.pbtxt` and the calculators it names):
 * SsdAnchorsCalculator with fixed-size anchors: centres ((x + 0.5) / fw, (y + 0.5) / fh) per cell
@@ -19,7 +21,9 @@ MediaPipe semantics followed (`face_detection.pbtxt` and the calculators it name
   `max_faces` outputs (the first `max_faces` of MediaPipe's list).
 * ImageToTensorCalculator with keep_aspect_ratio and BORDER_ZERO: the frame is scaled by
   size / max(H, W), centred, and the border is black (-1). The resampling here is bilinear with
-  antialiasing (`jax.image.scale_and_translate`), which MediaPipe's OpenCV warp does not do.
+  antialiasing (`jax.image.scale_and_translate`), which MediaPipe's OpenCV warp does not do (with
+  tiles, after block means by whole factors: `resample`).
+The tiles (`detect(..., tiles=True)`) are not MediaPipe's: `tiles=False` is its whole-frame pass.
 """
 from __future__ import annotations
 
@@ -142,8 +146,8 @@ TILE_OVERLAP = 0.2  # the least overlap of neighbouring tiles, a fraction of the
 TILE_SPAN = 0.6  # a tile's side is at most this fraction of the frame's longer side
 # the score a tile's detection needs (the whole frame's stays the variant's): a face ~2x smaller
 # than the whole-frame pass can find is often scored 0.5-0.6 by full range in a tile; 0.5 is
-# short range's own threshold. (`bench predict`'s clips, against MTCNN: 0.6 finds ~87% of MTCNN's faces, 0.5
-# ~95%, 0.4 ~97% but also a face in skimage's hubble_deep_field.)
+# short range's own threshold. (On `bench predict`'s clips, of MTCNN's faces 0.6 finds ~87%,
+# 0.5 ~95%, 0.45 ~96% but also a "face" scored 0.46 in skimage's hubble_deep_field.)
 TILE_MIN_SCORE = 0.5
 
 
