@@ -118,8 +118,8 @@ class YuNetDetector:
 
 
 class BlazeFaceDetector:
-    """BlazeFace on the whole frame (letterboxed to its input on the device): one compiled
-    program per frame size."""
+    """BlazeFace on the whole frame and its overlapping tiles (`models.detection.detect`, resized to
+    its input on the device): one compiled program per frame size."""
 
     def __init__(self, name: str = "blazeface", max_faces: int = 16):
         import jax
