@@ -64,7 +64,7 @@ def test_a_window_around_the_crop_gives_the_same_bits():
 
 
 def test_crops_larger_than_the_window_are_rerun_with_a_larger_one(model_dir, monkeypatch):
-    """A 32 px first window: the astronaut's ~100 px crops do not fit, the batch is rerun with a
+    """A 64 px first window: the astronaut's ~100 px crops do not fit, the batch is rerun with a
     window that holds them, and the results equal the whole-frame window's."""
     from hsemo_jax.predict import device
 
@@ -72,9 +72,9 @@ def test_crops_larger_than_the_window_are_rerun_with_a_larger_one(model_dir, mon
     monkeypatch.setattr(device, "_HINTS", {})
     whole = predict(frames, [model_dir], batch_size=4)
     monkeypatch.setattr(device, "_HINTS", {})
-    monkeypatch.setattr(device, "WINDOW", 32)
+    monkeypatch.setattr(device, "WINDOW", 64)
     small = predict(frames, [model_dir], batch_size=4)
-    assert max(side for _, side in device._HINTS.values()) >= 64  # grew from 32
+    assert max(side for _, side in device._HINTS.values()) >= 128  # grew from 64
     assert whole.has_face.all()
     for c in ("x1", "y1", "x2", "y2", "p_Happiness", "valence"):
         np.testing.assert_array_equal(small[c], whole[c])
