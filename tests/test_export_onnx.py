@@ -31,6 +31,18 @@ def _close(got, want, what, rel=1e-4):
     assert err <= rel * scale, f"{what}: max|ort - jax| = {err:.3g} > {rel} * {scale:.3g}"
 
 
+
+def _optimized_ops(path, tmp_path):
+    """Op counts of the graph onnxruntime runs (ORT_ENABLE_ALL) for the ONNX file at `path`."""
+    import onnx
+    from collections import Counter
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """arch -> (model, info, path of its plain ONNX export), each exported once."""
@@ -76,11 +88,7 @@ def test_the_graph_is_nchw_with_batch_norms_folded(exported, tmp_path):
     assert not {"Shape", "Expand", "Gather", "Concat", "Reshape", "BatchNormalization", "Sub"} & set(ops), ops
     # 16 blocks: 1 + 16 * 3 - 1 + 1 convolutions, 2 per squeeze-excite
     assert ops["Conv"] == 49 + 32 and ops["Sigmoid"] == 65 and ops["GlobalAveragePool"] == ops["Resize"] == 16, ops
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    optimized = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    optimized = _optimized_ops(path, tmp_path)
     assert optimized["ReorderInput"] + optimized["ReorderOutput"] <= 1, optimized
 
 
@@ -105,11 +113,7 @@ def test_prelus_become_depthwise_convolutions_onnxruntime_keeps_blocked(exported
     path = exported("mobilefacenet")[2]
     ops = Counter(n.op_type for n in onnx.load(path).graph.node)
     assert ops["PRelu"] == 0 and ops["Relu"] == 33 and not {"Where", "GreaterOrEqual"} & set(ops), ops
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    optimized = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    optimized = _optimized_ops(path, tmp_path)
     assert optimized["ReorderInput"] + optimized["ReorderOutput"] <= 4, optimized
 
 

@@ -283,11 +283,16 @@ def prelus_as_convolutions(graph: ir.Graph) -> int:
         graph.insert_before(node, rest)
         add = ir.Node("", "Add", [linear, like_x(rest.outputs[0])], name=f"{node.name}_add")
         graph.insert_before(node, add)
-        add.outputs[0].shape, add.outputs[0].type = out.shape, out.type
-        out.replace_all_uses_with(add.outputs[0], replace_graph_outputs=True)
+        _take_over(out, add.outputs[0])
         graph.remove(node, safe=True)
         count += 1
     return count
+
+
+def _take_over(out: ir.Value, new: ir.Value) -> None:
+    """`new` (a rewrite's output) replaces `out` everywhere, with its shape and type."""
+    new.shape, new.type = out.shape, out.type
+    out.replace_all_uses_with(new, replace_graph_outputs=True)
 
 
 def _single_user(value: ir.Value) -> ir.Node | None:
@@ -371,8 +376,7 @@ def affine_products(graph: ir.Graph) -> int:
         graph.register_initializer(b)
         gemm = ir.Node("", "Gemm", [x, w, b], name=f"{node.name}_affine")
         graph.insert_before(node, gemm)
-        gemm.outputs[0].shape, gemm.outputs[0].type = out.shape, out.type
-        out.replace_all_uses_with(gemm.outputs[0], replace_graph_outputs=True)
+        _take_over(out, gemm.outputs[0])
         count += 1
     return count
 
@@ -460,8 +464,7 @@ def mixed_depthwise(graph: ir.Graph) -> int:
                           ir.AttrInt64s("pads", [k // 2] * 4), ir.AttrInt64s("strides", list(parts[0][2]))]
             conv = ir.Node("", "Conv", [source, wv], attributes=attributes, name=f"{node.name}_mixed")
             graph.insert_before(node, conv)
-            conv.outputs[0].shape, conv.outputs[0].type = out.shape, out.type
-            out.replace_all_uses_with(conv.outputs[0], replace_graph_outputs=True)
+            _take_over(out, conv.outputs[0])
             graph.remove(node, safe=True)
             count += 1
     return count
