@@ -4,6 +4,7 @@ import pytest
 from hsemo_jax.bench import train
 
 
+@pytest.mark.slow  # a minute on 2 cores (two worker processes, each compiling a train step); the bench runs it
 def test_each_framework_is_timed_in_its_own_process():
     pytest.importorskip("torch")
     # batch 8: the workers inherit the tests' XLA_FLAGS (8 CPU devices), which the trainer splits over

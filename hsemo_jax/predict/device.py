@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from hsemo_jax import runtime
 from hsemo_jax.models.detection import detect
 
 MAX_FACES = 8  # faces per frame the detector keeps
@@ -204,7 +205,8 @@ def make_program(detector: nnx.Module, backbones: Sequence[Backbone], weights: S
         out.update({k: scatter(v) for k, v in extra.items()})
         return out
 
-    return jax.jit(program, static_argnums=(1, 2))
+    # CPU: the compiler options the models' own forwards use (models.inference.make_forward)
+    return jax.jit(program, static_argnums=(1, 2), compiler_options=runtime.compiler_options())
 
 
 @functools.lru_cache(maxsize=8)
