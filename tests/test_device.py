@@ -56,8 +56,8 @@ def test_a_window_around_the_crop_gives_the_same_bits():
     windowed = jax.jit(crop_resize, static_argnums=(2, 3))
     for box in [(100, 50, 300, 230), (600, 10, 640, 60), (0, 180, 90, 240), (3, 0, 131, 128)]:
         corners = jnp.array(box, jnp.float32)
-        for size, window in ((224, (128, 128)), (112, (200, 256)), (224, (512, 512))):
-            if box[3] - box[1] > window[0] or box[2] - box[0] > window[1]:
+        for size, window in ((224, 128), (112, 200), (224, 512)):
+            if box[3] - box[1] > window or box[2] - box[0] > window:
                 continue
             np.testing.assert_array_equal(np.asarray(windowed(rgb, corners, size, window)),
                                           np.asarray(whole(rgb, corners, size)), err_msg=f"{box} {window}")

@@ -100,24 +100,24 @@ def _resample(x, axis: int, taps, weights):
     return jnp.clip((acc + (1 << (_PRECISION_BITS - 1))) >> _PRECISION_BITS, 0, 255)
 
 
-def crop_resize(frame, box, size: int, window: tuple[int, int] | None = None):
+def crop_resize(frame, box, size: int, window: int | None = None):
     """One uint8 frame (H, W, 3) and integer crop corners (4,) -> the crop resized to
     (size, size, 3) as Pillow's bilinear resize does it (`models.transforms.resize_uint8`): two
     separable passes in 22-bit fixed point, each rounded to 0..255, vertical first when the height
     shrinks by more than twice as many pixels as the width (Pillow >= 13). Returned as float32.
 
-    `window` (static (height, width)): work on that window of the frame around the crop, not on
-    whole rows and columns (the cost of the gathers scales with it). The result is the same bits
-    for every crop that fits in the window; a larger crop is cut to it (the program reports the
+    `window` (static side, px): work on that square of the frame around the crop, not on whole
+    rows and columns (the cost of the gathers scales with it). The result is the same bits for
+    every crop that fits in the window; a larger crop is cut to it (the program reports the
     crops' extent, and `run` reruns with a window that holds them)."""
     return crop_resize_from(frame[None], 0, box, size, window)
 
 
-def crop_resize_from(frames, index, box, size: int, window: tuple[int, int] | None = None):
+def crop_resize_from(frames, index, box, size: int, window: int | None = None):
     """`crop_resize` of frame `index` (traced) of frames (N, H, W, 3): the window is sliced from
     the batch directly, so under `vmap` no face copies a whole frame."""
     _, fh, fw, c = frames.shape
-    side = max(fh, fw) if window is None else max(window)
+    side = max(fh, fw) if window is None else window
     # a square window (frames smaller than it padded, outside any crop): both pass orders are then
     # the same computation, on the window or on its transpose
     frames = jnp.pad(frames, ((0, 0), (0, max(side - fh, 0)), (0, max(side - fw, 0)), (0, 0)))
@@ -142,8 +142,8 @@ def crop_resize_from(frames, index, box, size: int, window: tuple[int, int] | No
 def make_program(detector: nnx.Module, backbones: Sequence[Backbone], weights: Sequence[float], *,
                  max_faces: int = MAX_FACES, with_embedding: bool = False) -> Callable:
     """`fn(frames uint8 (B, H, W, 3), budget, window=None) -> dict` of per-face outputs, jitted
-    (static: `budget`, the faces per batch that go through the models, and `window`, the
-    (height, width) of frame around each face that its crop and resize read; None: the frame):
+    (static: `budget`, the faces per batch that go through the models, and `window`, the side of
+    the square of frame around each face that its crop and resize read; None: the frame):
 
     boxes (B, F, 4) px, det_scores (B, F), valid (B, F) bool, probs (B, F, K) blended softmax,
     va (B, F, 2) if every model has valence/arousal, and with_embedding the first model's
@@ -164,7 +164,7 @@ def make_program(detector: nnx.Module, backbones: Sequence[Backbone], weights: S
     det_graphdef, det_state = nnx.split(detector)
     det_state = jax.tree.map(np.asarray, det_state)
 
-    def program(frames, budget: int, window: tuple[int, int] | None = None):
+    def program(frames, budget: int, window: int | None = None):
         n, h, w, _ = frames.shape
         found = detect(nnx.merge(det_graphdef, det_state), frames, max_faces=max_faces)
         corners, nonempty = crop_boxes(found.boxes, h, w)
@@ -245,7 +245,7 @@ def run(source, program: Callable, *, batch_size: int, max_faces: int, tracker, 
         arr = np.stack([f.rgb for f in frames])
         if len(frames) < batch_size:
             arr = np.concatenate([arr, np.zeros((batch_size - len(frames), *arr.shape[1:]), np.uint8)])
-        return frames, arr, (budget, side), program(arr, budget, (side, side))
+        return frames, arr, (budget, side), program(arr, budget, side)
 
     def collect(entry):
         nonlocal budget, side
@@ -260,7 +260,7 @@ def run(source, program: Callable, *, batch_size: int, max_faces: int, tracker, 
                 budget = min(2 * budget, batch_size * max_faces)
             while side < extent:
                 side *= 2
-            out = jax.device_get(program(arr, budget, (side, side)))
+            out = jax.device_get(program(arr, budget, side))
         au = None
         if au_head is not None:
             emb, scores = (out[k].reshape(-1, out[k].shape[-1]) for k in ("embedding", "scores"))
