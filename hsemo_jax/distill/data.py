@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from hsemo_jax.errors import InputError
-from hsemo_jax.train.data import BatchIterator, _mask, _require, load_arrays
+from hsemo_jax.train.data import BatchIterator, _mask, _require, class_labels, load_arrays
 
 MISSING = -2
 STREAM_NAMES = ("expr", "va", "expr_va")
@@ -56,12 +56,7 @@ def load_stream(path: str | os.PathLike, num_expr: int, *, require: tuple[str, .
             if not np.all(np.equal(np.mod(y, 1), 0)):
                 raise InputError(f"{path}: 'expr' must hold class indices, got {y.dtype} with fractions")
             y = y.astype(np.int64)
-        m = _mask(arrays, "expr", path, n, y != MISSING)
-        bad = m & ((y < 0) | (y >= num_expr))
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise InputError(f"{path}: expr[{i}] = {y[i]} is not a class in [0, {num_expr}) or {MISSING} (missing)")
-        out["expr"], out["expr_mask"] = np.where(m, y, 0).astype(np.int32), m
+        out["expr"], out["expr_mask"] = class_labels(arrays, path, y, num_expr, y != MISSING, missing=MISSING)
     else:
         out["expr"], out["expr_mask"] = np.zeros(n, np.int32), np.zeros(n, bool)
     if "va" in arrays:

@@ -67,6 +67,17 @@ def _mask(arrays, name, path, n, default):
     return default
 
 
+def class_labels(arrays, path, y, num_classes: int, present, *, missing: int):
+    """`expr` labels (n,) -> (labels int32, mask): the mask is `expr_mask` if given, else
+    `present`; a masked-in label outside [0, num_classes) is an InputError naming the first."""
+    m = _mask(arrays, "expr", path, len(y), present)
+    bad = m & ((y < 0) | (y >= num_classes))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputError(f"{path}: expr[{i}] = {y[i]} is not a class in [0, {num_classes}) or {missing} (missing)")
+    return np.where(m, y, 0).astype(np.int32), m
+
+
 def _extracted_features(path: Path) -> dict[str, np.ndarray]:
     """The output of `hsemo-jax extract-features` (features.json + chunks) as x / expr / va / au
     arrays with the ABAW missing codes (its per-element masks agree with those codes)."""
@@ -92,11 +103,7 @@ def load_features(path: str | os.PathLike) -> dict[str, np.ndarray]:
     out = {"x": x}
     if "expr" in arrays:
         y = np.asarray(_require(arrays, "expr", path, 1, n)).astype(np.int64)
-        m = _mask(arrays, "expr", path, n, y > -1)
-        if (m & ((y < 0) | (y >= NUM_EXPR))).any():
-            i = int(np.argmax(m & ((y < 0) | (y >= NUM_EXPR))))
-            raise InputError(f"{path}: expr[{i}] = {y[i]} is not a class in [0, {NUM_EXPR}) or -1 (missing)")
-        out["expr"], out["expr_mask"] = np.where(m, y, 0).astype(np.int32), m
+        out["expr"], out["expr_mask"] = class_labels(arrays, path, y, NUM_EXPR, y > -1, missing=-1)
     else:
         out["expr"], out["expr_mask"] = np.zeros(n, np.int32), np.zeros(n, bool)
     if "va" in arrays:
