@@ -12,7 +12,7 @@ import pytest
 from hsemo_jax.errors import InputError
 from hsemo_jax.models.transforms import resize_uint8
 from hsemo_jax.predict import predict
-from hsemo_jax.predict.device import crop_boxes, crop_resize
+from hsemo_jax.predict.device import crop_boxes, crop_resize, crop_resize_faces
 from hsemo_jax.predict.progress import Progress
 
 CLIP = Path(__file__).resolve().parents[1] / "examples" / "astronaut.mp4"
@@ -30,10 +30,11 @@ def _frames(n):
 
 
 def test_device_resize_is_pillows_but_for_rare_one_level_steps():
-    """Shrinking, enlarging, and a box that leaves the frame (clamped as the host crop is)."""
+    """Shrinking, enlarging, a box that leaves the frame (clamped as the host crop is), and a tall
+    crop (Pillow's vertical-first order at 112 px)."""
     rgb = _frames(1)[0]
     resize = jax.jit(crop_resize, static_argnums=2)
-    for box in [(100.7, 50.2, 300.9, 230.1), (10, 10, 60, 50), (-5.5, -3, 400, 350)]:
+    for box in [(100.7, 50.2, 300.9, 230.1), (10, 10, 60, 50), (-5.5, -3, 400, 350), (150, 5, 190, 235)]:
         corners, nonempty = crop_boxes(jnp.array(box, jnp.float32), *rgb.shape[:2])
         assert bool(nonempty)
         x1, y1, x2, y2 = (int(v) for v in np.asarray(corners))
@@ -46,6 +47,18 @@ def test_device_resize_is_pillows_but_for_rare_one_level_steps():
             assert diff.max() <= 1 and diff.mean() < 0.02, (box, size, diff.max(), diff.mean())  # float32 weights
     _, nonempty = crop_boxes(jnp.array([[5, 5, 5.9, 40], [330, 0, 400, 10]], jnp.float32), 240, 320)
     assert not np.asarray(nonempty).any()
+
+
+def test_a_batch_of_faces_in_both_pass_orders_equals_each_face_alone():
+    """`crop_resize_faces` runs the vertical-first order only when a face of the batch needs it:
+    a batch mixing both orders gives each face the bits it gets alone."""
+    frames = _frames(2)
+    boxes = jnp.array([(100, 50, 300, 230), (150, 5, 190, 235), (10, 10, 60, 50), (20, 0, 60, 200)], jnp.float32)
+    frame_of = jnp.array([0, 1, 1, 0], jnp.int32)
+    batch = jax.jit(crop_resize_faces, static_argnums=(3, 4))(frames, frame_of, boxes, 112, 256)
+    alone = jax.jit(crop_resize, static_argnums=(2, 3))
+    for i in range(len(boxes)):
+        np.testing.assert_array_equal(np.asarray(batch[i]), np.asarray(alone(frames[int(frame_of[i])], boxes[i], 112, 256)))
 
 
 def test_a_window_around_the_crop_gives_the_same_bits():

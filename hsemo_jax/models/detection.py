@@ -21,7 +21,7 @@ MediaPipe semantics followed (`face_detection.pbtxt` and the calculators it name
   `max_faces` outputs (the first `max_faces` of MediaPipe's list).
 * ImageToTensorCalculator with keep_aspect_ratio and BORDER_ZERO: the frame is scaled by
   size / max(H, W), centred, and the border is black (-1). The resampling here is bilinear with
-  antialiasing (`jax.image.scale_and_translate`), which MediaPipe's OpenCV warp does not do (with
+  antialiasing (`jax.image.scale_and_translate`'s, `ops.resample.linear_scale_translate`), which MediaPipe's OpenCV warp does not do (with
   tiles, after block means by whole factors: `resample`).
 The tiles (`detect(..., tiles=True)`) are not MediaPipe's: `tiles=False` is its whole-frame pass.
 """
@@ -36,6 +36,7 @@ from jax import lax
 
 from hsemo_jax.errors import InputError
 from hsemo_jax.models.blazeface import NUM_KEYPOINTS, VARIANTS, Variant
+from hsemo_jax.ops.resample import linear_scale_translate, materialized
 
 IOU_THRESHOLD = 0.3
 SCORE_CLIP = 100.0
@@ -128,11 +129,11 @@ def resample(frames, size: int, region: tuple[int, int, int, int] | None = None,
     if k > 1:  # block sums of the uint8 frame in int32 (XLA fuses the cast: ~20x a float32 mean)
         ph, pw = -rh % k, -rw % k
         x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
-        x = x.reshape(n, (rh + ph) // k, k, (rw + pw) // k, k, 3).sum(axis=(2, 4), dtype=jnp.int32) / (k * k)
+        x = materialized(x.reshape(n, (rh + ph) // k, k, (rw + pw) // k, k, 3).sum(axis=(2, 4), dtype=jnp.int32))
+        x = x / (k * k)
     x = x.astype(jnp.float32)
     offset = ((size - rw * scale) / 2, (size - rh * scale) / 2)  # within the input
-    x = jax.image.scale_and_translate(x, (n, size, size, 3), (1, 2), jnp.array([scale * k, scale * k]),
-                                      jnp.array([offset[1], offset[0]]), method="linear", antialias=True)
+    x = linear_scale_translate(x, (size, size), (scale * k, scale * k), (offset[1], offset[0]))
     return x / 127.5 - 1.0, scale, (offset[0] - x0 * scale, offset[1] - y0 * scale)
 
 

@@ -36,6 +36,7 @@ from jax import lax
 
 from hsemo_jax import runtime
 from hsemo_jax.models.detection import detect
+from hsemo_jax.ops.resample import materialized
 
 MAX_FACES = 8  # faces per frame the detector keeps
 WINDOW = 256  # first side (px) of the frame window around each face that its crop and resize read
@@ -110,33 +111,41 @@ def crop_resize(frame, box, size: int, window: int | None = None):
     rows and columns (the cost of the gathers scales with it). The result is the same bits for
     every crop that fits in the window; a larger crop is cut to it (the program reports the
     crops' extent, and `run` reruns with a window that holds them)."""
-    return crop_resize_from(frame[None], 0, box, size, window)
+    return crop_resize_faces(frame[None], jnp.zeros(1, jnp.int32), box[None], size, window)[0]
 
 
-def crop_resize_from(frames, index, box, size: int, window: int | None = None):
-    """`crop_resize` of frame `index` (traced) of frames (N, H, W, 3): the window is sliced from
-    the batch directly, so under `vmap` no face copies a whole frame."""
+def crop_resize_faces(frames, frame_of, boxes, size: int, window: int | None = None):
+    """`crop_resize` of faces (F,): face i is crop corners `boxes[i]` of frame `frame_of[i]`
+    (traced) of frames (N, H, W, 3) -> (F, size, size, 3) float32. Each face's window is sliced
+    from the batch directly (no face copies a whole frame). The faces' first passes are computed
+    once (`materialized`: fused into the second pass's gathers, XLA:CPU recomputed them for each
+    tap), then their second passes. The horizontal pass runs first; the vertical-first order (a
+    tall crop, rare for faces) is computed only when some face of the batch needs it."""
     _, fh, fw, c = frames.shape
     side = max(fh, fw) if window is None else window
-    # a square window (frames smaller than it padded, outside any crop): both pass orders are then
-    # the same computation, on the window or on its transpose
+    # a square window (frames smaller than it padded, outside any crop)
     frames = jnp.pad(frames, ((0, 0), (0, max(side - fh, 0)), (0, max(side - fw, 0)), (0, 0)))
-    y0 = jnp.clip(box[1], 0, frames.shape[1] - side).astype(jnp.int32)
-    x0 = jnp.clip(box[0], 0, frames.shape[2] - side).astype(jnp.int32)
-    x = lax.dynamic_slice(frames, (index, y0, x0, 0), (1, side, side, c))[0].astype(jnp.int32)
-    x1, y1, x2, y2 = jnp.minimum(box - jnp.stack([x0, y0, x0, y0]).astype(box.dtype), side)
+    y0 = jnp.clip(boxes[:, 1], 0, frames.shape[1] - side).astype(jnp.int32)
+    x0 = jnp.clip(boxes[:, 0], 0, frames.shape[2] - side).astype(jnp.int32)
+    window_of = lambda i, y, x: lax.dynamic_slice(frames, (i, y, x, 0), (1, side, side, c))[0]  # noqa: E731
+    x = jax.vmap(window_of)(frame_of, y0, x0).astype(jnp.int32)
+    corners = jnp.minimum(boxes - jnp.stack([x0, y0, x0, y0], axis=1).astype(boxes.dtype), side)
+    x1, y1, x2, y2 = (corners[:, i] for i in range(4))
     k = math.ceil(2 * max(side / size, 1.0)) + 2  # enough taps for the largest possible crop
-    ty, wy = _taps(y1, y2, side, size, k)
-    tx, wx = _taps(x1, x2, side, size, k)
+    taps = jax.vmap(lambda lo, hi: _taps(lo, hi, side, size, k))
+    rows, cols = taps(y1, y2), taps(x1, x2)
+    resample = jax.vmap(_resample, in_axes=(0, None, 0, 0))
+
+    def passes(first, second):  # (axis, taps, weights) of each pass, in order
+        return resample(materialized(resample(x, *first)), *second).astype(jnp.float32)
+
+    horizontal_first = passes((1, *cols), (0, *rows))
     in_h, in_w = y2 - y1, x2 - x1
     vertical_first = (size < in_h) & (in_h - size > 2 * (in_w - size))
-    # horizontal pass first; vertical first = horizontal first on the transposed window
-    flip = lambda a, b: jnp.where(vertical_first, a, b)  # noqa: E731
-    x = flip(jnp.swapaxes(x, 0, 1), x)
-    first_t, first_w, second_t, second_w = flip(ty, tx), flip(wy, wx), flip(tx, ty), flip(wx, wy)
-    # the first pass materialized: fused into the second pass's gather, XLA recomputes it per tap
-    out = _resample(lax.optimization_barrier(_resample(x, 1, first_t, first_w)), 0, second_t, second_w)
-    return flip(jnp.swapaxes(out, 0, 1), out).astype(jnp.float32)
+    return lax.cond(vertical_first.any(),
+                    lambda: jnp.where(vertical_first[:, None, None, None], passes((0, *rows), (1, *cols)),
+                                      horizontal_first),
+                    lambda: horizontal_first)
 
 
 def make_program(detector: nnx.Module, backbones: Sequence[Backbone], weights: Sequence[float], *,
@@ -179,7 +188,7 @@ def make_program(detector: nnx.Module, backbones: Sequence[Backbone], weights: S
         for i, (b, (graphdef, state), wt) in enumerate(zip(backbones, nets, weights)):
             key = (b.input_size, b.mean, b.std)
             if key not in inputs:
-                crops = jax.vmap(lambda f, bx: crop_resize_from(frames, f, bx, b.input_size, window))(frame_of, box_of)
+                crops = crop_resize_faces(frames, frame_of, box_of, b.input_size, window)
                 inputs[key] = (crops / 255.0 - jnp.asarray(b.mean, jnp.float32)) / jnp.asarray(b.std, jnp.float32)
             m = nnx.merge(graphdef, state)
             emb = m.features(inputs[key])
