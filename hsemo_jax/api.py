@@ -15,6 +15,7 @@ import numpy as np
 
 from hsemo_jax import labels as label_names
 from hsemo_jax.errors import InputError
+from hsemo_jax.predict.defaults import BATCH_SIZE
 
 
 class Recognizer:
@@ -29,7 +30,7 @@ class Recognizer:
     """
 
     def __init__(self, model: str | os.PathLike | Sequence = "enet_b0_8_va_mtl", *, weights=None,
-                 detector: str | None = None, batch_size: int = 16, progress: bool = True):
+                 detector: str | None = None, batch_size: int = BATCH_SIZE, progress: bool = True):
         from hsemo_jax.predict.pipeline import load_models
 
         specs = [model] if isinstance(model, (str, os.PathLike)) else list(model)

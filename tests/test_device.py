@@ -137,6 +137,29 @@ def test_more_faces_than_the_budget_and_numpy_frames(model_dir):
         predict(np.zeros((4, 5), np.uint8)[None, None], [model_dir])
 
 
+def test_a_batch_split_over_devices_equals_one_device(model_dir):
+    """With several devices each runs the program on its frames with its share of the budget;
+    `found` is the budget the fullest device needs (here all faces are on the first device's
+    frames), and the outputs are one device's."""
+    from hsemo_jax.models.blazeface import build
+    from hsemo_jax.predict import device
+    from hsemo_jax.predict.pipeline import load_models
+
+    half = _frames(2)[:, :, 40:200]
+    two_faces = np.concatenate([half, half[:, :, ::-1]], axis=2)
+    frames = np.concatenate([two_faces, np.zeros_like(two_faces)])  # faces only in frames 0 and 1
+    backbones = [device.Backbone.of(m.module, True) for m in load_models([model_dir])]
+    detector = device.load_detector("blazeface")
+    one = device.make_program(detector, backbones, [1.0])
+    two = device.make_program(detector, backbones, [1.0], devices=jax.local_devices()[:2])
+    a, b = one(frames, 16, 256), two(frames, 16, 256)
+    faces = int(a["found"])
+    assert faces >= 4 and np.asarray(a["valid"]).sum() == np.asarray(b["valid"]).sum() == faces
+    for k in ("valid", "boxes", "probs", "va"):
+        np.testing.assert_allclose(np.asarray(b[k]), np.asarray(a[k]), atol=1e-5, err_msg=k)
+    assert int(two(frames, 4, 256)["found"]) == 2 * faces  # all on device 0, whose budget was 2
+
+
 def test_progress_lines_when_not_on_a_terminal(monkeypatch):
     out = io.StringIO()
     bar = Progress(40, file=out, desc="clip")

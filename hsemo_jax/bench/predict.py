@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hsemo_jax.predict.defaults import BATCH_SIZE
+
 MIN_IOU = 0.3  # a face of (a) counts as found when a box of the same frame overlaps it this much
 MTCNN_MIN_PROB = 0.9  # EmotiEffLib's examples keep MTCNN faces above this probability
 GOAL_SPEED, GOAL_RECALL = 5.0, 0.95  # (c) against (a)
@@ -40,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=40, help="frames per clip (default 40)")
     p.add_argument("--resolutions", type=int, nargs="+", default=[360, 720], metavar="HEIGHT",
                    help="clip heights, 16:9 (default 360 720)")
-    p.add_argument("--batch-size", type=int, default=16, help="predict's batch size (default 16)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"predict's batch size (default {BATCH_SIZE}, predict's)")
 
 
 # (image, crop rows, crop columns, mirrored, grey, x, y (top left at 1280x720), scale): the astronaut

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from hsemo_jax.models.registry import DEFAULT_DETECTOR
-from hsemo_jax.predict.defaults import DETECT_EVERY, DETECT_WIDTH, DETECTORS  # no JAX, no OpenCV: fast --help
+from hsemo_jax.predict.defaults import BATCH_SIZE, DETECT_EVERY, DETECT_WIDTH, DETECTORS  # no JAX, no OpenCV: fast --help
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,8 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                               "model's features: adds 12 AU probabilities and labels")
     p.add_argument("--au-thresholds", type=float, nargs="+", metavar="T",
                    help="AU decision threshold(s): one for all or 12 (default: the head's stored ones, else 0.5)")
-    p.add_argument("--batch-size", type=int, default=16,
-                   help="frames per device batch with BlazeFace; faces per inference batch otherwise (fixed shape)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                   help="frames per device batch with BlazeFace; faces per inference batch otherwise (fixed shape; "
+                        "default %(default)s)")
     p.add_argument("--out", metavar="FILE.csv|DIR",
                    help="CSV to write (default: <input name>.emotions.csv in the current folder); with several "
                         "inputs a folder (existing, or ending in '/') for one <input name>.emotions.csv each")

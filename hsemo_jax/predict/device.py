@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hsemo_jax import runtime
 from hsemo_jax.models.detection import detect
@@ -40,7 +41,7 @@ from hsemo_jax.ops.resample import materialized
 
 MAX_FACES = 8  # faces per frame the detector keeps
 WINDOW = 256  # first side (px) of the frame window around each face that its crop and resize read
-_HINTS: dict[int, tuple[int, int]] = {}  # id(program) -> the (budget, window side) its last run reached
+_HINTS: dict[int, tuple[int, int]] = {}  # id(program) -> the (faces per frame, window side) its last run reached
 
 
 @dataclass(frozen=True)
@@ -149,19 +150,25 @@ def crop_resize_faces(frames, frame_of, boxes, size: int, window: int | None = N
 
 
 def make_program(detector: nnx.Module, backbones: Sequence[Backbone], weights: Sequence[float], *,
-                 max_faces: int = MAX_FACES, with_embedding: bool = False) -> Callable:
+                 max_faces: int = MAX_FACES, with_embedding: bool = False,
+                 devices: Sequence[jax.Device] | None = None) -> Callable:
     """`fn(frames uint8 (B, H, W, 3), budget, window=None) -> dict` of per-face outputs, jitted
     (static: `budget`, the faces per batch that go through the models, and `window`, the side of
     the square of frame around each face that its crop and resize read; None: the frame):
 
     boxes (B, F, 4) px, det_scores (B, F), valid (B, F) bool, probs (B, F, K) blended softmax,
     va (B, F, 2) if every model has valence/arousal, and with_embedding the first model's
-    embedding (B, F, D) and raw scores (B, F, C); found (): the faces the batch had, of which the
-    first `budget` (in frame order) were run (rerun with budget B * F when found > budget);
-    extent (2,): the largest crop height and width of the faces run (rerun with a window that
-    holds it when it exceeds `window`).
+    embedding (B, F, D) and raw scores (B, F, C); found (): the budget the batch needs, its
+    faces, of which the first `budget` (in frame order) were run (rerun with a larger budget, at
+    most B * F, when found > budget); extent (2,): the largest crop height and width of the
+    faces run (rerun with a window that holds it when it exceeds `window`).
     Rows that are not valid are zeros. The weights are compile-time constants, as in
-    `models.inference.make_forward`."""
+    `models.inference.make_forward`.
+
+    With several `devices` (GPUs, or one CPU device per core: `hsemo_jax.runtime`), a batch whose
+    frames and budget divide by their count is split over them, each device running the whole
+    program on its frames with its share of the budget (found is then the count times the most
+    faces one device had); other batches run on the first."""
     weights = [float(w) for w in weights]
     with_va = all(b.with_va for b in backbones)
     nets = []
@@ -215,7 +222,33 @@ def make_program(detector: nnx.Module, backbones: Sequence[Backbone], weights: S
         return out
 
     # CPU: the compiler options the models' own forwards use (models.inference.make_forward)
-    return jax.jit(program, static_argnums=(1, 2), compiler_options=runtime.compiler_options())
+    single = jax.jit(program, static_argnums=(1, 2), compiler_options=runtime.compiler_options())
+    if devices is None or len(devices) == 1:
+        return single
+    n = len(devices)
+    mesh = Mesh(np.array(devices), ("data",))
+
+    def shard(frames, budget: int, window: int | None):
+        out = program(frames, budget // n, window)
+        out["found"] = lax.pmax(out["found"], "data") * n
+        out["extent"] = lax.pmax(out["extent"], "data")
+        return out
+
+    def split(frames, budget: int, window: int | None = None):
+        specs = {k: P() if k in ("found", "extent") else P("data") for k in jax.eval_shape(single, frames, budget, window)}
+        # the NMS scan's carry starts device-invariant: its types are not tracked per device
+        return jax.shard_map(lambda f: shard(f, budget, window), mesh=mesh, in_specs=P("data"), out_specs=specs,
+                             check_vma=False)(frames)
+
+    split = jax.jit(split, static_argnums=(1, 2), compiler_options=runtime.compiler_options())
+    batches = NamedSharding(mesh, P("data"))
+
+    def call(frames, budget: int, window: int | None = None):
+        if frames.shape[0] % n or budget % n:
+            return single(frames, budget, window)
+        return split(jax.device_put(frames, batches), budget, window)
+
+    return call
 
 
 @functools.lru_cache(maxsize=8)
@@ -246,8 +279,8 @@ def run(source, program: Callable, *, batch_size: int, max_faces: int, tracker, 
 
     # faces per batch through the models, and the side of the window each crop reads: both grow
     # (and stay, also for later runs of this program) when a batch needs more; neither changes results
-    budget, side = _HINTS.get(id(program), (batch_size, WINDOW))
-    budget = min(max(budget, batch_size), batch_size * max_faces)
+    per_frame, side = _HINTS.get(id(program), (1, WINDOW))
+    budget = batch_size * min(per_frame, max_faces)  # the budget scales with the batch
     sequence = [None]  # of the last frame tracked
 
     def dispatch(frames):
@@ -317,7 +350,7 @@ def run(source, program: Callable, *, batch_size: int, max_faces: int, tracker, 
         submit()
     if in_flight is not None:
         collect(in_flight)
-    _HINTS[id(program)] = (budget, side)
+    _HINTS[id(program)] = (budget // batch_size, side)
     return rows, skipped, frames_seen
 
 
@@ -334,5 +367,5 @@ def program_for(detector_name: str, models: Sequence, weights: Sequence[float], 
     if key not in _PROGRAMS:
         backbones = [Backbone.of(m.module, with_va) for m in models]
         _PROGRAMS[key] = make_program(load_detector(detector_name), backbones, weights, max_faces=max_faces,
-                                      with_embedding=with_embedding)
+                                      with_embedding=with_embedding, devices=jax.local_devices())
     return _PROGRAMS[key]

@@ -18,7 +18,7 @@ import numpy as np
 from hsemo_jax import labels
 from hsemo_jax.errors import InputError
 from hsemo_jax.models import registry
-from hsemo_jax.predict.defaults import DETECT_EVERY, DETECT_WIDTH, DETECTORS
+from hsemo_jax.predict.defaults import BATCH_SIZE, DETECT_EVERY, DETECT_WIDTH, DETECTORS
 from hsemo_jax.predict.detect import crop, make_detector
 from hsemo_jax.predict.follow import FollowingDetector
 from hsemo_jax.predict.track import IoUTracker
@@ -136,7 +136,7 @@ def _au_thresholds(thresholds) -> np.ndarray:
 
 def check_options(*, models: int = 1, weights=None, detector: str = "haar", detect_width: int = DETECT_WIDTH,
                   detect_every: int = DETECT_EVERY, smooth: str = "none", sigma: float = 2.0, k: int = 5,
-                  batch_size: int = 16, au_thresholds=None) -> None:
+                  batch_size: int = BATCH_SIZE, au_thresholds=None) -> None:
     """Raise one `InputError` naming every bad setting of `predict` (`models`: how many are given),
     before anything is loaded or decoded."""
     bad = []
@@ -216,7 +216,7 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
             detector: str = registry.DEFAULT_DETECTOR, detector_model: str | None = None,
             detect_width: int = DETECT_WIDTH,
             detect_every: int = DETECT_EVERY, smooth: str = "none", sigma: float = 2.0, k: int = 5,
-            batch_size: int = 16, head: str | None = None, au_thresholds=None,
+            batch_size: int = BATCH_SIZE, head: str | None = None, au_thresholds=None,
             exact_preprocess: bool = False, on_rows: Callable | None = None,
             progress: bool = False) -> Predictions:
     """Per-frame, per-face expression probabilities (+ valence/arousal) for a video, image, folder
