@@ -107,7 +107,7 @@ def weighted_nms(boxes, keypoints, scores, candidate, max_faces: int, iou_thresh
         out = (jnp.where(found, box, 0.0), jnp.where(found, kps, 0.0), jnp.where(found, scores[first], 0.0), found)
         return (remaining & ~merge, stopped | ~found | ~merge.any()), out
 
-    _, out = lax.scan(step, (remaining, jnp.array(False)), None, length=max_faces)
+    _, out = lax.scan(step, (remaining, jnp.zeros_like(remaining[0])), None, length=max_faces)
     return out
 
 

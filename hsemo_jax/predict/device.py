@@ -12,13 +12,16 @@ every model -> softmax and blend -> per-face outputs. The host only decodes, tra
        the weights; valence/arousal blended raw
     -> per-face outputs scattered back to (B, max_faces, ...) with a validity mask.
 
+With several local devices (GPUs, or one CPU device per core) `program_for`'s program splits each
+batch over them, every device running all of this on its frames.
+
 The resize follows the exact host path (`--exact-preprocess`, `models.transforms`) operation for
 operation, except that the filter weights are computed in float32 where Pillow uses float64, so a
 weight can differ by one unit of 2^-22 and a pixel, rarely, by one level. The README gives how far
 the outputs move on real faces.
 
-The program is pure JAX (gathers, integer and float32 products and sums: no matmul that a TPU
-would run in bfloat16, no host callback), so it cross-lowers for CUDA and TPU (tests/test_export.py).
+The program is pure JAX (gathers, scatters, integer and float32 products and sums: no matmul that a
+TPU would run in bfloat16, no host callback), so it cross-lowers for CUDA and TPU (tests/test_export.py).
 """
 from __future__ import annotations
 
@@ -93,13 +96,13 @@ _PRECISION_BITS = 22  # Pillow's fixed-point weights (models/transforms.py)
 
 
 def _resample(x, axis: int, taps, weights):
-    """One Pillow pass on int32 pixels `x` along `axis` (0: rows, 1: columns): 22-bit fixed-point
-    weights, integer sums rounded half up, clipped to 0..255 (as `models.transforms._resample`)."""
+    """One Pillow pass on uint8 pixels `x` (H, W, C) along `axis` (0: rows, 1: columns): 22-bit
+    fixed-point weights, integer sums rounded half up, clipped to 0..255 (as
+    `models.transforms._resample`). uint8 in and out: the passes' data is a quarter of int32's."""
     coeffs = jnp.floor(0.5 + weights * (1 << _PRECISION_BITS)).astype(jnp.int32)  # (out, k)
-    if axis == 1:  # gather whole rows of the transposed image: row copies, not strided single pixels
-        return jnp.swapaxes(_resample(jnp.swapaxes(x, 0, 1), 0, taps, weights), 0, 1)
-    acc = jnp.sum(x[taps] * coeffs[:, :, None, None], axis=1)
-    return jnp.clip((acc + (1 << (_PRECISION_BITS - 1))) >> _PRECISION_BITS, 0, 255)
+    gathered = jnp.take(x, taps, axis=axis).astype(jnp.int32)  # the taps' rows or columns
+    acc = jnp.sum(gathered * coeffs.reshape(*coeffs.shape, *[1] * (x.ndim - 1 - axis)), axis=axis + 1)
+    return jnp.clip((acc + (1 << (_PRECISION_BITS - 1))) >> _PRECISION_BITS, 0, 255).astype(jnp.uint8)
 
 
 def crop_resize(frame, box, size: int, window: int | None = None):
@@ -129,7 +132,7 @@ def crop_resize_faces(frames, frame_of, boxes, size: int, window: int | None = N
     y0 = jnp.clip(boxes[:, 1], 0, frames.shape[1] - side).astype(jnp.int32)
     x0 = jnp.clip(boxes[:, 0], 0, frames.shape[2] - side).astype(jnp.int32)
     window_of = lambda i, y, x: lax.dynamic_slice(frames, (i, y, x, 0), (1, side, side, c))[0]  # noqa: E731
-    x = jax.vmap(window_of)(frame_of, y0, x0).astype(jnp.int32)
+    x = jax.vmap(window_of)(frame_of, y0, x0)
     corners = jnp.minimum(boxes - jnp.stack([x0, y0, x0, y0], axis=1).astype(boxes.dtype), side)
     x1, y1, x2, y2 = (corners[:, i] for i in range(4))
     k = math.ceil(2 * max(side / size, 1.0)) + 2  # enough taps for the largest possible crop
@@ -138,15 +141,16 @@ def crop_resize_faces(frames, frame_of, boxes, size: int, window: int | None = N
     resample = jax.vmap(_resample, in_axes=(0, None, 0, 0))
 
     def passes(first, second):  # (axis, taps, weights) of each pass, in order
-        return resample(materialized(resample(x, *first)), *second).astype(jnp.float32)
+        return resample(materialized(resample(x, *first)), *second)
 
     horizontal_first = passes((1, *cols), (0, *rows))
     in_h, in_w = y2 - y1, x2 - x1
     vertical_first = (size < in_h) & (in_h - size > 2 * (in_w - size))
-    return lax.cond(vertical_first.any(),
-                    lambda: jnp.where(vertical_first[:, None, None, None], passes((0, *rows), (1, *cols)),
-                                      horizontal_first),
-                    lambda: horizontal_first)
+    out = lax.cond(vertical_first.any(),
+                   lambda: jnp.where(vertical_first[:, None, None, None], passes((0, *rows), (1, *cols)),
+                                     horizontal_first),
+                   lambda: horizontal_first)
+    return out.astype(jnp.float32)
 
 
 def make_program(detector: nnx.Module, backbones: Sequence[Backbone], weights: Sequence[float], *,
@@ -228,17 +232,13 @@ def make_program(detector: nnx.Module, backbones: Sequence[Backbone], weights: S
     n = len(devices)
     mesh = Mesh(np.array(devices), ("data",))
 
-    def shard(frames, budget: int, window: int | None):
-        out = program(frames, budget // n, window)
-        out["found"] = lax.pmax(out["found"], "data") * n
-        out["extent"] = lax.pmax(out["extent"], "data")
-        return out
-
     def split(frames, budget: int, window: int | None = None):
-        specs = {k: P() if k in ("found", "extent") else P("data") for k in jax.eval_shape(single, frames, budget, window)}
-        # the NMS scan's carry starts device-invariant: its types are not tracked per device
-        return jax.shard_map(lambda f: shard(f, budget, window), mesh=mesh, in_specs=P("data"), out_specs=specs,
-                             check_vma=False)(frames)
+        def per_device(f):
+            out = program(f, budget // n, window)
+            return out | {"found": out["found"][None], "extent": out["extent"][None]}
+
+        out = jax.shard_map(per_device, mesh=mesh, in_specs=P("data"), out_specs=P("data"))(frames)
+        return out | {"found": out["found"].max() * n, "extent": out["extent"].max(axis=0)}
 
     split = jax.jit(split, static_argnums=(1, 2), compiler_options=runtime.compiler_options())
     batches = NamedSharding(mesh, P("data"))
