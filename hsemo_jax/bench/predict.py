@@ -8,7 +8,9 @@
 (c) `predict` with BlazeFace (short range and full range): the device program, whole-frame detection
     on every frame (`hsemo_jax.predict.device`);
 
-at 360p and 720p. "Recall vs (a)": the share of (a)'s faces that a pipeline also finds, matched per
+at 360p and 720p, every pipeline once per round, rounds in turn (`--rounds`, default 3: the machine's
+speed drifts between runs; the table gives the median frames/s and the median of the per-round speed
+ratios). "Recall vs (a)": the share of (a)'s faces that a pipeline also finds, matched per
 frame by IoU >= 0.3. The bench also measures how far the device program's crop + resize is from the
 PIL-exact host path (`--exact-preprocess`) on the clip's faces: the 224x224 crops of the same boxes
 (levels 0-255; independent of the weights) and the largest change of a probability (these weights).
@@ -21,6 +23,7 @@ are random (the same in every pipeline): speed does not depend on them.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -42,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=40, help="frames per clip (default 40)")
     p.add_argument("--resolutions", type=int, nargs="+", default=[360, 720], metavar="HEIGHT",
                    help="clip heights, 16:9 (default 360 720)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of every pipeline in turn: median frames/s and median per-round speed ratio (default 3)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"predict's batch size (default {BATCH_SIZE}, predict's)")
 
 
@@ -245,8 +250,8 @@ def run(args: argparse.Namespace) -> int:
     from hsemo_jax.models import registry
     from hsemo_jax.predict.defaults import DETECT_EVERY
 
-    if args.frames < 1 or any(h < 32 for h in args.resolutions):
-        raise SystemExit("bench predict: --frames must be >= 1 and --resolutions heights >= 32")
+    if args.frames < 1 or args.rounds < 1 or any(h < 32 for h in args.resolutions):
+        raise SystemExit("bench predict: --frames and --rounds must be >= 1 and --resolutions heights >= 32")
     arch = registry.get_arch(args.arch)
     ref = torch_reference(args.arch)
     if ref is None:
@@ -282,15 +287,21 @@ def run(args: argparse.Namespace) -> int:
             torch.set_num_threads(threads)
             _note(f"{height}p (a), {threads} torch thread(s) ({', '.join(f'{t}: {v:.2f}' for t, v in rates.items())} "
                   "frames/s on the first frames)")
-            runs = {"a": mtcnn_torch_pipeline(video, ref, arch.input_size, arch.mean, arch.std, mtcnn)}
             torch.set_num_threads(torch_threads)
             # (b), (c): a warm-up run on the first frames compiles every shape (a long video amortizes it)
-            tables = {}
             for name in ("haar", *VARIANTS):
-                _note(f"{height}p {name}")
+                _note(f"{height}p warm-up {name}")
                 timed_predict(warm, model_dir, detector=name, **kw)
-                runs["b" if name == "haar" else name], tables[name] = timed_predict(video, model_dir, detector=name,
-                                                                                     **kw)
+            runs, tables = {}, {}
+            for i in range(args.rounds):  # every pipeline once per round, back to back
+                _note(f"{height}p round {i + 1} of {args.rounds}")
+                torch.set_num_threads(threads)
+                runs.setdefault("a", []).append(mtcnn_torch_pipeline(video, ref, arch.input_size, arch.mean, arch.std,
+                                                                     mtcnn))
+                torch.set_num_threads(torch_threads)
+                for name in ("haar", *VARIANTS):
+                    result, tables[name] = timed_predict(video, model_dir, detector=name, **kw)
+                    runs.setdefault("b" if name == "haar" else name, []).append(result)
             _note(f"{height}p resize gap")
             frames = read_frames(video)
             gap = {name: resize_gap(frames, tables[name], model_dir, args.batch_size) for name in VARIANTS}
@@ -317,16 +328,19 @@ def _print(args, report, detect_every) -> None:
     goal = []
     for height, runs, gap, threads, rates in report:
         a = runs["a"]
-        a_fps = a.frames / a.seconds
+        rounds = len(a)
         print(f"\n# predict, {round(height * 16 / 9)}x{height}: {args.frames} frames, {len(SCENE)} faces each, {args.arch}, "
-              f"batch {args.batch_size}, random weights")
+              f"batch {args.batch_size}, random weights; median of {rounds} round{'s' * (rounds > 1)} (speed: median of the "
+              "per-round ratios)")
         print("| pipeline | frames/s | faces found | recall vs (a) | speed vs (a) |\n|---|---|---|---|---|")
-        for key, r in runs.items():
-            fps = r.frames / r.seconds
-            recall = matched(a.boxes, r.boxes) / a.faces if a.faces else float("nan")
-            print(f"| {_label(key, detect_every, threads)} | {fps:.2f} | {r.faces} | {recall:.3f} | {fps / a_fps:.2f}x |")
+        for key, results in runs.items():
+            r = results[0]  # the faces are the same in every round
+            fps = statistics.median(x.frames / x.seconds for x in results)
+            speed = statistics.median((x.frames / x.seconds) / (y.frames / y.seconds) for x, y in zip(results, a))
+            recall = matched(a[0].boxes, r.boxes) / a[0].faces if a[0].faces else float("nan")
+            print(f"| {_label(key, detect_every, threads)} | {fps:.2f} | {r.faces} | {recall:.3f} | {speed:.2f}x |")
             if key in VARIANTS:
-                goal.append((key, height, fps / a_fps, recall))
+                goal.append((key, height, speed, recall))
         print(f"(a)'s torch threads: the faster on the first {PROBE_FRAMES} frames ("
               + ", ".join(f"{t}: {v:.2f} frames/s" for t, v in rates.items()) + ")")
         for name, g in gap.items():
