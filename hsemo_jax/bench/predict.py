@@ -125,6 +125,10 @@ class Result:
     boxes: list  # per frame, (n, 4) float boxes (x1, y1, x2, y2)
 
     @property
+    def fps(self) -> float:
+        return self.frames / self.seconds
+
+    @property
     def faces(self) -> int:
         return sum(len(b) for b in self.boxes)
 
@@ -282,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
             for threads in sorted({torch_threads, 1}):
                 torch.set_num_threads(threads)
                 r = mtcnn_torch_pipeline(probe, ref, arch.input_size, arch.mean, arch.std, mtcnn)
-                rates[threads] = r.frames / r.seconds
+                rates[threads] = r.fps
             threads = max(rates, key=rates.get)
             torch.set_num_threads(threads)
             _note(f"{height}p (a), {threads} torch thread(s) ({', '.join(f'{t}: {v:.2f}' for t, v in rates.items())} "
@@ -335,8 +339,8 @@ def _print(args, report, detect_every) -> None:
         print("| pipeline | frames/s | faces found | recall vs (a) | speed vs (a) |\n|---|---|---|---|---|")
         for key, results in runs.items():
             r = results[0]  # the faces are the same in every round
-            fps = statistics.median(x.frames / x.seconds for x in results)
-            speed = statistics.median((x.frames / x.seconds) / (y.frames / y.seconds) for x, y in zip(results, a))
+            fps = statistics.median(x.fps for x in results)
+            speed = statistics.median(x.fps / y.fps for x, y in zip(results, a))
             recall = matched(a[0].boxes, r.boxes) / a[0].faces if a[0].faces else float("nan")
             print(f"| {_label(key, detect_every, threads)} | {fps:.2f} | {r.faces} | {recall:.3f} | {speed:.2f}x |")
             if key in VARIANTS:
