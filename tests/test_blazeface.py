@@ -298,7 +298,7 @@ def test_a_moved_face_is_found_moved(model):
     astronaut = data.astronaut()
     frames = np.zeros((2, 512, 768, 3), np.uint8)
     frames[0, :, :512], frames[1, :, shift:shift + 512] = astronaut, astronaut
-    dets = jax.tree.map(np.asarray, jax.jit(lambda f: detection.detect(model, f, max_faces=2, tiles=False))(frames))
+    dets = jax.tree.map(np.asarray, jax.jit(lambda f: detection.detect(model, f, max_faces=2, pyramid=False))(frames))
     assert dets.valid[:, 0].all()
     np.testing.assert_allclose(dets.boxes[1, 0] - dets.boxes[0, 0], [shift, 0, shift, 0], atol=1.0)
     x1, y1, x2, y2 = dets.boxes[0, 0]
@@ -312,31 +312,32 @@ def test_max_faces_keeps_the_best(model, runs):
     _, out = runs
     frames, _, _, full, _ = out["quad"]
     with jax.default_matmul_precision("float32"):
-        two = jax.tree.map(np.asarray, jax.jit(lambda f: detection.detect(model, f, max_faces=2, tiles=False))(frames))
+        two = jax.tree.map(np.asarray, jax.jit(lambda f: detection.detect(model, f, max_faces=2, pyramid=False))(frames))
     assert two.boxes.shape == (1, 2, 4) and two.keypoints.shape == (1, 2, 6, 2) and two.valid.all()
     np.testing.assert_allclose(two.boxes, full.boxes[:, :2], atol=1e-3)
     np.testing.assert_allclose(two.scores, full.scores[:, :2], atol=1e-6)
     assert (np.diff(full.scores[0, :4]) <= 0).all() and full.scores[0, 3] > 0
 
 
-def test_tile_regions_cover_the_frame_with_overlap():
-    for h, w in ((720, 1280), (360, 640), (512, 512), (480, 640), (1280, 720), (240, 320)):
-        tiles = detection.tile_regions(h, w)
-        side = tiles[0][2]
-        assert all(t[2] == t[3] == side and 0 <= t[0] <= w - side and 0 <= t[1] <= h - side for t in tiles)
-        assert side <= detection.TILE_SPAN * max(h, w) + 1
-        for axis, length in ((0, w), (1, h)):
-            starts = sorted({t[axis] for t in tiles})
-            assert starts[0] == 0 and starts[-1] + side == length
-            assert all(b - a <= side - detection.TILE_OVERLAP * side for a, b in zip(starts, starts[1:]))
-    assert detection.tile_regions(720, 1280) == [(0, 0, 720, 720), (560, 0, 720, 720)]
+def test_pyramid_views_cover_the_frame_at_two_scales():
+    for h, w in ((720, 1280), (360, 640), (512, 512), (480, 640), (1280, 720), (240, 320), (100, 2000)):
+        for variant in blazeface.VARIANTS.values():
+            (s0, hw0), (s1, hw1) = detection.pyramid_views(h, w, 224, variant.max_stride)
+            assert s1 == s0 / 2
+            assert s0 * min(h, w) == pytest.approx(224) or s0 * max(h, w) == pytest.approx(224 * detection.MAX_ASPECT)
+            for s, (ih, iw) in ((s0, hw0), (s1, hw1)):  # the whole frame fits, padded by less than a stride
+                assert ih % variant.max_stride == 0 and iw % variant.max_stride == 0
+                assert 0 <= ih - h * s < variant.max_stride + 0.5 and 0 <= iw - w * s < variant.max_stride + 0.5
+    assert detection.pyramid_views(720, 1280, 224, 32) == [(224 / 720, (224, 416)), (112 / 720, (128, 224))]
 
 
-def _wall_with_face(scale: float, x: int, y: int) -> np.ndarray:
-    """1280 x 720, a plain wall with the astronaut's head (its face ~90 px wide at scale 1) at x, y."""
+def _wall_with_face(scale: float, x: int, y: int, *, close: bool = False) -> np.ndarray:
+    """1280 x 720, a plain wall with the astronaut's head (its face ~90 px wide at scale 1) at x,
+    y; `close`: her face alone (160 px high at scale 1)."""
     import cv2
 
-    head = cv2.resize(data.astronaut()[0:320, 100:380], None, fx=scale, fy=scale,
+    head = data.astronaut()[40:200, 160:310] if close else data.astronaut()[0:320, 100:380]
+    head = cv2.resize(head, None, fx=scale, fy=scale,
                       interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     frame = np.empty((720, 1280, 3), np.uint8)
     frame[:] = np.linspace(70, 140, 1280, dtype=np.uint8)[None, :, None]
@@ -344,27 +345,56 @@ def _wall_with_face(scale: float, x: int, y: int) -> np.ndarray:
     return frame
 
 
-def test_tiles_find_faces_too_small_for_the_whole_frame_once():
-    """Full range on 720p: a ~45 px face is missed on the whole frame and found with tiles, both
-    inside one tile only and where the two tiles overlap (each tile alone finds it there: one
-    detection, not two); a ~170 px face in the overlap (found by the whole frame and both tiles)
-    is one detection, where the whole frame puts it."""
+def test_the_pyramid_finds_small_faces_and_faces_as_large_as_the_frame_once():
+    """Full range on 720p: a ~45 px face, missed by MediaPipe's letterbox, is found by the
+    pyramid; so is a face as high as the frame, which the finer view sees larger than the
+    network's input and the coarser one at a size it knows: one detection, where the letterbox
+    puts it."""
     model = convert_blazeface.load_blazeface("blazeface_full_range")
     frames = np.stack([_wall_with_face(0.5, 200, 300), _wall_with_face(0.5, 600, 300),
-                       _wall_with_face(1.6, 480, 150)])
-    run = lambda f, tiles: jax.tree.map(  # noqa: E731
-        np.asarray, jax.jit(lambda f: detection.detect(model, f, max_faces=4, tiles=tiles))(f))
-    whole, tiled = run(frames, False), run(frames, True)
+                       _wall_with_face(4.4, 300, 8, close=True)])
+    run = lambda f, pyramid: jax.tree.map(  # noqa: E731
+        np.asarray, jax.jit(lambda f: detection.detect(model, f, max_faces=4, pyramid=pyramid))(f))
+    whole, pyramid = run(frames, False), run(frames, True)
     assert whole.valid.sum(axis=1).tolist() == [0, 0, 1]
-    assert tiled.valid.sum(axis=1).tolist() == [1, 1, 1]
+    assert pyramid.valid.sum(axis=1).tolist() == [1, 1, 1]
     for i, (cx, cy) in enumerate(((200 + 70, 300 + 60), (600 + 70, 300 + 60))):  # the face's centre
-        x1, y1, x2, y2 = tiled.boxes[i, 0]
-        assert x1 < cx < x2 and y1 < cy < y2 and 30 < x2 - x1 < 70, tiled.boxes[i, 0]
-    alone = run(np.concatenate([frames[1:2, :, :720], frames[1:2, :, 560:]]), False)  # each tile as a frame
-    assert alone.valid.sum(axis=1).tolist() == [1, 1]
-    np.testing.assert_allclose(alone.boxes[1, 0] + [560, 0, 560, 0], alone.boxes[0, 0], atol=8)  # the same face
+        x1, y1, x2, y2 = pyramid.boxes[i, 0]
+        assert x1 < cx < x2 and y1 < cy < y2 and 30 < x2 - x1 < 70, pyramid.boxes[i, 0]
     width = whole.boxes[2, 0, 2] - whole.boxes[2, 0, 0]
-    np.testing.assert_allclose(tiled.boxes[2, 0], whole.boxes[2, 0], atol=0.1 * width)
+    assert width > 400
+    np.testing.assert_allclose(pyramid.boxes[2, 0], whole.boxes[2, 0], atol=0.1 * width)
+
+
+def test_a_larger_detect_size_finds_smaller_faces():
+    """`predict --detect-size` (`make_detector(..., detect_size=)`): a ~30 px face in a 720p frame,
+    too small for full range's default views, is found where the finer view is twice as large."""
+    from hsemo_jax.predict.detect import make_detector
+
+    frame = _wall_with_face(0.33, 600, 300)
+    assert len(make_detector("blazeface_full_range")(frame)) == 0
+    (x1, y1, x2, y2), = make_detector("blazeface_full_range", detect_size=448)(frame)
+    assert x1 < 600 + 46 < x2 and y1 < 300 + 40 < y2 and 15 < x2 - x1 < 45
+
+
+# scikit-image's pictures without a face (its "coins" are Greek coins with heads in profile)
+FACE_FREE = ("brick", "coffee", "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "moon", "page",
+             "rocket", "horse", "logo", "text", "colorwheel", "retina", "cell", "clock", "checkerboard")
+
+
+def test_the_pyramid_finds_no_face_where_there_is_none():
+    """Full range's default views and threshold on 17 face-free pictures: no detection (its
+    highest score on them is 0.44, in "rocket", against the threshold 0.5)."""
+    model = convert_blazeface.load_blazeface("blazeface_full_range")
+    run = jax.jit(lambda f: detection.detect(model, f, max_faces=1).valid)
+    found = []
+    for name in FACE_FREE:
+        img = getattr(data, name)()
+        img = img.astype(np.uint8) * 255 if img.dtype == bool else img
+        img = np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img[..., :3]
+        if run(np.ascontiguousarray(img)[None]).any():
+            found.append(name)
+    assert not found
 
 
 # ------------------------------------------------------------------------------------------------

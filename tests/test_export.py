@@ -60,16 +60,17 @@ def test_inference_forward_exports_for_gpu_and_tpu(arch, no_kernels):
 
 
 @pytest.mark.parametrize("detector", tuple(registry.DETECTORS))
-@pytest.mark.parametrize("tiles", (True, False))
-def test_face_detection_exports_for_gpu_and_tpu(detector, tiles, no_kernels):
-    """BlazeFace's whole `detect` (letterbox or tiles, network, decoding, weighted NMS) on uint8 frames."""
+@pytest.mark.parametrize("pyramid", (True, False))
+def test_face_detection_exports_for_gpu_and_tpu(detector, pyramid, no_kernels):
+    """BlazeFace's whole `detect` (the pyramid's views or MediaPipe's letterbox, network, decoding,
+    weighted NMS) on uint8 frames."""
     from hsemo_jax.models import blazeface, detection
 
     model = blazeface.build(registry.get_detector(detector).variant)
     graphdef, state = nnx.split(model)
     frames = np.zeros((2, 240, 320, 3), np.uint8)
     exported = _export(jax.jit(lambda state, f: detection.detect(nnx.merge(graphdef, state), f, max_faces=4,
-                                                                               tiles=tiles)),
+                                                                               pyramid=pyramid)),
                        state, frames)
     boxes, keypoints, scores, valid = exported.out_avals
     assert boxes.shape == (2, 4, 4) and keypoints.shape == (2, 4, 6, 2) and valid.shape == (2, 4)

@@ -46,6 +46,8 @@ class Variant:
     interpolated_scale_aspect_ratio: float  # > 0: a second anchor per layer
     min_score: float  # TensorsToDetectionsCalculator's min_score_thresh
     weights: str  # file name in hsemo_jax/models/weights/
+    max_stride: int  # of the coarsest feature map: any input whose sides are multiples of it runs
+    view_size: int  # px: the frame's short side in `detection.detect`'s finer view
 
     @property
     def weights_path(self) -> Path:
@@ -53,8 +55,8 @@ class Variant:
 
 
 VARIANTS = {
-    "short_range": Variant(128, (8, 16, 16, 16), 1.0, 0.5, "blazeface_short_range.tflite"),
-    "full_range": Variant(192, (4,), 0.0, 0.6, "blazeface_full_range.tflite"),
+    "short_range": Variant(128, (8, 16, 16, 16), 1.0, 0.5, "blazeface_short_range.tflite", 16, 128),
+    "full_range": Variant(192, (4,), 0.0, 0.6, "blazeface_full_range.tflite", 32, 224),
 }
 
 

@@ -1,7 +1,7 @@
 """Face detection with BlazeFace as MediaPipe runs it, traceable end to end (one jitted program):
 
-    frames (N, H, W, 3) uint8 -> letterbox to the model's square input in [-1, 1]
-       (by default also overlapping square tiles of the frame, `tile_regions`, one batch)
+    frames (N, H, W, 3) uint8 -> the whole frame at two scales (`pyramid_views`: its short side
+       `size` px, then half that), or MediaPipe's one letterbox to the model's square input
     -> regressors, classificators -> boxes and keypoints decoded against SSD anchors, scores,
        in frame pixels
     -> MediaPipe's weighted non-maximum suppression per frame over all views' detections
@@ -21,9 +21,12 @@ MediaPipe semantics followed (`face_detection.pbtxt` and the calculators it name
   `max_faces` outputs (the first `max_faces` of MediaPipe's list).
 * ImageToTensorCalculator with keep_aspect_ratio and BORDER_ZERO: the frame is scaled by
   size / max(H, W), centred, and the border is black (-1). The resampling here is bilinear with
-  antialiasing (`jax.image.scale_and_translate`'s, `ops.resample.linear_scale_translate`), which MediaPipe's OpenCV warp does not do (with
-  tiles, after block means by whole factors: `resample`).
-The tiles (`detect(..., tiles=True)`) are not MediaPipe's: `tiles=False` is its whole-frame pass.
+  antialiasing (`jax.image.scale_and_translate`'s, `ops.resample.linear_scale_translate`), which
+  MediaPipe's OpenCV warp does not do (the pyramid's views after block means by whole factors).
+The pyramid (`detect(..., pyramid=True)`, the default) is not MediaPipe's: `pyramid=False` is its pass.
+Both networks are fully convolutional, so a view may be any multiple of the coarsest stride high
+and wide (`Variant.max_stride`): the anchors are laid on its grid as MediaPipe lays them on the
+square one, and regressors are in input pixels in both.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ import numpy as np
 from jax import lax
 
 from hsemo_jax.errors import InputError
-from hsemo_jax.models.blazeface import NUM_KEYPOINTS, VARIANTS, Variant
+from hsemo_jax.models.blazeface import NUM_COORDS, NUM_KEYPOINTS, VARIANTS, Variant
 from hsemo_jax.ops.resample import linear_scale_translate, materialized
 
 IOU_THRESHOLD = 0.3
@@ -49,25 +52,28 @@ class Detections(NamedTuple):
     valid: jax.Array  # (N, max_faces) bool; invalid rows are zeros
 
 
-def ssd_anchors(variant: Variant) -> np.ndarray:
-    """Anchor centres (A, 2) as x, y in [0, 1], in the models' output order."""
+def ssd_anchors(variant: Variant, input_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Anchor centres (A, 2) as x, y in [0, 1] of an input of `input_hw` px (the variant's square
+    input by default), in the models' output order."""
+    ih, iw = (variant.input_size,) * 2 if input_hw is None else input_hw
     centres, i, strides = [], 0, variant.strides
     while i < len(strides):
         j = i
         while j < len(strides) and strides[j] == strides[i]:  # consecutive layers of one stride
             j += 1
         per_cell = (j - i) * (2 if variant.interpolated_scale_aspect_ratio > 0 else 1)
-        size = -(-variant.input_size // strides[i])  # ceil
-        y, x = np.meshgrid((np.arange(size) + 0.5) / size, (np.arange(size) + 0.5) / size, indexing="ij")
+        fh, fw = -(-ih // strides[i]), -(-iw // strides[i])  # ceil
+        y, x = np.meshgrid((np.arange(fh) + 0.5) / fh, (np.arange(fw) + 0.5) / fw, indexing="ij")
         centres.append(np.repeat(np.stack([x.ravel(), y.ravel()], axis=-1), per_cell, axis=0))
         i = j
     return np.concatenate(centres).astype(np.float32)
 
 
-def decode(regressors, classificators, anchors, input_size: int):
+def decode(regressors, classificators, anchors, input_hw: tuple[int, int]):
     """Raw outputs (N, A, 16), (N, A, 1) -> corners (N, A, 4) x1 y1 x2 y2 and keypoints
-    (N, A, 6, 2), normalized to the model input, and scores (N, A) after the sigmoid."""
-    r = regressors / input_size
+    (N, A, 6, 2), normalized to the model input of `input_hw` px, and scores (N, A) after the
+    sigmoid."""
+    r = regressors / jnp.tile(jnp.asarray(input_hw[::-1], jnp.float32), NUM_COORDS // 2)  # x by width, y by height
     centre = r[..., 0:2] + anchors
     half = r[..., 2:4] / 2
     boxes = jnp.concatenate([centre - half, centre + half], axis=-1)
@@ -111,109 +117,106 @@ def weighted_nms(boxes, keypoints, scores, candidate, max_faces: int, iou_thresh
     return out
 
 
-def resample(frames, size: int, region: tuple[int, int, int, int] | None = None, *, box: bool = True):
-    """uint8 frames (N, H, W, 3) -> (N, size, size, 3) float32 in [-1, 1]: the frame's `region`
-    (x0, y0, width, height; the whole frame by default) scaled by size / max(width, height),
-    centred, black border. Also returns (scale, offset (x, y)) with
-    input pixel = frame pixel * scale + offset.
+def resample(frames, input_hw: tuple[int, int], scale: float, offset: tuple[float, float] = (0.0, 0.0), *,
+             box: bool = True):
+    """uint8 frames (N, H, W, 3) -> (N, *input_hw, 3) float32 in [-1, 1]: the frame scaled by
+    `scale` and moved by `offset` (x, y): input pixel = frame pixel * scale + offset; black
+    (-1) where the frame does not reach.
 
     With `box`, shrinking by a whole factor k = floor(1 / scale) is first a mean over k x k
     blocks (the edge repeated to fill the last ones), then the antialiased bilinear resize does
-    the rest (a factor in (1/2, 1]): the resize's dense weight matrices are then k^2 times
-    smaller than on the whole frame, which is most of the letterbox's cost at 720p."""
+    the rest (a factor in (1/2, 1]): its taps (or dense weight matrices, off CPU) are then k^2
+    times fewer than on the whole frame, which is most of a view's cost at 720p."""
     n, h, w, _ = frames.shape
-    x0, y0, rw, rh = (0, 0, w, h) if region is None else region
-    scale = size / max(rw, rh)
-    x = frames[:, y0:y0 + rh, x0:x0 + rw]
-    k = max(1, max(rw, rh) // size) if box else 1  # floor(1 / scale), exactly
+    x = frames
+    k = max(1, int(np.floor(1 / scale + 1e-9))) if box else 1
     if k > 1:  # block sums of the uint8 frame in int32 (XLA fuses the cast: ~20x a float32 mean)
-        ph, pw = -rh % k, -rw % k
+        ph, pw = -h % k, -w % k
         x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
-        x = materialized(x.reshape(n, (rh + ph) // k, k, (rw + pw) // k, k, 3).sum(axis=(2, 4), dtype=jnp.int32))
+        x = materialized(x.reshape(n, (h + ph) // k, k, (w + pw) // k, k, 3).sum(axis=(2, 4), dtype=jnp.int32))
         x = x / (k * k)
     x = x.astype(jnp.float32)
-    offset = ((size - rw * scale) / 2, (size - rh * scale) / 2)  # within the input
-    x = linear_scale_translate(x, (size, size), (scale * k, scale * k), (offset[1], offset[0]))
-    return x / 127.5 - 1.0, scale, (offset[0] - x0 * scale, offset[1] - y0 * scale)
+    x = linear_scale_translate(x, input_hw, (scale * k, scale * k), (offset[1], offset[0]))
+    return x / 127.5 - 1.0
 
 
 def letterbox(frames, size: int):
-    """The whole frame as the model's input, one antialiased resize (`resample` without a region
-    or box means): MediaPipe's ImageToTensorCalculator with keep_aspect_ratio and BORDER_ZERO."""
-    return resample(frames, size, box=False)
+    """The whole frame as the model's square input, centred, black border, one antialiased
+    resize: MediaPipe's ImageToTensorCalculator with keep_aspect_ratio and BORDER_ZERO. Returns
+    (input, scale, offset (x, y)) with input pixel = frame pixel * scale + offset."""
+    _, h, w, _ = frames.shape
+    scale = size / max(h, w)
+    offset = ((size - w * scale) / 2, (size - h * scale) / 2)
+    return resample(frames, (size, size), scale, offset, box=False), scale, offset
 
 
-TILE_OVERLAP = 0.2  # the least overlap of neighbouring tiles, a fraction of their side
-TILE_SPAN = 0.6  # a tile's side is at most this fraction of the frame's longer side
-# the score a tile's detection needs (the whole frame's stays the variant's): a face ~2x smaller
-# than the whole-frame pass can find is often scored 0.5-0.6 by full range in a tile; 0.5 is
-# short range's own threshold. (On `bench predict`'s clips, of MTCNN's faces 0.6 finds ~87%,
-# 0.5 ~95%, 0.45 ~96% but also a "face" scored 0.46 in skimage's hubble_deep_field.)
-TILE_MIN_SCORE = 0.5
+MAX_ASPECT = 4  # a view's long side is at most this many times `size` (panoramas are shrunk to fit)
+# the score a pyramid detection needs. On `bench predict`'s clips (full range, 224 px), of MTCNN's
+# faces 0.5 finds ~99% and 0.6 ~91%; full range scores at most 0.44 in 17 face-free scikit-image
+# pictures (tests/test_blazeface.py). Short range's own threshold is 0.5 too.
+VIEW_MIN_SCORE = 0.5
 
 
-def tile_regions(h: int, w: int) -> list[tuple[int, int, int, int]]:
-    """Square tiles (x0, y0, side, side) covering an H x W frame, overlapping by at least
-    TILE_OVERLAP of their side, of side min(short side, TILE_SPAN * long side): two for a 16:9
-    frame (side = its height, at x = 0 and W - H), 2 x 2 for a square or 4:3 one. A face narrower
-    than the overlap lies entirely inside some tile, where it is at least 1 / TILE_SPAN times
-    larger to the network than on the whole frame."""
-    side = min(h, w, -(-int(TILE_SPAN * 1000) * max(h, w) // 1000))
-    step = side - int(TILE_OVERLAP * side)
-
-    def starts(length):
-        count = max(1, -(-(length - side) // step) + 1)
-        return [round(i * (length - side) / max(count - 1, 1)) for i in range(count)]
-
-    return [(x, y, side, side) for y in starts(h) for x in starts(w)]
+def pyramid_views(h: int, w: int, size: int, multiple: int) -> list[tuple[float, tuple[int, int]]]:
+    """The views of an H x W frame that `detect` runs: (scale, (input height, input width)) of the
+    whole frame scaled so that its short side is `size` px (its long side at most MAX_ASPECT x
+    `size`), then at half that scale; each input padded at the bottom and right to a multiple of
+    `multiple` px (the network's coarsest stride). A face is found in the finer view from ~17 px
+    (full range) and in the coarser one up to the frame's height; the views' area is ~1.25
+    frames at the finer scale, where letterbox + tiles had been ~1.7."""
+    views = []
+    for level in range(2):
+        scale = min(size / min(h, w), MAX_ASPECT * size / max(h, w)) / 2 ** level
+        views.append((scale, tuple(-(-max(1, round(d * scale)) // multiple) * multiple for d in (h, w))))
+    return views
 
 
 def detect(model, frames, *, max_faces: int = 8, min_score: float | None = None,
-           iou_threshold: float = IOU_THRESHOLD, tiles: bool = True,
-           tile_min_score: float = TILE_MIN_SCORE) -> Detections:
+           iou_threshold: float = IOU_THRESHOLD, pyramid: bool = True, size: int | None = None) -> Detections:
     """Faces in uint8 RGB frames (N, H, W, 3) of any size with a `models.blazeface` network.
 
-    With `tiles`, the network also sees the frame's `tile_regions` (one batch: the whole frame
-    and the tiles), so that faces too small for it on the whole frame are found; a tile's
-    detections cut by an edge it shares with the frame's inside are dropped (the face is whole in
-    a neighbour, or large enough for the whole frame), and the weighted NMS runs once over all
-    the rest, merging a face seen several times; a tile's detections need `tile_min_score`.
-    Without, the whole frame only, `letterbox`ed as MediaPipe.
+    With `pyramid` (the default), the network sees the whole frame twice (`pyramid_views`), its
+    short side scaled to `size` px (by default the variant's `view_size`: full range 224, short
+    range 128) and to half that, so that both faces too small for MediaPipe's letterbox of a wide
+    frame and faces as large as the frame are found; one weighted NMS merges all views'
+    detections (a face seen in both). A pyramid detection
+    needs `min_score` (default VIEW_MIN_SCORE). Without, MediaPipe's pass: the frame
+    `letterbox`ed to the model's square input, `min_score` defaulting to the variant's threshold
+    (short range 0.5, full range 0.6).
 
-    Traceable (call it under `jax.jit`/`nnx.jit`, shapes static); `min_score` defaults to the
-    variant's threshold (short range 0.5, full range 0.6)."""
+    Traceable (call it under `jax.jit`/`nnx.jit`, shapes static)."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != jnp.uint8:
         raise InputError(f"detect: expected uint8 RGB frames (N, H, W, 3); got {frames.dtype} {frames.shape}")
     variant = VARIANTS[model.variant]
-    n, h, w, _ = frames.shape
-    regions = [(0, 0, w, h)] + (tile_regions(h, w) if tiles else [])
-    views = [resample(frames, variant.input_size, r, box=tiles) for r in regions]
-    regressors, classificators = model(jnp.concatenate([x for x, _, _ in views]))
+    _, h, w, _ = frames.shape
+    if not pyramid:
+        x, scale, offset = letterbox(frames, variant.input_size)
+        return postprocess(*model(x), variant, scale, offset, max_faces=max_faces, min_score=min_score,
+                           iou_threshold=iou_threshold)
+    threshold = VIEW_MIN_SCORE if min_score is None else min_score
+    size = variant.view_size if size is None else size
     parts = []
-    for i, ((x0, y0, rw, rh), (_, scale, offset)) in enumerate(zip(regions, views)):
-        boxes, keypoints, scores, candidate = candidates(
-            regressors[i * n:(i + 1) * n], classificators[i * n:(i + 1) * n], variant, scale, offset,
-            tile_min_score if i else min_score)
-        if i:  # a tile: drop what crosses an edge inside the frame
-            b = boxes
-            candidate &= ((x0 == 0) | (b[..., 0] >= x0)) & ((y0 == 0) | (b[..., 1] >= y0))
-            candidate &= ((x0 + rw == w) | (b[..., 2] <= x0 + rw)) & ((y0 + rh == h) | (b[..., 3] <= y0 + rh))
-        parts.append((boxes, keypoints, scores, candidate))
+    for scale, input_hw in pyramid_views(h, w, size, variant.max_stride):
+        parts.append(candidates(*model(resample(frames, input_hw, scale)), variant, scale, (0.0, 0.0), threshold,
+                                input_hw=input_hw))
     return suppress(*(jnp.concatenate(p, axis=1) for p in zip(*parts)), max_faces=max_faces,
                     iou_threshold=iou_threshold)
 
 
 def candidates(regressors, classificators, variant: Variant, scale: float, offset: tuple[float, float],
-               min_score: float | None = None):
-    """The network's outputs for frames resampled with (scale, offset) -> boxes (N, A, 4) and
-    keypoints (N, A, 6, 2) in frame pixels, scores (N, A) and which are candidates (N, A): score
-    >= `min_score` (the variant's by default), width and height >= 0."""
-    size = variant.input_size
-    boxes, keypoints, scores = decode(regressors, classificators, jnp.asarray(ssd_anchors(variant)), size)
+               min_score: float | None = None, *, input_hw: tuple[int, int] | None = None):
+    """The network's outputs for frames resampled with (scale, offset) to an input of
+    `input_hw` px (the variant's square by default) -> boxes (N, A, 4) and keypoints (N, A, 6, 2)
+    in frame pixels, scores (N, A) and which are candidates (N, A): score >= `min_score` (the
+    variant's by default), width and height >= 0."""
+    input_hw = (variant.input_size,) * 2 if input_hw is None else input_hw
+    anchors = jnp.asarray(ssd_anchors(variant, input_hw))
+    boxes, keypoints, scores = decode(regressors, classificators, anchors, input_hw)
     threshold = variant.min_score if min_score is None else min_score
     candidate = (scores >= threshold) & (boxes[..., 2] - boxes[..., 0] >= 0) & (boxes[..., 3] - boxes[..., 1] >= 0)
     # model input (normalized) -> frame pixels
-    to_pixels = lambda xy: (xy * size - jnp.asarray(offset, jnp.float32)) / scale  # noqa: E731
+    size_xy = jnp.asarray(input_hw[::-1], jnp.float32)
+    to_pixels = lambda xy: (xy * size_xy - jnp.asarray(offset, jnp.float32)) / scale  # noqa: E731
     boxes = to_pixels(boxes.reshape(*boxes.shape[:-1], 2, 2)).reshape(boxes.shape)
     return boxes, to_pixels(keypoints), scores, candidate
 

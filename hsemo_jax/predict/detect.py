@@ -118,17 +118,17 @@ class YuNetDetector:
 
 
 class BlazeFaceDetector:
-    """BlazeFace on the whole frame and its overlapping tiles (`models.detection.detect`, resized to
-    its input on the device): one compiled program per frame size."""
+    """BlazeFace on the whole frame at two scales (`models.detection.detect`, resized to its input
+    on the device): one compiled program per frame size."""
 
-    def __init__(self, name: str = "blazeface", max_faces: int = 16):
+    def __init__(self, name: str = "blazeface", max_faces: int = 16, size: int | None = None):
         import jax
 
         from hsemo_jax.convert.blazeface import load_blazeface
         from hsemo_jax.models.detection import detect
 
         model = load_blazeface(name)
-        self._detect = jax.jit(lambda frames: detect(model, frames, max_faces=max_faces))
+        self._detect = jax.jit(lambda frames: detect(model, frames, max_faces=max_faces, size=size))
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         found = self._detect(np.ascontiguousarray(rgb)[None])
@@ -157,14 +157,16 @@ class WholeFrame:
         return np.array([[0, 0, w, h]], np.float32)
 
 
-def make_detector(name: str, model_path: str | None = None, max_width: int = DETECT_WIDTH):
-    """A detector by name; frames wider than `max_width` (0: never) are shrunk for detection."""
+def make_detector(name: str, model_path: str | None = None, max_width: int = DETECT_WIDTH,
+                  detect_size: int | None = None):
+    """A detector by name; frames wider than `max_width` (0: never) are shrunk for detection
+    (BlazeFace: `detect_size` instead, its finer view's short side; None: the model's)."""
     if name == "haar":
         return HaarDetector(max_width=max_width)
     if name == "yunet":
         return YuNetDetector(model_path, max_width=max_width)
     if name in registry.DETECTORS:
-        return BlazeFaceDetector(name)
+        return BlazeFaceDetector(name, size=detect_size)
     if name == "mtcnn":
         return MTCNNDetector(model_path, max_width=max_width)
     if name == "none":

@@ -154,7 +154,7 @@ def crop_resize_faces(frames, frame_of, boxes, size: int, window: int | None = N
 
 
 def make_program(detector: nnx.Module, backbones: Sequence[Backbone], weights: Sequence[float], *,
-                 max_faces: int = MAX_FACES, with_embedding: bool = False,
+                 max_faces: int = MAX_FACES, with_embedding: bool = False, detect_size: int | None = None,
                  devices: Sequence[jax.Device] | None = None) -> Callable:
     """`fn(frames uint8 (B, H, W, 3), budget, window=None) -> dict` of per-face outputs, jitted
     (static: `budget`, the faces per batch that go through the models, and `window`, the side of
@@ -167,7 +167,8 @@ def make_program(detector: nnx.Module, backbones: Sequence[Backbone], weights: S
     most B * F, when found > budget); extent (2,): the largest crop height and width of the
     faces run (rerun with a window that holds it when it exceeds `window`).
     Rows that are not valid are zeros. The weights are compile-time constants, as in
-    `models.inference.make_forward`.
+    `models.inference.make_forward`. `detect_size`: the detector's finer view (`detection.detect`'s
+    `size`; None: the variant's).
 
     With several `devices` (GPUs, or one CPU device per core: `hsemo_jax.runtime`), a batch whose
     frames and budget divide by their count is split over them, each device running the whole
@@ -186,7 +187,7 @@ def make_program(detector: nnx.Module, backbones: Sequence[Backbone], weights: S
 
     def program(frames, budget: int, window: int | None = None):
         n, h, w, _ = frames.shape
-        found = detect(nnx.merge(det_graphdef, det_state), frames, max_faces=max_faces)
+        found = detect(nnx.merge(det_graphdef, det_state), frames, max_faces=max_faces, size=detect_size)
         corners, nonempty = crop_boxes(found.boxes, h, w)
         valid = found.valid & nonempty
         flat_valid = valid.reshape(-1)
@@ -359,13 +360,14 @@ _PROGRAMS: dict = {}
 
 
 def program_for(detector_name: str, models: Sequence, weights: Sequence[float], with_va: bool,
-                with_embedding: bool = False, max_faces: int = MAX_FACES) -> Callable:
+                with_embedding: bool = False, max_faces: int = MAX_FACES, detect_size: int | None = None) -> Callable:
     """`make_program` for `pipeline.load_models` models, built once per process and set of models
     (later runs, e.g. repeated `Recognizer.predict` calls, reuse the compiled programs)."""
     key = (detector_name, tuple(id(m.module) for m in models), tuple(float(w) for w in weights), with_va,
-           with_embedding, max_faces)
+           with_embedding, max_faces, detect_size)
     if key not in _PROGRAMS:
         backbones = [Backbone.of(m.module, with_va) for m in models]
         _PROGRAMS[key] = make_program(load_detector(detector_name), backbones, weights, max_faces=max_faces,
-                                      with_embedding=with_embedding, devices=jax.local_devices())
+                                      with_embedding=with_embedding, detect_size=detect_size,
+                                      devices=jax.local_devices())
     return _PROGRAMS[key]
