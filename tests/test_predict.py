@@ -188,6 +188,7 @@ def _no_decoding(monkeypatch):
     (["--smooth", "gaussian", "--k", "-2"], "k "),
     (["--smooth", "box", "--k", "-2"], "k "),
     (["--detect-width", "-5"], "detect width"),
+    (["--detect-size", "8"], "detect size"),
     (["--detect-every", "0"], "detect every"),
     (["--au-thresholds", "1.5"], "thresholds"),
     (["--out", "{tmp}"], "folder"),

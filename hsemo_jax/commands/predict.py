@@ -33,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detect-width", type=int, default=DETECT_WIDTH, metavar="PX",
                    help=f"detect faces on frames shrunk to at most this width, boxes mapped back to full "
                         f"resolution for cropping (default {DETECT_WIDTH}; 0 = full resolution)")
+    p.add_argument("--detect-size", type=int, metavar="PX",
+                   help="BlazeFace: the frame's short side at the detector's finer view (default: 224 for full "
+                        "range, 128 for short range; the frame is also seen at half that). Larger finds smaller "
+                        "faces, at a cost growing with its square")
     p.add_argument("--detect-every", type=int, default=DETECT_EVERY, metavar="N",
                    help=f"in a video, search the whole frame for faces every N frames and follow the tracked "
                         f"faces on the frames between (default {DETECT_EVERY}; 1 = whole-frame search on every "
@@ -71,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
     models = tuple(args.models or ("enet_b0_8_va_mtl",))
     pipeline.check_options(models=len(models), weights=args.blend, detector=args.detector,
-                           detect_width=args.detect_width, detect_every=args.detect_every, smooth=args.smooth,
+                           detect_width=args.detect_width, detect_size=args.detect_size,
+                           detect_every=args.detect_every, smooth=args.smooth,
                            sigma=args.sigma, k=args.k, batch_size=args.batch_size, au_thresholds=args.au_thresholds)
     runs, combined = inputs.plan(args.inputs, out=args.out, plot=args.plot, abaw=args.abaw_out)
     if args.abaw_out:
@@ -137,7 +142,8 @@ def _run_one(args, r, models):
     try:
         table = predict(r.input, models, weights=args.blend,
                         detector=args.detector, detector_model=args.detector_model,
-                        detect_width=args.detect_width, detect_every=args.detect_every, smooth=args.smooth,
+                        detect_width=args.detect_width, detect_size=args.detect_size,
+                        detect_every=args.detect_every, smooth=args.smooth,
                         sigma=args.sigma, k=args.k, batch_size=args.batch_size, head=args.head,
                         au_thresholds=args.au_thresholds, exact_preprocess=args.exact_preprocess,
                         on_rows=csv_out.write_rows, progress=True)

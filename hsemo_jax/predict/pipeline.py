@@ -18,7 +18,7 @@ import numpy as np
 from hsemo_jax import labels
 from hsemo_jax.errors import InputError
 from hsemo_jax.models import registry
-from hsemo_jax.predict.defaults import BATCH_SIZE, DETECT_EVERY, DETECT_WIDTH, DETECTORS
+from hsemo_jax.predict.defaults import BATCH_SIZE, DETECT_EVERY, DETECT_WIDTH, DETECTORS, MIN_DETECT_SIZE
 from hsemo_jax.predict.detect import crop, make_detector
 from hsemo_jax.predict.follow import FollowingDetector
 from hsemo_jax.predict.track import IoUTracker
@@ -135,7 +135,7 @@ def _au_thresholds(thresholds) -> np.ndarray:
 
 
 def check_options(*, models: int = 1, weights=None, detector: str = "haar", detect_width: int = DETECT_WIDTH,
-                  detect_every: int = DETECT_EVERY, smooth: str = "none", sigma: float = 2.0, k: int = 5,
+                  detect_size: int | None = None, detect_every: int = DETECT_EVERY, smooth: str = "none", sigma: float = 2.0, k: int = 5,
                   batch_size: int = BATCH_SIZE, au_thresholds=None) -> None:
     """Raise one `InputError` naming every bad setting of `predict` (`models`: how many are given),
     before anything is loaded or decoded."""
@@ -147,6 +147,8 @@ def check_options(*, models: int = 1, weights=None, detector: str = "haar", dete
 
     whole("batch size", batch_size, 1)
     whole("detect width", detect_width, 0)
+    if detect_size is not None:
+        whole("detect size", detect_size, MIN_DETECT_SIZE)
     whole("detect every N frames", detect_every, 1)
     if detector not in DETECTORS:
         bad.append(f"detector: expected one of {', '.join(DETECTORS)}, got {detector!r}")
@@ -214,7 +216,7 @@ def _run_batch(models, weights, crops, batch_size, with_va, au_head=None):
 
 def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weights=None,
             detector: str = registry.DEFAULT_DETECTOR, detector_model: str | None = None,
-            detect_width: int = DETECT_WIDTH,
+            detect_width: int = DETECT_WIDTH, detect_size: int | None = None,
             detect_every: int = DETECT_EVERY, smooth: str = "none", sigma: float = 2.0, k: int = 5,
             batch_size: int = BATCH_SIZE, head: str | None = None, au_thresholds=None,
             exact_preprocess: bool = False, on_rows: Callable | None = None,
@@ -232,12 +234,14 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
 
     With a BlazeFace detector (the default: full range, `registry.DEFAULT_DETECTOR`) every batch
     of `batch_size` frames runs as one device program (`hsemo_jax.predict.device`: whole-frame detection on every frame, crops resized on the
-    device; `detect_width` and `detect_every` do not apply); `exact_preprocess` uses the host path
+    device; `detect_width` and `detect_every` do not apply; `detect_size`: BlazeFace's finer view,
+    the frame's short side in px, `models.detection.detect`'s `size`, None: the model's);
+    `exact_preprocess` uses the host path
     instead, whose PIL-exact resize reproduces the published numbers bit for bit (the other
     detectors always use it; there `batch_size` counts faces). `progress`: frames done, percentage and ETA on stderr (`hsemo_jax.predict.progress`).
     """
     check_options(models=len(models), weights=weights, detector=detector, detect_width=detect_width,
-                  detect_every=detect_every, smooth=smooth, sigma=sigma, k=k, batch_size=batch_size,
+                  detect_size=detect_size, detect_every=detect_every, smooth=smooth, sigma=sigma, k=k, batch_size=batch_size,
                   au_thresholds=au_thresholds)
     if isinstance(input_spec, (str, os.PathLike)):
         source = FrameSource(os.fspath(input_spec))
@@ -256,7 +260,8 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
     if detector in registry.DETECTORS and not exact_preprocess:
         from hsemo_jax.predict import device
 
-        program = device.program_for(detector, loaded, tuple(weights), with_va, with_embedding=au_head is not None)
+        program = device.program_for(detector, loaded, tuple(weights), with_va, with_embedding=au_head is not None,
+                                     detect_size=detect_size)
         with decoder_messages() as chatter:
             bar = Progress(frame_total(source), enabled=progress)
             try:
@@ -268,7 +273,7 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
                 bar.close()
         _report_input_notes(source, chatter)
         return _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr, models)
-    follow = FollowingDetector(make_detector(detector, detector_model, detect_width),
+    follow = FollowingDetector(make_detector(detector, detector_model, detect_width, detect_size),
                                detect_every if source.kind == "video" else 1)
 
     rows: list[dict] = []  # face-less frames and faces, in frame order
