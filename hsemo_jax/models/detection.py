@@ -161,9 +161,10 @@ def pyramid_views(h: int, w: int, size: int, multiple: int) -> list[tuple[float,
     """The views of an H x W frame that `detect` runs: (scale, (input height, input width)) of the
     whole frame scaled so that its short side is `size` px (its long side at most MAX_ASPECT x
     `size`), then at half that scale; each input padded at the bottom and right to a multiple of
-    `multiple` px (the network's coarsest stride). A face is found in the finer view from ~17 px
-    (full range) and in the coarser one up to the frame's height; the views' area is ~1.25
-    frames at the finer scale, where letterbox + tiles had been ~1.7."""
+    `multiple` px (the network's coarsest stride). Full range finds a face in the finer view from
+    ~17 px; the coarser one finds faces taller than ~85% of the frame, which the finer view alone
+    lost (hsemo_jax/bench/NOTES.md). At 16:9 and 224 px the views are 122k input pixels, where
+    MediaPipe's letterbox and two square tiles had been 111k."""
     views = []
     for level in range(2):
         scale = min(size / min(h, w), MAX_ASPECT * size / max(h, w)) / 2 ** level
