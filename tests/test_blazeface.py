@@ -383,18 +383,18 @@ FACE_FREE = ("brick", "coffee", "grass", "gravel", "hubble_deep_field", "immunoh
 
 
 def test_the_pyramid_finds_no_face_where_there_is_none():
-    """Full range's default views and threshold on 17 face-free pictures: no detection (its
-    highest score on them is 0.44, in "rocket", against the threshold 0.5)."""
+    """Full range's default views and threshold on 17 face-free pictures, each resized to 640x480
+    (one batch, one compilation): no detection (its highest score on them is 0.38, against the
+    threshold 0.5; at their own sizes 0.44)."""
     model = convert_blazeface.load_blazeface("blazeface_full_range")
-    run = jax.jit(lambda f: detection.detect(model, f, max_faces=1).valid)
-    found = []
+    frames = []
     for name in FACE_FREE:
         img = getattr(data, name)()
         img = img.astype(np.uint8) * 255 if img.dtype == bool else img
         img = np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img[..., :3]
-        if run(np.ascontiguousarray(img)[None]).any():
-            found.append(name)
-    assert not found
+        frames.append(cv2.resize(np.ascontiguousarray(img), (640, 480), interpolation=cv2.INTER_AREA))
+    valid = np.asarray(jax.jit(lambda f: detection.detect(model, f, max_faces=1).valid)(np.stack(frames)))
+    assert not [name for name, v in zip(FACE_FREE, valid[:, 0]) if v]
 
 
 # ------------------------------------------------------------------------------------------------
