@@ -323,12 +323,12 @@ def test_pyramid_views_cover_the_frame_at_two_scales():
     for h, w in ((720, 1280), (360, 640), (512, 512), (480, 640), (1280, 720), (240, 320), (100, 2000)):
         for variant in blazeface.VARIANTS.values():
             (s0, hw0), (s1, hw1) = detection.pyramid_views(h, w, 224, variant.max_stride)
-            assert s1 == s0 / 2
+            assert s1 == s0 / detection.COARSER
             assert s0 * min(h, w) == pytest.approx(224) or s0 * max(h, w) == pytest.approx(224 * detection.MAX_ASPECT)
             for s, (ih, iw) in ((s0, hw0), (s1, hw1)):  # the whole frame fits, padded by less than a stride
                 assert ih % variant.max_stride == 0 and iw % variant.max_stride == 0
                 assert 0 <= ih - h * s < variant.max_stride + 0.5 and 0 <= iw - w * s < variant.max_stride + 0.5
-    assert detection.pyramid_views(720, 1280, 224, 32) == [(224 / 720, (224, 416)), (112 / 720, (128, 224))]
+    assert detection.pyramid_views(720, 1280, 224, 32) == [(224 / 720, (224, 416)), (224 / 720 / 3, (96, 160))]
 
 
 def _wall_with_face(scale: float, x: int, y: int, *, close: bool = False) -> np.ndarray:

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"resolution for cropping (default {DETECT_WIDTH}; 0 = full resolution)")
     p.add_argument("--detect-size", type=int, metavar="PX",
                    help="BlazeFace: the frame's short side at the detector's finer view (default: 224 for full "
-                        "range, 128 for short range; the frame is also seen at half that). Larger finds smaller "
+                        "range, 128 for short range; the frame is also seen at a third of that). Larger finds smaller "
                         "faces, at a cost growing with its square")
     p.add_argument("--detect-every", type=int, default=DETECT_EVERY, metavar="N",
                    help=f"in a video, search the whole frame for faces every N frames and follow the tracked "

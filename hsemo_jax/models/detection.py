@@ -1,7 +1,7 @@
 """Face detection with BlazeFace as MediaPipe runs it, traceable end to end (one jitted program):
 
     frames (N, H, W, 3) uint8 -> the whole frame at two scales (`pyramid_views`: its short side
-       `size` px, then half that), or MediaPipe's one letterbox to the model's square input
+       `size` px, then a third of that), or MediaPipe's one letterbox to the model's square input
     -> regressors, classificators -> boxes and keypoints decoded against SSD anchors, scores,
        in frame pixels
     -> MediaPipe's weighted non-maximum suppression per frame over all views' detections
@@ -150,6 +150,7 @@ def letterbox(frames, size: int):
     return resample(frames, (size, size), scale, offset, box=False), scale, offset
 
 
+COARSER = 3  # the coarser view's scale is the finer one's divided by this
 MAX_ASPECT = 4  # a view's long side is at most this many times `size` (panoramas are shrunk to fit)
 # the score a pyramid detection needs. On `bench predict`'s clips (full range, 224 px), of MTCNN's
 # faces 0.5 finds ~99% and 0.6 ~91%; full range scores at most 0.44 in 17 face-free scikit-image
@@ -161,14 +162,14 @@ VIEW_MIN_SCORE = 0.5
 def pyramid_views(h: int, w: int, size: int, multiple: int) -> list[tuple[float, tuple[int, int]]]:
     """The views of an H x W frame that `detect` runs: (scale, (input height, input width)) of the
     whole frame scaled so that its short side is `size` px (its long side at most MAX_ASPECT x
-    `size`), then at half that scale; each input padded at the bottom and right to a multiple of
+    `size`), then at a third of that scale; each input padded at the bottom and right to a multiple of
     `multiple` px (the network's coarsest stride). Full range finds a face in the finer view from
     ~17 px; the coarser one finds faces taller than ~85% of the frame, which the finer view alone
-    lost (hsemo_jax/bench/NOTES.md). At 16:9 and 224 px the views are 122k input pixels, where
+    lost (hsemo_jax/bench/NOTES.md). At 16:9 and 224 px the views are 109k input pixels, where
     MediaPipe's letterbox and two square tiles had been 111k."""
     views = []
-    for level in range(2):
-        scale = min(size / min(h, w), MAX_ASPECT * size / max(h, w)) / 2 ** level
+    for shrink in (1, COARSER):
+        scale = min(size / min(h, w), MAX_ASPECT * size / max(h, w)) / shrink
         views.append((scale, tuple(-(-max(1, round(d * scale)) // multiple) * multiple for d in (h, w))))
     return views
 
@@ -179,7 +180,7 @@ def detect(model, frames, *, max_faces: int = 8, min_score: float | None = None,
 
     With `pyramid` (the default), the network sees the whole frame twice (`pyramid_views`), its
     short side scaled to `size` px (by default the variant's `view_size`: full range 224, short
-    range 128) and to half that, so that both faces too small for MediaPipe's letterbox of a wide
+    range 128) and to a third of that, so that both faces too small for MediaPipe's letterbox of a wide
     frame and faces as large as the frame are found; one weighted NMS merges all views'
     detections (a face seen in both). A pyramid detection
     needs `min_score` (default VIEW_MIN_SCORE). Without, MediaPipe's pass: the frame
