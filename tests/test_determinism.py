@@ -143,7 +143,9 @@ def _pretrain(out: Path, cache: Path, data: Path):
     env.pop(ck.ENV, None)  # the kernels on
     cmd = [sys.executable, "-m", "hsemo_jax.cli", "pretrain", str(SMOKE), "--out", str(out), "--train", str(data),
            "--set", "data.workers=0", "--set", f"train.steps={STEPS}", "--set", f"train.batch_size={BATCH}", "--set", "train.log_every=1", "--set", "train.progress=false",
-           "--set", "data.val=", "--set", "checkpoint.save_every=0", "--set", "checkpoint.async_save=false"]
+           "--set", "data.val=", "--set", "checkpoint.save_every=0", "--set", "checkpoint.async_save=false",
+           # no event file: tensorboardX imports torch (2-3 s per run); tested in test_train_checkpoint.py
+           "--set", "train.tensorboard=false"]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / "metrics.csv") as f:
