@@ -106,7 +106,12 @@ def test_bf16_training_matches_float32(arch):
     np.testing.assert_allclose(s16, s32, atol=EVAL_ATOL * float(jnp.abs(s32).max()))
 
 
-@pytest.mark.parametrize("arch", list(SIZES))
+# B2 is B0's blocks at other widths and depths: slow, tf_efficientnet_b0's case covers its code
+SAME_CODE_AS_TF_B0 = "tf_efficientnet_b2"
+
+
+@pytest.mark.parametrize("arch", [a if a != SAME_CODE_AS_TF_B0 else pytest.param(a, marks=pytest.mark.slow)
+                                  for a in SIZES])
 def test_bf16_forward_keeps_bf16_activations_and_fp32_statistics(arch):
     """Traced only (no compile): with the trainer's bfloat16 params, the forward in train and in
     eval mode returns bfloat16 scores, and the batch norms' updated running statistics are

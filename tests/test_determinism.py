@@ -137,15 +137,20 @@ def smoke_data(tmp_path_factory):
     return synthetic_affectnet_build(tmp_path_factory.mktemp("affectnet"), train=64, val_per_class=1)
 
 
-def _pretrain(out: Path, cache: Path, data: Path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-               JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+def _start_pretrain(out: Path, data: Path) -> subprocess.Popen:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
     env.pop(ck.ENV, None)  # the kernels on
     cmd = [sys.executable, "-m", "hsemo_jax.cli", "pretrain", str(SMOKE), "--out", str(out), "--train", str(data),
            "--set", "data.workers=0", "--set", f"train.steps={STEPS}", "--set", f"train.batch_size={BATCH}", "--set", "train.log_every=1", "--set", "train.progress=false",
-           "--set", "data.val=", "--set", "checkpoint.save_every=0", "--set", "checkpoint.async_save=false"]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+           "--set", "data.val=", "--set", "checkpoint.save_every=0", "--set", "checkpoint.async_save=false",
+           # no event file: tensorboardX imports torch (2-3 s per run); tested in test_train_checkpoint.py
+           "--set", "train.tensorboard=false"]
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _finish_pretrain(proc: subprocess.Popen, out: Path):
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
     with open(out / "metrics.csv") as f:
         rows = {int(r["step"]): (r["loss"], r["grad_norm"]) for r in csv.DictReader(f) if r["loss"]}
     from hsemo_jax.checkpoint import load_model
@@ -157,8 +162,16 @@ def _pretrain(out: Path, cache: Path, data: Path):
 
 
 def test_two_pretrain_runs_are_bit_identical(tmp_path, smoke_data):
-    rows_a, params_a = _pretrain(tmp_path / "a", tmp_path / "cache", smoke_data)
-    rows_b, params_b = _pretrain(tmp_path / "b", tmp_path / "cache", smoke_data)
+    """The two runs at once, each compiling its own program (no shared compilation cache): XLA
+    compiles on one thread, so on two cores the second run adds little time; and the runs' thread
+    pools compete for the cores, which must not change a bit either."""
+    procs = {name: _start_pretrain(tmp_path / name, smoke_data) for name in ("a", "b")}
+    try:
+        (rows_a, params_a), (rows_b, params_b) = [_finish_pretrain(p, tmp_path / name) for name, p in procs.items()]
+    finally:
+        for p in procs.values():  # no-op once ended; a failed or hung run must not outlive the test
+            p.kill()
+            p.wait()
     assert sorted(rows_a) == list(range(1, STEPS + 1))
     assert rows_a == rows_b  # losses and gradient norms, every step, as written (repr of float32)
     assert params_a.keys() == params_b.keys() and params_a

@@ -86,13 +86,16 @@ def test_mtcnn_detect_exports_for_gpu_and_tpu(no_kernels):
     assert exported.out_avals[0].shape == (2, 32, 4)
 
 
-# bfloat16 compute (the accelerator setting) for every backbone but B2 (B0's blocks at other widths);
+# bfloat16 compute (the accelerator setting) for every backbone but B2 (B0's blocks at other widths)
+# and timm's efficientnet_b0 (tf_efficientnet_b0's step but for symmetric padding, whose forward
+# its inference export above covers, and whose backward MobileFaceNet's bf16 step has);
 # float32 for the quickest one (the same step, other dtypes): the other cases are marked slow (about
 # 2.5 min together on 2 cores).
 FLOAT32_FAST = "mobilefacenet"
-SAME_CODE_AS_B0 = "tf_efficientnet_b2"
+SAME_CODE_AS_TF_B0 = ("tf_efficientnet_b2", "efficientnet_b0")  # slow: tf_efficientnet_b0-bfloat16 covers them
 TRAIN_STEP_CASES = [
-    (a, "bfloat16") if a != SAME_CODE_AS_B0 else pytest.param(a, "bfloat16", marks=pytest.mark.slow) for a in ARCHS
+    (a, "bfloat16") if a not in SAME_CODE_AS_TF_B0 else pytest.param(a, "bfloat16", marks=pytest.mark.slow)
+    for a in ARCHS
 ] + [(a, "float32") if a == FLOAT32_FAST else pytest.param(a, "float32", marks=pytest.mark.slow) for a in ARCHS]
 
 

@@ -18,7 +18,9 @@ from train_fixtures import feature_data
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--mode", "separate", "--set", "train.batch_size=64", "--set", "checkpoint.save_every=25",
         "--set", "train.log_every=1", "--set", "train.progress=false", "--set", "head.epochs_expr=1",
-        "--set", "head.epochs_va=1", "--set", "head.epochs_au=2"]
+        "--set", "head.epochs_va=1", "--set", "head.epochs_au=2",
+        # no event file: tensorboardX imports torch (2-3 s per process); tested in test_train_checkpoint.py
+        "--set", "train.tensorboard=false"]
 DEVICES = 2  # the reference and the killed run: 1 process x 2 CPU devices; the distributed run: 2 x 1
 
 

@@ -74,8 +74,12 @@ def jaxpr_equations(jaxpr):
 
 
 def conv_dtypes(trainer, batch) -> set[tuple[str, ...]]:
-    """The (input, kernel) dtypes of every convolution in `trainer`'s train step on `batch`."""
-    jaxpr = jax.make_jaxpr(trainer._train_step)(trainer.state, batch)
+    """The (input, kernel) dtypes of every convolution in `trainer`'s train step on `batch`.
+
+    Traced through the trainer's own jitted step (`trainer._train.trace`), with the batch placed as
+    `trainer.step` places it: a later `trainer.step` on batches of this shape reuses this trace
+    instead of tracing the step again (seconds for a backbone)."""
+    jaxpr = trainer._train.trace(trainer.state, dist.put_batch(batch, trainer.mesh)).jaxpr
     return {tuple(str(v.aval.dtype) for v in eqn.invars) for eqn in jaxpr_equations(jaxpr.jaxpr)
             if eqn.primitive.name == "conv_general_dilated"}
 
