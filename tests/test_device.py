@@ -49,16 +49,19 @@ def test_device_resize_is_pillows_but_for_rare_one_level_steps():
     assert not np.asarray(nonempty).any()
 
 
-def test_a_batch_of_faces_in_both_pass_orders_equals_each_face_alone():
-    """`crop_resize_faces` runs the vertical-first order only when a face of the batch needs it:
-    a batch mixing both orders gives each face the bits it gets alone."""
+@pytest.mark.parametrize("size", (112, 224))
+def test_a_batch_of_faces_in_both_pass_orders_equals_each_face_alone(size):
+    """`crop_resize_faces` runs the vertical-first order only when a face of the batch needs it,
+    and reads 3 taps, not the window's 5 or 7, when no crop of the batch is larger than `size`:
+    a batch mixing both orders and both tap counts gives each face the bits it gets alone (at 112
+    px only the 50x40 face is at most `size`; at 224 all but the 40x230 one)."""
     frames = _frames(2)
     boxes = jnp.array([(100, 50, 300, 230), (150, 5, 190, 235), (10, 10, 60, 50), (20, 0, 60, 200)], jnp.float32)
     frame_of = jnp.array([0, 1, 1, 0], jnp.int32)
-    batch = jax.jit(crop_resize_faces, static_argnums=(3, 4))(frames, frame_of, boxes, 112, 256)
+    batch = jax.jit(crop_resize_faces, static_argnums=(3, 4))(frames, frame_of, boxes, size, 256)
     alone = jax.jit(crop_resize, static_argnums=(2, 3))
     for i in range(len(boxes)):
-        np.testing.assert_array_equal(np.asarray(batch[i]), np.asarray(alone(frames[int(frame_of[i])], boxes[i], 112, 256)))
+        np.testing.assert_array_equal(np.asarray(batch[i]), np.asarray(alone(frames[int(frame_of[i])], boxes[i], size, 256)))
 
 
 def test_a_window_around_the_crop_gives_the_same_bits():

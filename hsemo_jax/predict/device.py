@@ -93,6 +93,9 @@ def crop_boxes(boxes, height: int, width: int):
 
 
 _PRECISION_BITS = 22  # Pillow's fixed-point weights (models/transforms.py)
+# taps for a crop enlarged or kept (support 1): an output pixel's triangle spans 2 pixels; the third
+# has weight 0, a margin. A crop that shrinks by s needs ceil(2 s) + 2 (`crop_resize_faces`).
+_UP_TAPS = 3
 
 
 def _resample(x, axis: int, taps, weights):
@@ -124,7 +127,9 @@ def crop_resize_faces(frames, frame_of, boxes, size: int, window: int | None = N
     from the batch directly (no face copies a whole frame). The faces' first passes are computed
     once (`materialized`: fused into the second pass's gathers, XLA:CPU recomputed them for each
     tap), then their second passes. The horizontal pass runs first; the vertical-first order (a
-    tall crop, rare for faces) is computed only when some face of the batch needs it."""
+    tall crop, rare for faces) is computed only when some face of the batch needs it, and a batch
+    whose crops are all at most `size` px reads 3 taps per output pixel, not the window's largest
+    crop's (5 for 256 px to 224): the weights past the triangle are zeros either way."""
     _, fh, fw, c = frames.shape
     side = max(fh, fw) if window is None else window
     # a square window (frames smaller than it padded, outside any crop)
@@ -135,21 +140,28 @@ def crop_resize_faces(frames, frame_of, boxes, size: int, window: int | None = N
     x = jax.vmap(window_of)(frame_of, y0, x0)
     corners = jnp.minimum(boxes - jnp.stack([x0, y0, x0, y0], axis=1).astype(boxes.dtype), side)
     x1, y1, x2, y2 = (corners[:, i] for i in range(4))
-    k = math.ceil(2 * max(side / size, 1.0)) + 2  # enough taps for the largest possible crop
-    taps = jax.vmap(lambda lo, hi: _taps(lo, hi, side, size, k))
-    rows, cols = taps(y1, y2), taps(x1, x2)
+    in_h, in_w = y2 - y1, x2 - x1
     resample = jax.vmap(_resample, in_axes=(0, None, 0, 0))
 
     def passes(first, second):  # (axis, taps, weights) of each pass, in order
         return resample(materialized(resample(x, *first)), *second)
 
-    horizontal_first = passes((1, *cols), (0, *rows))
-    in_h, in_w = y2 - y1, x2 - x1
-    vertical_first = (size < in_h) & (in_h - size > 2 * (in_w - size))
-    out = lax.cond(vertical_first.any(),
-                   lambda: jnp.where(vertical_first[:, None, None, None], passes((0, *rows), (1, *cols)),
-                                     horizontal_first),
-                   lambda: horizontal_first)
+    def crops(k: int, shrinking: bool):
+        taps = jax.vmap(lambda lo, hi: _taps(lo, hi, side, size, k))
+        rows, cols = taps(y1, y2), taps(x1, x2)
+        horizontal_first = passes((1, *cols), (0, *rows))
+        if not shrinking:  # Pillow's vertical-first order needs a height that shrinks
+            return horizontal_first
+        vertical_first = (size < in_h) & (in_h - size > 2 * (in_w - size))
+        return lax.cond(vertical_first.any(),
+                        lambda: jnp.where(vertical_first[:, None, None, None], passes((0, *rows), (1, *cols)),
+                                          horizontal_first),
+                        lambda: horizontal_first)
+
+    k = math.ceil(2 * max(side / size, 1.0)) + 2  # enough taps for the largest crop the window holds
+    # a batch of crops no larger than `size` (e.g. the faces of a 360p frame) reads fewer taps
+    out = lax.cond(((in_h <= size) & (in_w <= size)).all(), lambda: crops(_UP_TAPS, False),
+                   lambda: crops(k, True))
     return out.astype(jnp.float32)
 
 
