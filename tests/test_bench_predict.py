@@ -50,7 +50,8 @@ def test_table_and_goal_lines():
     slow = lambda r: bench.Result(r.seconds * 2, r.frames, r.boxes)  # noqa: E731
     a = bench.Result(2.0, 2, boxes)  # 1 frame/s, 4 faces
     runs = {"a": a, "b": bench.Result(0.5, 2, [boxes[0][:1], np.zeros((0, 4))]),
-            "blazeface": bench.Result(0.2, 2, boxes), "blazeface_full_range": bench.Result(0.1, 2, [])}
+            "blazeface": bench.Result(0.2, 2, boxes), "blazeface_full_range": bench.Result(0.1, 2, []),
+            "blazeface_full_range@192": bench.Result(0.4, 2, [boxes[0], np.zeros((0, 4))])}
     runs = {k: [r, slow(r), r] for k, r in runs.items()}
     report = [(180, runs, {"blazeface": {"faces": 4, "size": 112, "mean": 0.01, "max": 1.0, "dprob": 1e-5}}, 2,
                {1: 0.9, 2: 1.0})]
@@ -64,6 +65,8 @@ def test_table_and_goal_lines():
     assert "short range) | 10.00 | 4 | 1.000 | 10.00x |" in text
     assert "(device program) | 20.00 | 0 | 0.000 | 20.00x |" in text
     assert "blazeface, 180p: holds (10.00x, 100.0%)" in text
+    assert "--detect-size 192 (device program) | 5.00 | 2 | 0.500 | 5.00x |" in text  # `--detect-sizes 192`
+    assert "blazeface_full_range --detect-size 192, 180p: does not hold (5.00x, 50.0%)" in text
     runs["a"][0] = bench.Result(4.0, 2, boxes)  # (a) slow in round 1 only: 20x, 10x, 10x -> 10x
     with redirect_stdout(out := io.StringIO()):
         bench._print(args, report, 5)

@@ -37,6 +37,7 @@ MIN_IOU = 0.3  # a face of (a) counts as found when a box of the same frame over
 MTCNN_MIN_PROB = 0.9  # EmotiEffLib's examples keep MTCNN faces above this probability
 GOAL_SPEED, GOAL_RECALL = 5.0, 0.95  # (c) against (a)
 VARIANTS = ("blazeface", "blazeface_full_range")
+SIZED = "blazeface_full_range"  # the (c) variant `--detect-sizes` runs again
 PROBE_FRAMES = 4  # frames on which (a)'s torch thread count is chosen
 
 
@@ -48,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=3,
                    help="rounds of every pipeline in turn: median frames/s and median per-round speed ratio (default 3)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"predict's batch size (default {BATCH_SIZE}, predict's)")
+    p.add_argument("--detect-sizes", type=int, nargs="+", default=[], metavar="PX",
+                   help="also run (c) full range with each of these `predict --detect-size` values (default: its own only)")
 
 
 # (image, crop rows, crop columns, mirrored, grey, x, y (top left at 1280x720), scale): the astronaut
@@ -252,10 +255,14 @@ def run(args: argparse.Namespace) -> int:
     from hsemo_jax.checkpoint import ModelInfo, save_model
     from hsemo_jax.convert import convert_state_dict
     from hsemo_jax.models import registry
-    from hsemo_jax.predict.defaults import DETECT_EVERY
+    from hsemo_jax.predict.defaults import DETECT_EVERY, MIN_DETECT_SIZE
 
     if args.frames < 1 or args.rounds < 1 or any(h < 32 for h in args.resolutions):
         raise SystemExit("bench predict: --frames and --rounds must be >= 1 and --resolutions heights >= 32")
+    if any(s < MIN_DETECT_SIZE for s in args.detect_sizes):
+        raise SystemExit(f"bench predict: --detect-sizes must be >= {MIN_DETECT_SIZE} px")
+    # (c)'s runs: (row key, detector, detect size)
+    device = [(name, name, None) for name in VARIANTS] + [(f"{SIZED}@{s}", SIZED, s) for s in args.detect_sizes]
     arch = registry.get_arch(args.arch)
     ref = torch_reference(args.arch)
     if ref is None:
@@ -293,9 +300,9 @@ def run(args: argparse.Namespace) -> int:
                   "frames/s on the first frames)")
             torch.set_num_threads(torch_threads)
             # (b), (c): a warm-up run on the first frames compiles every shape (a long video amortizes it)
-            for name in ("haar", *VARIANTS):
-                _note(f"{height}p warm-up {name}")
-                timed_predict(warm, model_dir, detector=name, **kw)
+            for key, name, size in [("b", "haar", None), *device]:
+                _note(f"{height}p warm-up {key}")
+                timed_predict(warm, model_dir, detector=name, detect_size=size, **kw)
             runs, tables = {}, {}
             for i in range(args.rounds):  # every pipeline once per round, back to back
                 _note(f"{height}p round {i + 1} of {args.rounds}")
@@ -303,9 +310,9 @@ def run(args: argparse.Namespace) -> int:
                 runs.setdefault("a", []).append(mtcnn_torch_pipeline(video, ref, arch.input_size, arch.mean, arch.std,
                                                                      mtcnn))
                 torch.set_num_threads(torch_threads)
-                for name in ("haar", *VARIANTS):
-                    result, tables[name] = timed_predict(video, model_dir, detector=name, **kw)
-                    runs.setdefault("b" if name == "haar" else name, []).append(result)
+                for key, name, size in [("b", "haar", None), *device]:
+                    result, tables[key] = timed_predict(video, model_dir, detector=name, detect_size=size, **kw)
+                    runs.setdefault(key, []).append(result)
             _note(f"{height}p resize gap")
             frames = read_frames(video)
             gap = {name: resize_gap(frames, tables[name], model_dir, args.batch_size) for name in VARIANTS}
@@ -323,6 +330,8 @@ def _note(text: str) -> None:
 def _label(key: str, detect_every: int, threads: int = 1) -> str:
     if key == "a":
         return f"(a) MTCNN (facenet-pytorch) + PyTorch eager per face ({threads} torch thread{'s' * (threads > 1)})"
+    if key.startswith(f"{SIZED}@"):
+        return f"(c) predict --detector {SIZED} --detect-size {key.split('@')[1]} (device program)"
     return {"b": f"(b) predict --detector haar (host path; whole-frame search every {detect_every} frames)",
             "blazeface": "(c) predict --detector blazeface (device program, short range)",
             "blazeface_full_range": "(c) predict --detector blazeface_full_range (device program)"}[key]
@@ -343,7 +352,7 @@ def _print(args, report, detect_every) -> None:
             speed = statistics.median(x.fps / y.fps for x, y in zip(results, a))
             recall = matched(a[0].boxes, r.boxes) / a[0].faces if a[0].faces else float("nan")
             print(f"| {_label(key, detect_every, threads)} | {fps:.2f} | {r.faces} | {recall:.3f} | {speed:.2f}x |")
-            if key in VARIANTS:
+            if key not in ("a", "b"):
                 goal.append((key, height, speed, recall))
         print(f"(a)'s torch threads: the faster on the first {PROBE_FRAMES} frames ("
               + ", ".join(f"{t}: {v:.2f} frames/s" for t, v in rates.items()) + ")")
@@ -355,5 +364,5 @@ def _print(args, report, detect_every) -> None:
     print()
     for key, height, speed, recall in goal:
         ok = speed >= GOAL_SPEED and recall >= GOAL_RECALL
-        print(f"goal ((c) >= {GOAL_SPEED:g}x (a), recall >= {GOAL_RECALL:.0%}), {key}, {height}p: "
+        print(f"goal ((c) >= {GOAL_SPEED:g}x (a), recall >= {GOAL_RECALL:.0%}), {key.replace('@', ' --detect-size ')}, {height}p: "
               f"{'holds' if ok else 'does not hold'} ({speed:.2f}x, {recall:.1%})")
