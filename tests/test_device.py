@@ -116,13 +116,46 @@ def test_device_path_matches_the_exact_host_path(model_dir, tmp_path):
     np.testing.assert_allclose(sum(dev[c] for c in probs), 1.0, atol=1e-5)
 
 
-def test_more_faces_than_the_budget_and_numpy_frames(model_dir):
+def test_the_budget_grows_with_the_faces_and_steps_down_when_they_fit_a_smaller_one(monkeypatch):
+    from hsemo_jax.predict import device
+
+    monkeypatch.setattr(device, "SHRINK_AFTER", 3)
+    budget = device.Budget(8, 8)
+    assert budget.steps == [8, 16, 32, 64] and budget.value == 8
+    assert budget.after(9, 8) and budget.value == 16  # rerun with room for 9
+    assert budget.after(33, 16) and budget.value == 64
+    assert not budget.after(20, 64) and not budget.after(30, 64) and budget.value == 64
+    assert not budget.after(40, 64) and budget.value == 64  # 40 needs 64: the count starts again
+    for _ in range(2):
+        assert not budget.after(32, 64) and budget.value == 64
+    assert not budget.after(3, 64) and budget.value == 32  # three in a row that 32 holds
+    # a batch dispatched with 64 before the step down, finding 40: no rerun, the budget grows back
+    assert not budget.after(40, 64) and budget.value == 64
+    assert device.Budget(8, 6).steps == [8, 16, 32, 48] and device.Budget(8, 6, per_frame=5).value == 48
+    assert device.Budget(4, 8, per_frame=3).value == 16 and device.Budget(4, 1).steps == [4]
+    one_step = device.Budget(4, 1)
+    for _ in range(5):
+        assert not one_step.after(0, 4) and one_step.value == 4
+
+
+def test_more_faces_than_the_budget_and_numpy_frames(model_dir, monkeypatch):
     """Two faces per frame with a budget of one face per frame: the batch is rerun with room for
-    all; numpy frames give what the same frames give as a video."""
+    all, and the budget steps back down after frames with one face; numpy frames give what the
+    same frames give as a video."""
+    from hsemo_jax.predict import device
+
     frames = _frames(3)
     half = frames[:, :, 40:200]  # the astronaut's face is within x 80..220 in the first frames
     double = np.ascontiguousarray(np.concatenate([half, half[:, :, ::-1]], axis=2))  # (3, 240, 320, 3), two faces
+    monkeypatch.setattr(device, "_HINTS", {})
     one = predict(double, [model_dir], batch_size=1)
+    assert [per_frame for per_frame, _ in device._HINTS.values()] == [2]
+    single = np.concatenate([half, np.zeros_like(half)], axis=2)  # one face, the same shape
+    monkeypatch.setattr(device, "SHRINK_AFTER", 2)
+    stepped = predict(np.concatenate([double[:1], single]), [model_dir], batch_size=1)
+    assert [per_frame for per_frame, _ in device._HINTS.values()] == [1]  # two frames of one face
+    assert list(np.bincount(stepped["frame"])) == [2, 1, 1, 1]
+    np.testing.assert_array_equal(stepped["p_Anger"][:2], one["p_Anger"][:2])
     many = predict(double, [model_dir], batch_size=8)  # compiled shapes are shared by the tests
     assert (np.bincount(one["frame"]) == 2).all() and len(set(one["track_id"])) == 2
     np.testing.assert_allclose(one["x1"], many["x1"], atol=1e-3)  # batches of 1 and 8 round differently

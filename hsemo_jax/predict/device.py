@@ -44,7 +44,38 @@ from hsemo_jax.ops.resample import materialized
 
 MAX_FACES = 8  # faces per frame the detector keeps
 WINDOW = 256  # first side (px) of the frame window around each face that its crop and resize read
+SHRINK_AFTER = 8  # batches in a row whose faces fit a smaller budget before the budget steps down to it
 _HINTS: dict[int, tuple[int, int]] = {}  # id(program) -> the (faces per frame, window side) its last run reached
+
+
+class Budget:
+    """The faces per batch that go through the models (`make_program`'s static `budget`): one of
+    batch_size x 1, 2, 4, ... faces a frame, up to batch_size x max_faces. A batch that finds more
+    faces than its budget is rerun with the step that holds them, which later batches keep; after
+    SHRINK_AFTER batches in a row that a smaller step would have held, the budget steps down to
+    it, so that one crowded moment (or one false detection) does not double the models' work for
+    the rest of a video. Each step compiles once; going back to one costs nothing."""
+
+    def __init__(self, batch_size: int, max_faces: int, per_frame: int = 1):
+        steps, k = [], 1
+        while k < max_faces:
+            steps.append(batch_size * k)
+            k *= 2
+        self.steps = [*steps, batch_size * max_faces]
+        self.value = next(v for v in self.steps if v >= batch_size * min(per_frame, max_faces))
+        self._fits = 0  # batches in a row that the step below would have held
+
+    def after(self, found: int, used: int) -> bool:
+        """After a batch that ran with budget `used` and found `found` faces: whether it must be
+        rerun (with `value`, grown to hold them)."""
+        if found > self.value:
+            self.value, self._fits = next(v for v in self.steps if v >= found), 0
+        else:
+            below = [v for v in self.steps if v < self.value]
+            self._fits = self._fits + 1 if below and found <= below[-1] else 0
+            if self._fits >= SHRINK_AFTER:
+                self.value, self._fits = below[-1], 0
+        return found > used
 
 
 @dataclass(frozen=True)
@@ -290,32 +321,31 @@ def run(source, program: Callable, *, batch_size: int, max_faces: int, tracker, 
     pending: list = []  # frames of the batch being filled
     in_flight = None  # (frames, array, budget, outputs) dispatched, not yet read
 
-    # faces per batch through the models, and the side of the window each crop reads: both grow
-    # (and stay, also for later runs of this program) when a batch needs more; neither changes results
+    # faces per batch through the models (`Budget`), and the side of the window each crop reads,
+    # which grows (and stays) when a crop needs more; both start where this program's last run ended,
+    # and neither changes results
     per_frame, side = _HINTS.get(id(program), (1, WINDOW))
-    budget = batch_size * min(per_frame, max_faces)  # the budget scales with the batch
+    budget = Budget(batch_size, max_faces, per_frame)
     sequence = [None]  # of the last frame tracked
 
     def dispatch(frames):
         arr = np.stack([f.rgb for f in frames])
         if len(frames) < batch_size:
             arr = np.concatenate([arr, np.zeros((batch_size - len(frames), *arr.shape[1:]), np.uint8)])
-        return frames, arr, (budget, side), program(arr, budget, side)
+        return frames, arr, (budget.value, side), program(arr, budget.value, side)
 
     def collect(entry):
-        nonlocal budget, side
+        nonlocal side
         frames, arr, used, out = entry
         out = jax.device_get(out)
         found, extent = int(out["found"]), int(out["extent"].max())
-        if found > used[0] or extent > used[1]:
+        rerun = budget.after(found, used[0])
+        if rerun or extent > used[1]:
             # more faces than this batch's budget, or a crop larger than its window: rerun with room
-            # for them, and keep that budget and window (one compile each: budget batch_size times
-            # 2, 4, ... max_faces; window WINDOW times 2, 4, ...)
-            while budget < found:
-                budget = min(2 * budget, batch_size * max_faces)
+            # for them (one compile each: window WINDOW times 2, 4, ...)
             while side < extent:
                 side *= 2
-            out = jax.device_get(program(arr, budget, side))
+            out = jax.device_get(program(arr, budget.value, side))
         au = None
         if au_head is not None:
             emb, scores = (out[k].reshape(-1, out[k].shape[-1]) for k in ("embedding", "scores"))
@@ -363,7 +393,7 @@ def run(source, program: Callable, *, batch_size: int, max_faces: int, tracker, 
         submit()
     if in_flight is not None:
         collect(in_flight)
-    _HINTS[id(program)] = (budget // batch_size, side)
+    _HINTS[id(program)] = (budget.value // batch_size, side)
     return rows, skipped, frames_seen
 
 
