@@ -38,8 +38,8 @@ def test_pieces_on_a_tiny_clip(model_dir, tmp_path):
     assert bench.matched(a.boxes, c.boxes) >= 2  # the close astronaut, found by both
     gap = bench.resize_gap(frames, table, model_dir, 4)
     assert gap["faces"] == c.faces and gap["size"] == 112
-    assert gap["max"] <= 1 and 0 <= gap["mean"] < 0.02  # float32 filter weights: rare one-level steps
-    assert gap["dprob"] < 1e-3
+    assert gap["max"] == gap["mean"] == 0  # the device resize is Pillow's
+    assert gap["dprob"] < 1e-4
 
 
 

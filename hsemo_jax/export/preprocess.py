@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-_BITS = 22  # Pillow's fixed-point weights: 32 bits - 8 (a uint8 level) - 2 (headroom)
+from hsemo_jax.ops.resample import PILLOW_BITS, pillow_weights
 
 
 def _filter_weights(ones, n_out: int):
@@ -36,19 +36,13 @@ def _filter_weights(ones, n_out: int):
     o = np.arange(n_out, dtype=np.float32)
     offset = jnp.expand_dims(2 * i + ones, 0) * m - np.expand_dims(2 * o + 1, 1) * n_in
     w = jnp.maximum(2 * jnp.maximum(n_in, m) - jnp.abs(offset), np.float32(0)).astype(jnp.int32)
-    total = jnp.sum(w, axis=1, keepdims=True)
-    q, r = jnp.zeros_like(w), w
-    for bits in (8, 8, _BITS - 16):  # r < total < 2^23, so r << 8 fits in int32
-        r = r * (1 << bits)
-        d = lax.div(r, total)
-        q, r = q * (1 << bits) + d, r - d * total
-    return q + (2 * r >= total).astype(jnp.int32)  # round half up
+    return pillow_weights(w, jnp.sum(w, axis=1, keepdims=True))
 
 
 def _pass(x, weights, spec: str):
     """One axis resampled: int32 sums of levels times weights, rounded half up to levels 0..255."""
-    acc = jnp.einsum(spec, x, weights, preferred_element_type=jnp.int32) + (1 << (_BITS - 1))
-    return jnp.clip(lax.div(acc, jnp.int32(1 << _BITS)), 0, 255)
+    acc = jnp.einsum(spec, x, weights, preferred_element_type=jnp.int32) + (1 << (PILLOW_BITS - 1))
+    return jnp.clip(lax.div(acc, jnp.int32(1 << PILLOW_BITS)), 0, 255)
 
 
 def resize_bilinear(crops_nhwc, size: int):

@@ -4,6 +4,9 @@
 static geometry (`jax.image.scale_and_translate`'s "linear"), as two passes of a few taps per
 output pixel on CPU.
 
+`pillow_weights`: Pillow's fixed-point quantization of bilinear filter weights, exact (the device
+program's crop resize and the exported graphs' resize both use it).
+
 `area_resize`: area resampling of image regions (PyTorch's `interpolate(mode="area")`, i.e. adaptive
 average pooling) from an integral image: each output pixel is the mean of its input bin, whose sum
 is four lookups, so regions of any size cost the same and their bounds may be traced values.
@@ -18,8 +21,27 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from hsemo_jax.ops.dispatch import per_backend
+
+PILLOW_BITS = 22  # Pillow's fixed-point filter weights: 32 bits - 8 (a uint8 level) - 2 (headroom)
+
+
+def pillow_weights(w, total):
+    """Pillow's fixed-point weight of each integer filter value `w` (int32, >= 0) of an output
+    pixel whose values sum to `total` (broadcast against w): round(w / total * 2^22), half up, in
+    integer long division, 8 bits a step (r < total < 2^23, so r << 8 fits in int32).
+
+    Exact, as Pillow's float64 quotient is (within 1e-9 of the exact one, never across a half);
+    a float32 quotient can round one unit differently, and a pixel whose sum then lands on a half
+    rounds one level the other way (an enlarged face crop had 10% of its values one level off)."""
+    q, r = jnp.zeros_like(w), w
+    for bits in (8, 8, PILLOW_BITS - 16):
+        r = r * (1 << bits)
+        d = lax.div(r, total)
+        q, r = q * (1 << bits) + d, r - d * total
+    return q + (2 * r >= total).astype(jnp.int32)  # round half up
 
 
 def materialized(x):

@@ -15,10 +15,9 @@ every model -> softmax and blend -> per-face outputs. The host only decodes, tra
 With several local devices (GPUs, or one CPU device per core) `program_for`'s program splits each
 batch over them, every device running all of this on its frames.
 
-The resize follows the exact host path (`--exact-preprocess`, `models.transforms`) operation for
-operation, except that the filter weights are computed in float32 where Pillow uses float64, so a
-weight can differ by one unit of 2^-22 and a pixel, rarely, by one level. The README gives how far
-the outputs move on real faces.
+The resize gives the exact host path's bits (`--exact-preprocess`, `models.transforms`, itself
+Pillow's to the bit): the same taps and 22-bit weights, computed exactly in integers
+(`_taps`), the same integer passes.
 
 The program is pure JAX (gathers, scatters, integer and float32 products and sums: no matmul that a
 TPU would run in bfloat16, no host callback), so it cross-lowers for CUDA and TPU (tests/test_export.py).
@@ -40,7 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hsemo_jax import runtime
 from hsemo_jax.models.detection import detect
-from hsemo_jax.ops.resample import materialized
+from hsemo_jax.ops.resample import PILLOW_BITS, materialized, pillow_weights
 
 MAX_FACES = 8  # faces per frame the detector keeps
 WINDOW = 256  # first side (px) of the frame window around each face that its crop and resize read
@@ -98,20 +97,23 @@ class Backbone:
 
 def _taps(lo, hi, size: int, out_size: int, k: int):
     """Pillow's bilinear taps for resampling pixels [lo, hi) of an axis of `size` pixels to
-    `out_size` (`precompute_coeffs`, in crop coordinates and the same operations, in float32):
-    indices (out_size, k) into the axis and normalized weights (out_size, k)."""
-    n = hi - lo
-    scale = n / out_size
-    support = jnp.maximum(scale, 1.0)  # the triangle is stretched when shrinking (antialiasing)
-    centre = (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * scale
-    taps = jnp.floor(centre - support + 0.5)[:, None] + jnp.arange(k, dtype=jnp.float32)  # Pillow's xmin on
-    w = jnp.maximum(1.0 - jnp.abs((taps - centre[:, None] + 0.5) * (1.0 / support)), 0.0)
-    w = jnp.where((taps >= 0) & (taps < n), w, 0.0)
-    total = w[:, 0]
-    for j in range(1, k):  # left to right, as Pillow sums
-        total = total + w[:, j]
-    w = w / jnp.where(total > 0, total, 1.0)[:, None]
-    return jnp.clip(taps + lo, 0, size - 1).astype(jnp.int32), w
+    `out_size` (`precompute_coeffs` and `normalize_coeffs_8bpc`), in crop coordinates: indices
+    (out_size, k) into the axis and 22-bit fixed-point weights (out_size, k), int32.
+
+    Exact: in units of 1 / (2 out_size) the centre of output pixel i is (2i + 1) n and tap t's is
+    (2t + 1) out_size, so the triangle's values (support max(n, out_size), stretched when
+    shrinking) are integers, quantized as Pillow does (`ops.resample.pillow_weights`)."""
+    n = (hi - lo).astype(jnp.int32)
+    m = out_size
+    s = jnp.maximum(n, m)  # the support, in units of 1 / out_size
+    c = (2 * jnp.arange(m, dtype=jnp.int32) + 1) * n  # each output pixel's centre
+    xmin = (c - 2 * s + m) // (2 * m)  # floor(centre - support + 1/2), Pillow's first tap
+    taps = xmin[:, None] + jnp.arange(k, dtype=jnp.int32)
+    w = jnp.maximum(2 * s - jnp.abs((2 * taps + 1) * m - c[:, None]), 0)
+    w = jnp.where((taps >= 0) & (taps < n), w, 0)
+    total = jnp.sum(w, axis=1, keepdims=True)
+    coeffs = pillow_weights(w, jnp.maximum(total, 1))
+    return jnp.clip(taps + lo.astype(jnp.int32), 0, size - 1), coeffs
 
 
 def crop_boxes(boxes, height: int, width: int):
@@ -123,27 +125,26 @@ def crop_boxes(boxes, height: int, width: int):
     return jnp.stack([x1, y1, x2, y2], axis=-1), (x2 > x1) & (y2 > y1)
 
 
-_PRECISION_BITS = 22  # Pillow's fixed-point weights (models/transforms.py)
 # taps for a crop enlarged or kept (support 1): an output pixel's triangle spans 2 pixels; the third
 # has weight 0, a margin. A crop that shrinks by s needs ceil(2 s) + 2 (`crop_resize_faces`).
 _UP_TAPS = 3
 
 
-def _resample(x, axis: int, taps, weights):
-    """One Pillow pass on uint8 pixels `x` (H, W, C) along `axis` (0: rows, 1: columns): 22-bit
-    fixed-point weights, integer sums rounded half up, clipped to 0..255 (as
-    `models.transforms._resample`). uint8 in and out: the passes' data is a quarter of int32's."""
-    coeffs = jnp.floor(0.5 + weights * (1 << _PRECISION_BITS)).astype(jnp.int32)  # (out, k)
+def _resample(x, axis: int, taps, coeffs):
+    """One Pillow pass on uint8 pixels `x` (H, W, C) along `axis` (0: rows, 1: columns) with
+    `_taps`' indices and fixed-point weights (out, k): integer sums rounded half up, clipped to
+    0..255 (as `models.transforms._resample`). uint8 in and out: the passes' data is a quarter of
+    int32's."""
     gathered = jnp.take(x, taps, axis=axis).astype(jnp.int32)  # the taps' rows or columns
     acc = jnp.sum(gathered * coeffs.reshape(*coeffs.shape, *[1] * (x.ndim - 1 - axis)), axis=axis + 1)
-    return jnp.clip((acc + (1 << (_PRECISION_BITS - 1))) >> _PRECISION_BITS, 0, 255).astype(jnp.uint8)
+    return jnp.clip((acc + (1 << (PILLOW_BITS - 1))) >> PILLOW_BITS, 0, 255).astype(jnp.uint8)
 
 
 def crop_resize(frame, box, size: int, window: int | None = None):
     """One uint8 frame (H, W, 3) and integer crop corners (4,) -> the crop resized to
-    (size, size, 3) as Pillow's bilinear resize does it (`models.transforms.resize_uint8`): two
-    separable passes in 22-bit fixed point, each rounded to 0..255, vertical first when the height
-    shrinks by more than twice as many pixels as the width (Pillow >= 13). Returned as float32.
+    (size, size, 3) as Pillow's bilinear resize does it, to the bit (`models.transforms.resize_uint8`):
+    two separable passes in 22-bit fixed point, each rounded to 0..255, vertical first when the
+    height shrinks by more than twice as many pixels as the width (Pillow >= 13). Returned as float32.
 
     `window` (static side, px): work on that square of the frame around the crop, not on whole
     rows and columns (the cost of the gathers scales with it). The result is the same bits for
