@@ -148,3 +148,42 @@ def test_leading_sum_equals_numpy(shape, ndim):
     out = jax.jit(lambda v: leading_sum(v, ndim))(jnp.asarray(x))
     want = x.astype(np.float64).reshape(-1, *shape[len(shape) - ndim:]).sum(0)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_recalibrated_batch_norms_equal_torchs_update_bn():
+    """Two conv + batch-norm + ReLU layers, statistics recomputed over two batches: the running
+    statistics of `torch.optim.swa_utils.update_bn` (cumulative average, each layer on the
+    batch-normalized outputs of the one before), and the model left in eval mode."""
+    from flax import nnx
+
+    from hsemo_jax.models.layers import Conv2d
+    from hsemo_jax.models.recalibrate import recalibrate_batch_norms
+
+    class Net(nnx.Module):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.convs = nnx.List([Conv2d(3, 8, 3, padding=1, rng=rng), Conv2d(8, 5, 3, padding=1, rng=rng)])
+            self.norms = nnx.List([BatchNorm(8), BatchNorm(5)])
+
+        def __call__(self, x):
+            for conv, bn in zip(self.convs, self.norms):
+                x = jax.nn.relu(bn(conv(x)))
+            return x
+
+    net = Net()
+    ref = torch.nn.Sequential(*[m for i in range(2) for m in (
+        torch.nn.Conv2d((3, 8)[i], (8, 5)[i], 3, padding=1, bias=False), torch.nn.BatchNorm2d((8, 5)[i]), torch.nn.ReLU())])
+    with torch.no_grad():
+        for i, conv in enumerate(net.convs):
+            ref[3 * i].weight.copy_(torch.from_numpy(np.asarray(conv.kernel[...]).transpose(3, 2, 0, 1)))
+    rng = np.random.default_rng(1)
+    batches = [rng.standard_normal((4, 9, 9, 3)).astype(np.float32) * s + s for s in (1, 3)]
+    torch.optim.swa_utils.update_bn([torch.from_numpy(b.transpose(0, 3, 1, 2)) for b in batches], ref)
+    assert recalibrate_batch_norms(net, [jnp.asarray(b) for b in batches]) is net
+    for i, bn in enumerate(net.norms):
+        np.testing.assert_allclose(bn.mean[...], ref[3 * i + 1].running_mean.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(bn.var[...], ref[3 * i + 1].running_var.numpy(), rtol=1e-5, atol=1e-5)
+        assert bn.use_running_average and bn.momentum == 0.1
+    ref.eval()
+    np.testing.assert_allclose(net(jnp.asarray(batches[0])), ref(torch.from_numpy(batches[0].transpose(0, 3, 1, 2)))
+                               .detach().numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-5)
