@@ -31,6 +31,18 @@ def test_pieces_on_a_tiny_clip(model_dir, tmp_path):
     assert len(frames) == 2 and frames[0].shape == (180, 320, 3)
     arch = registry.get_arch("mobilefacenet")
     ref = torch_reference("mobilefacenet").eval()
+    # the random weights' batch norms recomputed on the scene, the same in JAX and PyTorch: outputs
+    # that depend on the face (before: the same to ~1e-5 for every input)
+    import torch
+
+    from hsemo_jax.convert import convert_state_dict
+    model = convert_state_dict({k: v.numpy() for k, v in ref.state_dict().items()}, "mobilefacenet", 10)
+    bench.calibrate(model, ref, "mobilefacenet")
+    faces = np.stack([np.asarray(frames[0][:112, :112]), np.asarray(frames[1][60:172, 150:262])])
+    x = ((faces / 255.0 - np.asarray(arch.mean)) / np.asarray(arch.std)).astype(np.float32)
+    ours = np.asarray(model(x))
+    np.testing.assert_allclose(ours, ref(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy(), atol=1e-4)
+    assert np.ptp(ours, axis=0).max() > 0.1
     a = bench.mtcnn_torch_pipeline(clip, ref, arch.input_size, arch.mean, arch.std)
     assert a.frames == 2 and a.faces >= 2  # at least the close astronaut on every frame
     c, table = bench.timed_predict(clip, model_dir, detector="blazeface", batch_size=4)

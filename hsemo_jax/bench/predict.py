@@ -18,7 +18,8 @@ PIL-exact host path (`--exact-preprocess`) on the clip's faces: the 224x224 crop
 The clips move four real faces (scikit-image's astronaut, in colour and grey, twice, and its cameraman,
 grey, in three-quarter view; test dependencies) over a 1280x720 frame, ~65-200 px wide; the 360p
 clip is the same frames shrunk. Weights
-are random (the same in every pipeline): speed does not depend on them.
+are random (the same in every pipeline: speed does not depend on them), with batch-norm statistics
+recomputed on the scene (`calibrate`) so that the outputs depend on the face.
 """
 from __future__ import annotations
 
@@ -181,6 +182,28 @@ def table_boxes(table, n_frames: int) -> list[np.ndarray]:
     return [xyxy[face & (table["frame"] == i)] for i in range(n_frames)]
 
 
+def calibrate(model, ref, arch_name: str) -> None:
+    """Batch-norm statistics of the random weights recomputed on the scene's faces and frames
+    (`models.recalibrate`), in `model` and the same in the PyTorch `ref`: at initialization the
+    outputs are the same for every face, and the resize gap's probability figure would say nothing."""
+    import cv2
+    import torch
+
+    from hsemo_jax.convert import export_torch_state
+    from hsemo_jax.models import registry
+    from hsemo_jax.models.recalibrate import recalibrate_batch_norms
+
+    arch = registry.get_arch(arch_name)
+    people = _people()
+    images = [img for img, *_ in people] + [render(i, people) for i in range(0, 40, 10)]
+    size = arch.input_size
+    x = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images]) / 255.0
+    recalibrate_batch_norms(model, [((x - np.asarray(arch.mean)) / np.asarray(arch.std)).astype(np.float32)])
+    state = {k: torch.from_numpy(np.array(v)) for k, v in export_torch_state(model, arch.family).items()}
+    missing, unexpected = ref.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
+
+
 def timed_predict(video: Path, model_dir: str, **kw) -> tuple[Result, object]:
     from hsemo_jax.predict import predict
 
@@ -280,6 +303,7 @@ def run(args: argparse.Namespace) -> int:
         tmp = Path(tmp)
         model_dir = str(tmp / "model")
         model = convert_state_dict({k: v.numpy() for k, v in ref.state_dict().items()}, args.arch, 10)
+        calibrate(model, ref, args.arch)
         save_model(model, ModelInfo.for_arch(args.arch, 10), model_dir)
         for height in args.resolutions:
             video = make_video(tmp / f"faces{height}p.mp4", args.frames, height)
