@@ -29,24 +29,6 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped in CI, which must run every test: {report.longrepr}"
 
 
-def _clip_batch(size: int, mean, std):
-    """8 model inputs (float32 NHWC, `size` px, normalized with `mean`, `std`) from the bundled
-    clip: the face, shifted, and the whole frame, mirrored, as the models see crops."""
-    import cv2
-    import numpy as np
-
-    cap = cv2.VideoCapture(os.path.join(os.path.dirname(__file__), "..", "examples", "astronaut.mp4"))
-    images = []
-    for i in range(8):
-        ok, bgr = cap.read()
-        assert ok
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        images.append(rgb[20 + 4 * i:160 + 4 * i, 80 + 4 * i:220 + 4 * i] if i % 2 else rgb[:, ::-1])
-    cap.release()
-    x = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images]) / 255.0
-    return ((x - np.asarray(mean)) / np.asarray(std)).astype(np.float32)
-
-
 @pytest.fixture(scope="session")
 def calibrate():
     """calibrate(model, arch, size=None) -> model: its batch norms' statistics recomputed on 8
@@ -54,12 +36,16 @@ def calibrate():
     its eval-mode outputs depend on the input. A randomly initialized network's do not (e.g.
     EfficientNet-B0's scores on two noise images are equal to the last bit), and a test comparing
     two computations of them cannot fail whatever one side does with the input."""
+    import numpy as np
+
+    from data_fixtures import clip_images
     from hsemo_jax.models import registry
     from hsemo_jax.models.recalibrate import recalibrate_batch_norms
 
     def calibrate(model, arch: str, size: int | None = None):
         a = registry.get_arch(arch)
-        return recalibrate_batch_norms(model, [_clip_batch(size or a.input_size, a.mean, a.std)])
+        x = ((clip_images(size or a.input_size) / 255.0 - np.asarray(a.mean)) / np.asarray(a.std))
+        return recalibrate_batch_norms(model, [x.astype(np.float32)])
 
     return calibrate
 
