@@ -30,31 +30,37 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory):
+def calibrate():
+    """calibrate(model, arch, size=None) -> model: its batch norms' statistics recomputed on 8
+    frames of the bundled clip (at `size` px, default the architecture's input size), so that
+    its eval-mode outputs depend on the input. A randomly initialized network's do not (e.g.
+    EfficientNet-B0's scores on two noise images are equal to the last bit), and a test comparing
+    two computations of them cannot fail whatever one side does with the input."""
+    import numpy as np
+
+    from data_fixtures import clip_images
+    from hsemo_jax.models import registry
+    from hsemo_jax.models.recalibrate import recalibrate_batch_norms
+
+    def calibrate(model, arch: str, size: int | None = None):
+        a = registry.get_arch(arch)
+        x = ((clip_images(size or a.input_size) / 255.0 - np.asarray(a.mean)) / np.asarray(a.std))
+        return recalibrate_batch_norms(model, [x.astype(np.float32)])
+
+    return calibrate
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, calibrate):
     """A converted MobileFaceNet with random weights (10 outputs: 8 expressions + V + A), its batch
     norms' statistics recomputed on frames of the bundled clip so that its outputs depend on the
     face (at initialization they are the same for every input to ~1e-5); shared by the predict,
     device-program and Python API tests."""
-    import cv2
-    import numpy as np
-
     from hsemo_jax.checkpoint import ModelInfo, save_model
     from hsemo_jax.models import registry
-    from hsemo_jax.models.recalibrate import recalibrate_batch_norms
 
     info = ModelInfo.for_arch("mobilefacenet", 10)
-    cap = cv2.VideoCapture(os.path.join(os.path.dirname(__file__), "..", "examples", "astronaut.mp4"))
-    images = []
-    for i in range(8):  # the face, and the whole frame, as the models see crops
-        ok, bgr = cap.read()
-        assert ok
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        images.append(rgb[20 + 4 * i:160 + 4 * i, 80 + 4 * i:220 + 4 * i] if i % 2 else rgb[:, ::-1])
-    cap.release()
-    size = info.input_size
-    x = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images]) / 255.0
-    x = ((x - np.asarray(info.mean)) / np.asarray(info.std)).astype(np.float32)
-    model = recalibrate_batch_norms(registry.build("mobilefacenet", 10, seed=7), [x])
+    model = calibrate(registry.build("mobilefacenet", 10, seed=7), "mobilefacenet")
     out = tmp_path_factory.mktemp("models") / "mbf"
     save_model(model, info, out)
     return str(out)

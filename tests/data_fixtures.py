@@ -16,6 +16,7 @@ import numpy as np
 from skimage import data as skdata
 
 ASTRONAUT_BGR = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR)  # (512, 512, 3)
+CLIP = Path(__file__).resolve().parents[1] / "examples" / "astronaut.mp4"
 AU_HEADER = "AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26"
 
 
@@ -23,6 +24,20 @@ def crop(i: int, size: int = 112) -> np.ndarray:
     """A different BGR crop of the astronaut image per i (shifted window), (size, size, 3)."""
     y, x = (37 * i) % (512 - size), (53 * i) % (512 - size)
     return np.ascontiguousarray(ASTRONAUT_BGR[y:y + size, x:x + size])
+
+
+def clip_images(size: int):
+    """8 uint8 RGB images (8, size, size, 3) from the bundled clip: the face, shifted, and the
+    whole frame, mirrored, as the models see crops."""
+    cap = cv2.VideoCapture(str(CLIP))
+    images = []
+    for i in range(8):
+        ok, bgr = cap.read()
+        assert ok
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        images.append(rgb[20 + 4 * i:160 + 4 * i, 80 + 4 * i:220 + 4 * i] if i % 2 else rgb[:, ::-1])
+    cap.release()
+    return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
 
 
 def write_jpeg(path: Path, bgr: np.ndarray) -> bytes:

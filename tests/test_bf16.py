@@ -17,8 +17,16 @@ float32 with only the weights perturbed by 2^-9), and the losses average much of
   - loss_attention (DDAMFN): rtol 2%; observed <= 0.2%.
   - each weight's move over the three steps (Adam: about lr x the gradient's sign per step) in the
     same direction for > 80% of the weights; observed 89-97%; unrelated gradients give 50%.
-  - eval-mode scores within 5% of their largest magnitude; observed <= 2.7% (MobileViT, whose
-    activations are far from normalized with running statistics three steps from their init).
+  - eval-mode scores, on the clip's faces, within 25% of their spread over the faces (the largest
+    max - min of a score): the scores of another image would be off by about the spread. The
+    model's batch norms are first calibrated on those faces (conftest's `calibrate`): at
+    initialization every input got the same scores (MobileFaceNet's 8 spanned 7.6e-5, 1/60 of
+    the former tolerance of 5% of the largest score), so the comparison could not fail.
+    Calibrated, bf16 is off by 5.5% of the spread (MobileFaceNet), 10.2% (tf B0), 8.7% (B0),
+    10.9% (B2), 7.0% (DDAMFN), 5.3% (MobileViT); the float32 model with only its weights scaled
+    by 1 +- 2^-9 (one bfloat16 rounding) moves them by 2.5-4.1% of it: the random network's
+    sensitivity, not an error (on noise images, which the statistics do not fit, DDAMFN's
+    float32 scores move by more than their spread under that perturbation).
 A dtype error shows up as a failure to trace, a float32 convolution, or far larger differences.
 
 Sizes: 96 px for EfficientNet and MobileViT (a 3x3 map at stride 32, and at stride 32 MobileViT's
@@ -38,12 +46,13 @@ from hsemo_jax.models import registry
 from hsemo_jax import optim
 from hsemo_jax.train.loop import Trainer
 from hsemo_jax.train.objectives import BackboneObjective
+from data_fixtures import clip_images
 from train_fixtures import conv_dtypes, float_dtypes, one_device_mesh
 
 LR = 1e-5
 TOLERANCES = {"loss_expr": {"rtol": 3e-2}, "loss_va": {"atol": 1e-1}, "loss_attention": {"rtol": 2e-2}}
 SAME_DIRECTION = 0.8
-EVAL_ATOL = 5e-2  # of the largest |score|
+EVAL_ATOL = 0.25  # of the scores' spread over the inputs
 SIZES = {"tf_efficientnet_b0": 96, "efficientnet_b0": 96, "tf_efficientnet_b2": 96, "mobilefacenet": 112,
          "ddamfn": 112, "mobilevitv2_150": 96}
 FAST = "mobilefacenet"  # the quickest to compile; the others are marked slow
@@ -69,8 +78,8 @@ def _batches(arch: str):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_bf16_training_matches_float32(arch):
-    model = registry.build(arch, 10, seed=0)
+def test_bf16_training_matches_float32(arch, calibrate):
+    model = calibrate(registry.build(arch, 10, seed=0), arch, SIZES[arch])  # eval outputs depend on the input
     t32, t16 = _trainer(model, arch, "float32"), _trainer(model, arch, "bfloat16")
     initial = t32.host_state()["params"]
     jax.tree.map(np.testing.assert_array_equal, t16.host_state()["params"], initial)
@@ -99,11 +108,13 @@ def test_bf16_training_matches_float32(arch):
     same = np.mean(np.sign(d16[moved]) == np.sign(d32[moved]))
     assert same > SAME_DIRECTION, same
 
-    # inference (eval mode, running statistics) in bfloat16 on the float32 run's state
+    # inference (eval mode, running statistics) in bfloat16 on the float32 run's state, on faces
     t16.state = jax.device_put(t32.state)
-    x = {"images": batches[0]["images"]}
-    s32, s16 = t32._predict(t32.state, x)["scores"], t16._predict(t16.state, x)["scores"]
-    np.testing.assert_allclose(s16, s32, atol=EVAL_ATOL * float(jnp.abs(s32).max()))
+    x = {"images": clip_images(SIZES[arch])}
+    s32, s16 = (np.asarray(t._predict(t.state, x)["scores"]) for t in (t32, t16))
+    spread = float(np.ptp(s32, axis=0).max())
+    assert spread > 0.1 * float(np.abs(s32).max())  # the scores depend on the face
+    np.testing.assert_allclose(s16, s32, atol=EVAL_ATOL * spread)
 
 
 # B2 is B0's blocks at other widths and depths: slow, tf_efficientnet_b0's case covers its code
