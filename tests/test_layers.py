@@ -175,7 +175,7 @@ def test_recalibrated_batch_norms_equal_torchs_update_bn():
         torch.nn.Conv2d((3, 8)[i], (8, 5)[i], 3, padding=1, bias=False), torch.nn.BatchNorm2d((8, 5)[i]), torch.nn.ReLU())])
     with torch.no_grad():
         for i, conv in enumerate(net.convs):
-            ref[3 * i].weight.copy_(torch.from_numpy(np.asarray(conv.kernel[...]).transpose(3, 2, 0, 1)))
+            ref[3 * i].weight.copy_(torch.from_numpy(np.array(conv.kernel[...]).transpose(3, 2, 0, 1)))
     rng = np.random.default_rng(1)
     batches = [rng.standard_normal((4, 9, 9, 3)).astype(np.float32) * s + s for s in (1, 3)]
     torch.optim.swa_utils.update_bn([torch.from_numpy(b.transpose(0, 3, 1, 2)) for b in batches], ref)

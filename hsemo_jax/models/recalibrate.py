@@ -19,7 +19,7 @@ def recalibrate_batch_norms(model: nnx.Module, batches: Iterable) -> nnx.Module:
     batch's own statistics) and as in eval for every other module (no dropout, no drop path). The
     average is cumulative, as torch's momentum=None (the variance of each batch unbiased). Returns
     `model`, in eval mode."""
-    norms = [m for _, m in model.iter_modules() if isinstance(m, BatchNorm)]
+    norms = [m for _, m in nnx.iter_modules(model) if isinstance(m, BatchNorm)]
     momenta = [bn.momentum for bn in norms]
     model.eval()
     try:
