@@ -27,8 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "OpenCV Haar cascade (bundled), YuNet (needs --detector-model), "
                         "or none for pre-cropped faces (e.g. ABAW cropped_aligned)")
     p.add_argument("--exact-preprocess", action="store_true",
-                   help="with BlazeFace, crop and resize faces on the host with the PIL-exact resize (as the "
-                        "other detectors do) to reproduce published numbers bit for bit; default: on the device")
+                   help="with BlazeFace, crop, resize and normalize faces on the host, as the other detectors do "
+                        "(default: in the device program, whose crops are the same bits as Pillow's and whose "
+                        "outputs differ by ~1e-6, float32 normalization against float64)")
     p.add_argument("--detector-model", help="YuNet .onnx file for --detector yunet; a folder with pnet.pt, rnet.pt, onet.pt for --detector mtcnn (else fetched by name)")
     p.add_argument("--detect-width", type=int, default=DETECT_WIDTH, metavar="PX",
                    help=f"detect faces on frames shrunk to at most this width, boxes mapped back to full "

@@ -237,8 +237,8 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
     device; `detect_width` and `detect_every` do not apply; `detect_size`: BlazeFace's finer view,
     the frame's short side in px, `models.detection.detect`'s `size`, None: the model's);
     `exact_preprocess` uses the host path
-    instead, whose PIL-exact resize reproduces the published numbers bit for bit (the other
-    detectors always use it; there `batch_size` counts faces). `progress`: frames done, percentage and ETA on stderr (`hsemo_jax.predict.progress`).
+    instead (crops the same bits as the device's, normalized in float64: outputs ~1e-6 apart; the
+    other detectors always use it; there `batch_size` counts faces). `progress`: frames done, percentage and ETA on stderr (`hsemo_jax.predict.progress`).
     """
     check_options(models=len(models), weights=weights, detector=detector, detect_width=detect_width,
                   detect_size=detect_size, detect_every=detect_every, smooth=smooth, sigma=sigma, k=k, batch_size=batch_size,
