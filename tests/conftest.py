@@ -36,16 +36,15 @@ def calibrate():
     its eval-mode outputs depend on the input. A randomly initialized network's do not (e.g.
     EfficientNet-B0's scores on two noise images are equal to the last bit), and a test comparing
     two computations of them cannot fail whatever one side does with the input."""
-    import numpy as np
-
     from data_fixtures import clip_images
     from hsemo_jax.models import registry
     from hsemo_jax.models.recalibrate import recalibrate_batch_norms
+    from hsemo_jax.models.transforms import preprocess_images
 
     def calibrate(model, arch: str, size: int | None = None):
         a = registry.get_arch(arch)
-        x = ((clip_images(size or a.input_size) / 255.0 - np.asarray(a.mean)) / np.asarray(a.std))
-        return recalibrate_batch_norms(model, [x.astype(np.float32)])
+        size = size or a.input_size
+        return recalibrate_batch_norms(model, [preprocess_images(clip_images(size), size, a.mean, a.std)])
 
     return calibrate
 

@@ -38,8 +38,8 @@ def test_pieces_on_a_tiny_clip(model_dir, tmp_path):
     from hsemo_jax.convert import convert_state_dict
     model = convert_state_dict({k: v.numpy() for k, v in ref.state_dict().items()}, "mobilefacenet", 10)
     bench.calibrate(model, ref, "mobilefacenet")
-    faces = np.stack([np.asarray(frames[0][:112, :112]), np.asarray(frames[1][60:172, 150:262])])
-    x = ((faces / 255.0 - np.asarray(arch.mean)) / np.asarray(arch.std)).astype(np.float32)
+    from hsemo_jax.models.transforms import preprocess_images
+    x = preprocess_images([frames[0][:112, :112], frames[1][60:172, 150:262]], 112, arch.mean, arch.std)
     ours = np.asarray(model(x))
     np.testing.assert_allclose(ours, ref(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy(), atol=1e-4)
     assert np.ptp(ours, axis=0).max() > 0.1

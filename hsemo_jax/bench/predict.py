@@ -192,13 +192,14 @@ def calibrate(model, ref, arch_name: str) -> None:
     from hsemo_jax.convert import export_torch_state
     from hsemo_jax.models import registry
     from hsemo_jax.models.recalibrate import recalibrate_batch_norms
+    from hsemo_jax.models.transforms import preprocess_images
 
     arch = registry.get_arch(arch_name)
     people = _people()
     images = [img for img, *_ in people] + [render(i, people) for i in range(0, 40, 10)]
     size = arch.input_size
-    x = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images]) / 255.0
-    recalibrate_batch_norms(model, [((x - np.asarray(arch.mean)) / np.asarray(arch.std)).astype(np.float32)])
+    x = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
+    recalibrate_batch_norms(model, [preprocess_images(x, size, arch.mean, arch.std)])
     state = {k: torch.from_numpy(np.array(v)) for k, v in export_torch_state(model, arch.family).items()}
     missing, unexpected = ref.load_state_dict(state, strict=False)
     assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
