@@ -208,3 +208,22 @@ def test_a_corrupt_video_among_several_fails_alone(model_dir, head_dir, tmp_path
     assert len(_rows(out / "good.emotions.csv")) == 5
     assert sorted(p.name for p in abaw.iterdir()) == ["good.abaw.txt"]  # a folder: one ABAW file per input
     assert abaw_io.read_mtl_predictions(str(abaw / "good.abaw.txt")).images == [f"good/{i:05d}.jpg" for i in range(1, 6)]
+
+
+def test_a_head_on_a_video_without_a_face_gives_empty_au_columns_and_a_neutral_abaw_file(model_dir, head_dir,
+                                                                                          tmp_path, capsys):
+    # no face, so no row carries AU probabilities: the AU columns must still be there (the labels read them)
+    clip = tmp_path / "blank.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 25, (96, 96))
+    for _ in range(3):
+        writer.write(np.zeros((96, 96, 3), np.uint8))
+    writer.release()
+    out, abaw = tmp_path / "blank.csv", tmp_path / "blank.txt"
+    assert cli_main(["predict", str(clip), "--model", model_dir, "--detector", "haar", "--head", head_dir,
+                     "--out", str(out), "--abaw-out", str(abaw)]) == 0, capsys.readouterr().err
+    rows = _rows(out)
+    assert len(rows) == 3 and {f"p_{a}" for a in AU_NAMES} | set(AU_NAMES) <= set(rows[0])
+    assert all(r["p_AU1"] == "" and r["AU1"] == "" for r in rows)
+    pred = abaw_io.read_mtl_predictions(str(abaw))
+    assert pred.images == [f"blank/{i:05d}.jpg" for i in range(1, 4)]
+    assert "no face" in capsys.readouterr().err

@@ -349,7 +349,7 @@ def _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sig
            models) -> Predictions:
     if frames_seen == 0:
         raise InputError(f"{input_spec}: no readable frames ({len(skipped)} unreadable file(s))")
-    table = rows_to_table(rows, classes, with_va, skipped)
+    table = rows_to_table(rows, classes, with_va, skipped, with_au=au_thr is not None)
     table.models = tuple(str(m) for m in models)
     if smooth != "none":
         _smooth_tracks(table, smooth, sigma, k)
@@ -362,7 +362,9 @@ def _row(frame: Frame, box, track_id: int) -> dict:
             "track_id": track_id, "box": box, "probs": None, "va": None, "au": None}
 
 
-def rows_to_table(rows: list[dict], classes, with_va: bool, skipped) -> Predictions:
+def rows_to_table(rows: list[dict], classes, with_va: bool, skipped, with_au: bool = False) -> Predictions:
+    """The rows as columns; AU probabilities when a row has them or `with_au` (an AU head ran, even
+    if no frame had a face)."""
     n, k = len(rows), len(classes)
     cols: dict[str, np.ndarray] = {
         "source": np.array([r["source"] for r in rows], dtype=object),
@@ -384,7 +386,7 @@ def rows_to_table(rows: list[dict], classes, with_va: bool, skipped) -> Predicti
         cols[f"p_{name}"] = probs[:, j]
     if with_va:
         cols["valence"], cols["arousal"] = va[:, 0], va[:, 1]
-    if any(r["au"] is not None for r in rows):
+    if with_au or any(r["au"] is not None for r in rows):
         au = np.full((n, len(labels.AU_NAMES)), np.nan)
         for i, r in enumerate(rows):
             if r["au"] is not None:
