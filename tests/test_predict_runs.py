@@ -227,3 +227,18 @@ def test_a_head_on_a_video_without_a_face_gives_empty_au_columns_and_a_neutral_a
     pred = abaw_io.read_mtl_predictions(str(abaw))
     assert pred.images == [f"blank/{i:05d}.jpg" for i in range(1, 4)]
     assert "no face" in capsys.readouterr().err
+
+
+def test_an_output_path_that_is_an_input_file_is_refused_and_the_input_kept(model_dir, tmp_path, capsys):
+    clip = _video(tmp_path / "clip.avi", 2)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.jpg"), np.zeros((112, 112, 3), np.uint8))
+    before = clip.read_bytes(), (photos / "a.jpg").read_bytes()
+    for source, outputs in ((clip, ["--out", str(clip)]),
+                            (clip, ["--out", str(tmp_path / "c.csv"), "--plot", str(tmp_path / "." / "clip.avi")]),
+                            (photos, ["--out", str(photos / "a.jpg")])):
+        assert cli_main(["predict", str(source), "--model", model_dir, "--detector", "none", *outputs]) == 2
+        _one_line_error(capsys, "overwrite this input file")
+    assert (clip.read_bytes(), (photos / "a.jpg").read_bytes()) == before
+    assert not (tmp_path / "c.csv").exists()

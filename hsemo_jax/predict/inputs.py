@@ -63,6 +63,11 @@ def _is_folder(arg: str) -> bool:
     return os.path.isdir(arg) or arg.endswith(("/", os.sep))
 
 
+def _key(path) -> str:
+    """One spelling per file: absolute, normalized, links resolved."""
+    return os.path.realpath(path)
+
+
 def plan(specs: Sequence[str], *, out: str | None, plot: str | None, abaw: str | None) -> tuple[list[Run], Path | None]:
     """Check every input (it exists and is a video, an image, a folder of images or a glob that
     matches some) and every output path (writable, no two runs writing one file), before any work:
@@ -85,13 +90,17 @@ def plan(specs: Sequence[str], *, out: str | None, plot: str | None, abaw: str |
         return Path(arg if arg is not None else default_folder) / f"{stem(spec)}{suffix}"
 
     runs, writers = [], {}
+    read = {_key(f): spec for spec, source in zip(inputs, sources) for f in source.files}  # never overwritten
     for spec, source in zip(inputs, sources):
         run = Run(spec, source, path(out, ".emotions.csv", "."), path(plot, ".emotions.png"),
                   None if combined else path(abaw, ".abaw.txt"))
         for what, p in (("CSV", run.csv), ("plot", run.plot), ("ABAW file", run.abaw)):
             if p is None:
                 continue
-            key = os.path.normpath(os.path.abspath(p))
+            key = _key(p)
+            if key in read:
+                raise InputError(f"{p}: the {what} would overwrite this input file (of {read[key]}); "
+                                 "give another path")
             if key in writers:
                 raise InputError(f"{p}: {writers[key]} and {spec} would both write this {what}; "
                                  "rename one or run them separately")
@@ -99,7 +108,10 @@ def plan(specs: Sequence[str], *, out: str | None, plot: str | None, abaw: str |
             check_writable(p, what)
         runs.append(run)
     if combined is not None:
-        if os.path.normpath(os.path.abspath(combined)) in writers:
+        if _key(combined) in read:
+            raise InputError(f"{combined}: the ABAW file would overwrite this input file (of "
+                             f"{read[_key(combined)]}); give another path")
+        if _key(combined) in writers:
             raise InputError(f"{combined}: given for the ABAW file and another output")
         check_writable(combined, "ABAW file")
     return runs, combined
