@@ -222,7 +222,7 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
             exact_preprocess: bool = False, on_rows: Callable | None = None,
             progress: bool = False) -> Predictions:
     """Per-frame, per-face expression probabilities (+ valence/arousal) for a video, image, folder
-    or glob, or numpy frames (one uint8 RGB image (H, W, 3) or a stack (N, H, W, 3)). Two or more
+    or glob, or numpy frames (one uint8 RGB image (H, W, 3), a stack (N, H, W, 3) or a list). Two or more
     models are blended with `weights` (default equal). On the host path (below), faces are detected
     on frames shrunk to `detect_width` (0: full size) and cropped from the full frame; in a video the
     full-frame search runs every `detect_every` frames and tracked faces are followed on the frames
