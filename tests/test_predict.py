@@ -60,6 +60,16 @@ def test_folder_of_crops_reports_corrupt_files(model_dir, tmp_path):
     np.testing.assert_allclose(twice["p_Anger"], table["p_Anger"], rtol=1e-5)
 
 
+
+def test_progress_counts_unreadable_files_as_done(model_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.jpg"), np.zeros((112, 112, 3), np.uint8))
+    (folder / "b.jpg").write_bytes(b"")  # counted in the total, then skipped
+    predict(str(folder), [model_dir], detector="none", progress=True)
+    err = capsys.readouterr().err
+    assert "skipped" in err and "2/2 frames (100%)" in err, err
+
 def test_bad_inputs_name_the_file(model_dir, tmp_path, capsys):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00" * 1000)

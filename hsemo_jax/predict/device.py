@@ -383,6 +383,7 @@ def run(source, program: Callable, *, batch_size: int, max_faces: int, tracker, 
         if isinstance(item, Skipped):
             skipped.append(item)
             print(f"skipped {item.source}: {item.reason}", file=sys.stderr)
+            progress.update(1)  # in the total: the bar ends at 100%
             continue
         frames_seen += 1
         if pending and item.rgb.shape != pending[0].rgb.shape:

@@ -314,6 +314,7 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
             if isinstance(item, Skipped):
                 skipped.append(item)
                 print(f"skipped {item.source}: {item.reason}", file=sys.stderr)
+                bar.update(1)  # in the total: the bar ends at 100%
                 continue
             frames_seen += 1
             boxes, ids = found
