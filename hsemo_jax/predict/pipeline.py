@@ -178,8 +178,8 @@ def expression_layout(models: list[_Model]) -> tuple[tuple[str, ...], bool]:
     """(expression class names, whether every model has valence/arousal). All models must agree."""
     layouts = []
     for m in models:
-        va = m.outputs[-2:] == labels.VA_NAMES
-        classes = m.outputs[:-2] if va else m.outputs
+        k = labels.expression_count(m.outputs)
+        classes, va = m.outputs[:k], k < len(m.outputs)
         if not classes:
             raise InputError(f"model {m.name}: has no classifier (embedding only); it cannot predict emotions")
         layouts.append((classes, va))
@@ -207,7 +207,7 @@ def _run_batch(models, weights, crops, batch_size, with_va, au_head=None):
         if i == 0 and au_head is not None:
             au = au_head(f, s)[:n]
         scores = np.asarray(s)[:n].astype(np.float64)
-        k = scores.shape[1] - 2 if with_va else scores.shape[1]
+        k = labels.expression_count(m.outputs)  # the model's own: a blend may mix models with and without VA
         probs = probs + w * _softmax(scores[:, :k])
         if with_va:
             va = va + w * scores[:, k:k + 2]
