@@ -242,3 +242,20 @@ def test_an_output_path_that_is_an_input_file_is_refused_and_the_input_kept(mode
         _one_line_error(capsys, "overwrite this input file")
     assert (clip.read_bytes(), (photos / "a.jpg").read_bytes()) == before
     assert not (tmp_path / "c.csv").exists()
+
+
+def test_a_detector_without_its_model_file_stops_several_inputs_once_before_any_output(model_dir, tmp_path, capsys):
+    a, b = _video(tmp_path / "a.avi"), _video(tmp_path / "b.avi")
+    out = tmp_path / "out"
+    not_onnx = tmp_path / "yunet.onnx"
+    not_onnx.write_text("not an ONNX model")
+    for extra, words in ((["--detector", "yunet"], ["--detector-model"]),
+                         (["--detector", "yunet", "--detector-model", str(not_onnx)], [str(not_onnx), "YuNet"]),
+                         (["--detector", "mtcnn", "--detector-model", str(tmp_path)], [str(tmp_path), "pnet.pt"])):
+        assert cli_main(["predict", str(a), str(b), "--model", model_dir, *extra, "--out", str(out) + "/"]) == 2
+        _one_line_error(capsys, *words)
+        assert not out.exists()
+    # a model file for a detector that reads none (a forgotten --detector yunet) is not silently dropped
+    assert cli_main(["predict", str(a), "--model", model_dir, "--detector", "none", "--detector-model",
+                     str(not_onnx), "--out", str(tmp_path / "a.csv")]) == 0
+    assert f"warning: --detector-model {not_onnx} is ignored" in capsys.readouterr().err

@@ -73,6 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hsemo_jax.errors import InputError, user_message
     from hsemo_jax.predict import abaw, inputs, pipeline
+    from hsemo_jax.predict.detect import check_detector
 
     models = tuple(args.models or ("enet_b0_8_va_mtl",))
     pipeline.check_options(models=len(models), weights=args.blend, detector=args.detector,
@@ -82,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     runs, combined = inputs.plan(args.inputs, out=args.out, plot=args.plot, abaw=args.abaw_out)
     if args.abaw_out:
         _check_abaw(args, runs, combined)
-    # once, before any input is read (the runs reuse them): a bad --model or --head stops here, not in every run
+    # once, before any input is read (the runs reuse them): a bad --model, --head or --detector-model stops
+    # here, not in every run
+    check_detector(args.detector, args.detector_model)
     loaded = pipeline.load_models(models)
     if args.abaw_out:
         abaw.check_models(*pipeline.expression_layout(loaded))

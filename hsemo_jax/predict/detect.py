@@ -13,6 +13,7 @@ its size, which is how `hsemo_jax.predict.follow` tracks faces between full-fram
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import cv2
@@ -91,9 +92,14 @@ class HaarDetector:
 class YuNetDetector:
     def __init__(self, model_path: str | None, score_threshold: float = 0.8, max_width: int = 0):
         if not model_path or not Path(model_path).is_file():
+            got = f"; {model_path}: no such file" if model_path else ""
             raise InputError(f"--detector yunet needs --detector-model FILE.onnx (YuNet, e.g. "
-                             f"face_detection_yunet_2023mar.onnx from opencv_zoo); got {model_path!r}")
-        self.detector = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold)
+                             f"face_detection_yunet_2023mar.onnx from opencv_zoo){got}")
+        try:
+            self.detector = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold)
+        except cv2.error as e:
+            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise InputError(f"{model_path}: OpenCV cannot load it as a YuNet face detection model ({reason})") from None
         self.max_width = max_width
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
@@ -172,6 +178,16 @@ def make_detector(name: str, model_path: str | None = None, max_width: int = DET
     if name == "none":
         return WholeFrame()
     raise InputError(f"unknown detector {name!r}; expected one of {', '.join(DETECTORS)}")
+
+
+def check_detector(name: str, model_path: str | None = None) -> None:
+    """Before any input is read: a detector that needs a model file (YuNet, MTCNN) gets a usable one,
+    so that a missing or wrong file is one error, not one per input."""
+    if name in ("yunet", "mtcnn"):
+        make_detector(name, model_path)
+    elif model_path:
+        print(f"warning: --detector-model {model_path} is ignored: only --detector yunet and mtcnn read one",
+              file=sys.stderr)
 
 
 def crop(rgb: np.ndarray, box) -> np.ndarray | None:
