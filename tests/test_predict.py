@@ -90,6 +90,16 @@ def test_a_model_with_valence_arousal_blends_with_one_without(model_dir, tmp_pat
     assert on_device.has_face.any() and "valence" not in on_device.columns
     np.testing.assert_allclose(sum(on_device[c] for c in names)[on_device.has_face], 1.0, atol=1e-5)
 
+
+def test_a_frame_with_more_faces_than_the_device_program_keeps_is_warned(model_dir, capsys):
+    from skimage import data
+
+    tile = cv2.resize(data.astronaut()[40:220, 140:300], (120, 135))
+    group = np.concatenate([np.concatenate([tile] * 4, axis=1)] * 3, axis=0)  # 12 faces
+    table = predict(group, [model_dir])
+    assert table.has_face.sum() == 8  # the device program's limit
+    assert "warning: 1 frame(s) reached the 8 faces per frame" in capsys.readouterr().err
+
 def test_bad_inputs_name_the_file(model_dir, tmp_path, capsys):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00" * 1000)

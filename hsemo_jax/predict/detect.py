@@ -21,7 +21,7 @@ import numpy as np
 
 from hsemo_jax.errors import InputError
 from hsemo_jax.models import registry
-from hsemo_jax.predict.defaults import DETECT_WIDTH, DETECTORS
+from hsemo_jax.predict.defaults import DETECT_WIDTH, DETECTORS, HOST_BLAZEFACE_MAX_FACES
 
 NEAR_MARGIN = 0.5  # `near` searches each box widened by this fraction of its size on every side
 NEAR_SIZE = 96  # ... shrunk so that the box is at most this many pixels wide
@@ -127,7 +127,7 @@ class BlazeFaceDetector:
     """BlazeFace on the whole frame at two scales (`models.detection.detect`, resized to its input
     on the device): one compiled program per frame size."""
 
-    def __init__(self, name: str = "blazeface", max_faces: int = 16, size: int | None = None):
+    def __init__(self, name: str = "blazeface", max_faces: int = HOST_BLAZEFACE_MAX_FACES, size: int | None = None):
         import jax
 
         from hsemo_jax.convert.blazeface import load_blazeface

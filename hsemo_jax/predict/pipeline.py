@@ -10,6 +10,7 @@ import contextlib
 import functools
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -18,7 +19,8 @@ import numpy as np
 from hsemo_jax import labels
 from hsemo_jax.errors import InputError
 from hsemo_jax.models import registry
-from hsemo_jax.predict.defaults import BATCH_SIZE, DETECT_EVERY, DETECT_WIDTH, DETECTORS, MIN_DETECT_SIZE
+from hsemo_jax.predict.defaults import (BATCH_SIZE, DETECT_EVERY, DETECT_WIDTH, DETECTORS,
+                                        HOST_BLAZEFACE_MAX_FACES, MIN_DETECT_SIZE)
 from hsemo_jax.predict.detect import crop, make_detector
 from hsemo_jax.predict.follow import FollowingDetector
 from hsemo_jax.predict.track import IoUTracker
@@ -272,6 +274,7 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
             finally:
                 bar.close()
         _report_input_notes(source, chatter)
+        _report_face_cap(rows, device.MAX_FACES)
         return _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr, models)
     follow = FollowingDetector(make_detector(detector, detector_model, detect_width, detect_size),
                                detect_every if source.kind == "video" else 1)
@@ -344,6 +347,18 @@ def _report_input_notes(source, chatter: list[str]) -> None:
     if chatter:
         print(f"warning: {len(chatter)} message line(s) from the video/image decoders (FFmpeg, libjpeg) were "
               f"held back; the first: {chatter[0].strip()}", file=sys.stderr)
+
+
+def _report_face_cap(rows: list[dict], max_faces: int) -> None:
+    """One warning when frames reached the device program's faces-per-frame limit: faces beyond it
+    are not in the output."""
+    per_frame = Counter((r["source"], r["frame"]) for r in rows if r["box"] is not None)
+    full = [key for key, n in per_frame.items() if n >= max_faces]
+    if full:
+        source, frame = full[0]
+        print(f"warning: {len(full)} frame(s) reached the {max_faces} faces per frame that the device program keeps "
+              f"(the first: {source} frame {frame}); any more faces there are left out (--exact-preprocess keeps "
+              f"up to {HOST_BLAZEFACE_MAX_FACES})", file=sys.stderr)
 
 
 def _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr,
