@@ -259,3 +259,13 @@ def test_a_detector_without_its_model_file_stops_several_inputs_once_before_any_
     assert cli_main(["predict", str(a), "--model", model_dir, "--detector", "none", "--detector-model",
                      str(not_onnx), "--out", str(tmp_path / "a.csv")]) == 0
     assert f"warning: --detector-model {not_onnx} is ignored" in capsys.readouterr().err
+
+
+def test_one_input_with_an_output_named_as_a_folder_is_refused_not_written_as_a_file(model_dir, tmp_path, capsys):
+    clip = _video(tmp_path / "clip.avi", 2)
+    for flag in ("--out", "--plot", "--abaw-out"):
+        target = tmp_path / "results"
+        assert cli_main(["predict", str(clip), "--model", model_dir, "--detector", "none",
+                         "--out", str(tmp_path / "c.csv"), flag, str(target) + "/"]) == 2
+        _one_line_error(capsys, flag, "names a folder", str(target / "clip"))
+        assert not target.exists() and not (tmp_path / "c.csv").exists()

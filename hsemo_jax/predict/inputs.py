@@ -80,6 +80,12 @@ def plan(specs: Sequence[str], *, out: str | None, plot: str | None, abaw: str |
             if arg is not None and not _is_folder(arg):
                 raise InputError(f"{arg}: {flag} names a file, but {len(inputs)} inputs get one output each; "
                                  "give a folder (an existing one, or a name ending in '/')")
+    else:
+        for flag, arg, suffix in (("--out", out, ".emotions.csv"), ("--plot", plot, ".emotions.png"),
+                                  ("--abaw-out", abaw, ".abaw.txt")):
+            if arg is not None and _is_folder(arg):  # Path(arg) would drop the slash: a file "results"
+                raise InputError(f"{arg}: {flag} names a folder; with one input give a file name "
+                                 f"(e.g. {os.path.join(arg, stem(inputs[0]) + suffix)})")
     combined = Path(abaw) if abaw is not None and not (many and _is_folder(abaw)) else None
 
     def path(arg, suffix, default_folder=None):
