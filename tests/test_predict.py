@@ -114,6 +114,9 @@ def test_bad_inputs_name_the_file(model_dir, tmp_path, capsys):
         predict(str(tmp_path / "empty"), [model_dir])
     with pytest.raises(InputError, match="weights"):
         predict(str(CLIP), [model_dir, model_dir], weights=[0.5, 0.6])
+    # the Python API reads one video; a glob of videos (which the command runs one by one) is named as such
+    with pytest.raises(InputError, match=r"matches 1 video\(s\).*one video at a time"):
+        predict(str(CLIP.parent / "*.mp4"), [model_dir])
 
 
 def test_interrupted_run_keeps_previous_output(model_dir, tmp_path, capsys, monkeypatch):
