@@ -269,3 +269,13 @@ def test_one_input_with_an_output_named_as_a_folder_is_refused_not_written_as_a_
                          "--out", str(tmp_path / "c.csv"), flag, str(target) + "/"]) == 2
         _one_line_error(capsys, flag, "names a folder", str(target / "clip"))
         assert not target.exists() and not (tmp_path / "c.csv").exists()
+
+
+def test_options_that_need_another_are_warned_when_it_is_missing(model_dir, tmp_path, capsys):
+    clip = _video(tmp_path / "clip.avi", 2)
+    assert cli_main(["predict", str(clip), "--model", model_dir, "--detector", "none", "--au-thresholds", "0.3",
+                     "--abaw-layout", "submission", "--out", str(tmp_path / "c.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --au-thresholds is ignored without --head" in err
+    assert "warning: --abaw-layout is ignored without --abaw-out" in err
+    assert "AU1" not in _rows(tmp_path / "c.csv")[0]
