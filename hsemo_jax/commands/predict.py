@@ -81,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
                            detect_every=args.detect_every, smooth=args.smooth,
                            sigma=args.sigma, k=args.k, batch_size=args.batch_size, au_thresholds=args.au_thresholds)
     runs, combined = inputs.plan(args.inputs, out=args.out, plot=args.plot, abaw=args.abaw_out)
-    for given, note in ((args.au_thresholds is not None and not args.head, "--au-thresholds is ignored without --head"),
-                        (args.abaw_layout != "scores" and not args.abaw_out, "--abaw-layout is ignored without --abaw-out")):
+    for given, note in (
+            (args.au_thresholds is not None and not args.head, "--au-thresholds is ignored without --head"),
+            (args.abaw_layout != "scores" and not args.abaw_out, "--abaw-layout is ignored without --abaw-out")):
         if given:  # the user asked for something this run will not do
             print(f"warning: {note}", file=sys.stderr)
     if args.abaw_out:

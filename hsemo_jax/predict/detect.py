@@ -99,7 +99,8 @@ class YuNetDetector:
             self.detector = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold)
         except cv2.error as e:
             reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            raise InputError(f"{model_path}: OpenCV cannot load it as a YuNet face detection model ({reason})") from None
+            raise InputError(f"{model_path}: OpenCV cannot load it as a YuNet face detection model "
+                             f"({reason})") from None
         self.max_width = max_width
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
