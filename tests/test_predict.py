@@ -94,7 +94,7 @@ def test_a_model_with_valence_arousal_blends_with_one_without(model_dir, tmp_pat
 def test_a_frame_with_more_faces_than_the_device_program_keeps_is_warned(model_dir, capsys):
     from skimage import data
 
-    tile = cv2.resize(data.astronaut()[40:220, 140:300], (120, 135))
+    tile = cv2.resize(data.astronaut()[40:220, 140:300], (80, 80))
     group = np.concatenate([np.concatenate([tile] * 4, axis=1)] * 3, axis=0)  # 12 faces
     table = predict(group, [model_dir])
     assert table.has_face.sum() == 8  # the device program's limit

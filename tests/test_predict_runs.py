@@ -279,3 +279,12 @@ def test_options_that_need_another_are_warned_when_it_is_missing(model_dir, tmp_
     assert "warning: --au-thresholds is ignored without --head" in err
     assert "warning: --abaw-layout is ignored without --abaw-out" in err
     assert "AU1" not in _rows(tmp_path / "c.csv")[0]
+
+
+def test_a_plot_named_other_than_png_is_refused_before_any_work(model_dir, tmp_path, capsys):
+    clip = _video(tmp_path / "clip.avi", 2)
+    for name in ("clip.pdf", "clip.jpg", "clip"):  # the plot is always PNG data
+        assert cli_main(["predict", str(clip), "--model", model_dir, "--detector", "none",
+                         "--out", str(tmp_path / "c.csv"), "--plot", str(tmp_path / name)]) == 2
+        _one_line_error(capsys, str(tmp_path / name), ".png")
+        assert not (tmp_path / name).exists() and not (tmp_path / "c.csv").exists()

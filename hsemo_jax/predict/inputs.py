@@ -110,6 +110,8 @@ def plan(specs: Sequence[str], *, out: str | None, plot: str | None, abaw: str |
             if key in writers:
                 raise InputError(f"{p}: {writers[key]} and {spec} would both write this {what}; "
                                  "rename one or run them separately")
+            if what == "plot" and p.suffix.lower() != ".png":  # else PNG bytes in a file named .pdf or .jpg
+                raise InputError(f"{p}: the plot is a PNG image; give a name ending in .png")
             writers[key] = spec
             check_writable(p, what)
         runs.append(run)
