@@ -117,6 +117,8 @@ def test_bad_inputs_name_the_file(model_dir, tmp_path, capsys):
     # the Python API reads one video; a glob of videos (which the command runs one by one) is named as such
     with pytest.raises(InputError, match=r"matches 1 video\(s\).*one video at a time"):
         predict(str(CLIP.parent / "*.mp4"), [model_dir])
+    with pytest.raises(InputError, match=r"holds 1 video\(s\) \(astronaut.mp4, ...\).*quoted glob"):
+        predict(str(CLIP.parent), [model_dir])  # a folder of videos, not of images
 
 
 def test_interrupted_run_keeps_previous_output(model_dir, tmp_path, capsys, monkeypatch):
