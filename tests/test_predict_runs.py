@@ -288,3 +288,18 @@ def test_a_plot_named_other_than_png_is_refused_before_any_work(model_dir, tmp_p
                          "--out", str(tmp_path / "c.csv"), "--plot", str(tmp_path / name)]) == 2
         _one_line_error(capsys, str(tmp_path / name), ".png")
         assert not (tmp_path / name).exists() and not (tmp_path / "c.csv").exists()
+
+
+def test_the_streamed_partial_csv_keeps_one_header_with_a_head(model_dir, head_dir, tmp_path):
+    # a first frame without a face, then one with: the rows streamed before the face must have the AU columns too
+    from skimage import data
+
+    from hsemo_jax.predict import predict
+    from hsemo_jax.predict.writer import CsvOutput
+
+    frames = [np.zeros((512, 512, 3), np.uint8), data.astronaut()]
+    out = CsvOutput(tmp_path / "p.csv")
+    predict(frames, [model_dir], detector="haar", head=head_dir, on_rows=out.write_rows)
+    with open(out.abort(), newline="") as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 3 and "p_AU1" in rows[0] and {len(r) for r in rows} == {len(rows[0])}

@@ -255,6 +255,7 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
     weights = np.full(len(loaded), 1.0 / len(loaded)) if weights is None else np.asarray(weights, float)
     classes, with_va = expression_layout(loaded)
     au_head, au_thr = load_au_head(head, loaded[0], au_thresholds) if head else (None, None)
+    make_row = functools.partial(_row, with_au=au_head is not None)
     from hsemo_jax.predict.progress import Progress, frame_total
 
     # the bar is made inside `decoder_messages`, so that it writes to the real standard error, not to fd 2,
@@ -269,7 +270,7 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
             try:
                 rows, skipped, frames_seen = device.run(
                     source, program, batch_size=batch_size, max_faces=device.MAX_FACES, tracker=IoUTracker(),
-                    make_row=_row, on_rows=lambda new: on_rows(new, classes, with_va) if on_rows else None,
+                    make_row=make_row, on_rows=lambda new: on_rows(new, classes, with_va) if on_rows else None,
                     progress=bar, au_head=au_head)
             finally:
                 bar.close()
@@ -324,12 +325,12 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
             faces = [(b, t, crop(item.rgb, b)) for b, t in zip(boxes, ids)]
             faces = [f for f in faces if f[2] is not None]
             if not faces:
-                rows.append(_row(item, None, -1))
+                rows.append(make_row(item, None, -1))
                 emit()
                 bar.update(1)
                 continue
             for box, tid, face in faces:
-                row = _row(item, box, int(tid))
+                row = make_row(item, box, int(tid))
                 rows.append(row)
                 pending.append((row, face))
                 if len(pending) == batch_size:
@@ -365,7 +366,7 @@ def _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sig
            models) -> Predictions:
     if frames_seen == 0:
         raise InputError(f"{input_spec}: no readable frames ({len(skipped)} unreadable file(s))")
-    table = rows_to_table(rows, classes, with_va, skipped, with_au=au_thr is not None)
+    table = rows_to_table(rows, classes, with_va, skipped)
     table.models = tuple(str(m) for m in models)
     if smooth != "none":
         _smooth_tracks(table, smooth, sigma, k)
@@ -373,14 +374,16 @@ def _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sig
     return table
 
 
-def _row(frame: Frame, box, track_id: int) -> dict:
+def _row(frame: Frame, box, track_id: int, with_au: bool = False) -> dict:
+    """A row of the table; with an AU head a frame without a face gets NaN AU probabilities (a face's are
+    filled in when its batch runs), so that every streamed chunk of rows has the AU columns."""
+    au = np.full(len(labels.AU_NAMES), np.nan) if with_au and box is None else None
     return {"source": frame.source, "sequence": frame.sequence, "frame": frame.index, "time": frame.time,
-            "track_id": track_id, "box": box, "probs": None, "va": None, "au": None}
+            "track_id": track_id, "box": box, "probs": None, "va": None, "au": au}
 
 
-def rows_to_table(rows: list[dict], classes, with_va: bool, skipped, with_au: bool = False) -> Predictions:
-    """The rows as columns; AU probabilities when a row has them or `with_au` (an AU head ran, even
-    if no frame had a face)."""
+def rows_to_table(rows: list[dict], classes, with_va: bool, skipped) -> Predictions:
+    """The rows as columns; AU probabilities when the rows have them (with an AU head, every row: `_row`)."""
     n, k = len(rows), len(classes)
     cols: dict[str, np.ndarray] = {
         "source": np.array([r["source"] for r in rows], dtype=object),
@@ -402,7 +405,7 @@ def rows_to_table(rows: list[dict], classes, with_va: bool, skipped, with_au: bo
         cols[f"p_{name}"] = probs[:, j]
     if with_va:
         cols["valence"], cols["arousal"] = va[:, 0], va[:, 1]
-    if with_au or any(r["au"] is not None for r in rows):
+    if any(r["au"] is not None for r in rows):
         au = np.full((n, len(labels.AU_NAMES)), np.nan)
         for i, r in enumerate(rows):
             if r["au"] is not None:
