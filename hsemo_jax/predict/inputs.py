@@ -68,6 +68,31 @@ def _key(path) -> str:
     return os.path.realpath(path)
 
 
+class _InputFiles:
+    """Which input an output path would overwrite. Only an existing file can be one, so the inputs'
+    files (millions for ABAW's cropped_aligned) are indexed by name, without a system call, and only
+    once an output path exists; same-named files are compared with `os.path.samefile`."""
+
+    def __init__(self, inputs: Sequence[str], sources: Sequence[FrameSource]):
+        self.inputs, self.sources, self.by_name = inputs, sources, None
+
+    def of(self, path: Path) -> str | None:
+        if not path.is_file():
+            return None
+        if self.by_name is None:
+            self.by_name = {}
+            for spec, source in zip(self.inputs, self.sources):
+                for f in source.files:
+                    self.by_name.setdefault(f.name, []).append((f, spec))
+        for f, spec in self.by_name.get(path.name, ()):
+            try:
+                if os.path.samefile(f, path):
+                    return spec
+            except OSError:  # an input that has gone since it was listed is not this file
+                continue
+        return None
+
+
 def plan(specs: Sequence[str], *, out: str | None, plot: str | None, abaw: str | None) -> tuple[list[Run], Path | None]:
     """Check every input (it exists and is a video, an image, a folder of images or a glob that
     matches some) and every output path (writable, no two runs writing one file), before any work:
@@ -96,7 +121,7 @@ def plan(specs: Sequence[str], *, out: str | None, plot: str | None, abaw: str |
         return Path(arg if arg is not None else default_folder) / f"{stem(spec)}{suffix}"
 
     runs, writers = [], {}
-    read = {_key(f): spec for spec, source in zip(inputs, sources) for f in source.files}  # never overwritten
+    read = _InputFiles(inputs, sources)  # never overwritten
     for spec, source in zip(inputs, sources):
         run = Run(spec, source, path(out, ".emotions.csv", "."), path(plot, ".emotions.png"),
                   None if combined else path(abaw, ".abaw.txt"))
@@ -104,9 +129,8 @@ def plan(specs: Sequence[str], *, out: str | None, plot: str | None, abaw: str |
             if p is None:
                 continue
             key = _key(p)
-            if key in read:
-                raise InputError(f"{p}: the {what} would overwrite this input file (of {read[key]}); "
-                                 "give another path")
+            if (owner := read.of(p)) is not None:
+                raise InputError(f"{p}: the {what} would overwrite this input file (of {owner}); give another path")
             if key in writers:
                 raise InputError(f"{p}: {writers[key]} and {spec} would both write this {what}; "
                                  "rename one or run them separately")
@@ -116,9 +140,9 @@ def plan(specs: Sequence[str], *, out: str | None, plot: str | None, abaw: str |
             check_writable(p, what)
         runs.append(run)
     if combined is not None:
-        if _key(combined) in read:
-            raise InputError(f"{combined}: the ABAW file would overwrite this input file (of "
-                             f"{read[_key(combined)]}); give another path")
+        if (owner := read.of(combined)) is not None:
+            raise InputError(f"{combined}: the ABAW file would overwrite this input file (of {owner}); "
+                             "give another path")
         if _key(combined) in writers:
             raise InputError(f"{combined}: given for the ABAW file and another output")
         check_writable(combined, "ABAW file")
