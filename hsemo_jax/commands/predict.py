@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with BlazeFace, crop, resize and normalize faces on the host, as the other detectors do "
                         "(default: in the device program, whose crops are the same bits as Pillow's and whose "
                         "outputs differ by ~1e-6, float32 normalization against float64)")
-    p.add_argument("--detector-model", help="YuNet .onnx file for --detector yunet; a folder with pnet.pt, rnet.pt, onet.pt for --detector mtcnn (else fetched by name)")
+    p.add_argument("--detector-model", metavar="FILE.onnx|DIR", help="YuNet .onnx file for --detector yunet; a folder with pnet.pt, rnet.pt, onet.pt for --detector mtcnn (else fetched by name)")
     p.add_argument("--detect-width", type=int, default=DETECT_WIDTH, metavar="PX",
                    help=f"detect faces on frames shrunk to at most this width, boxes mapped back to full "
                         f"resolution for cropping (default {DETECT_WIDTH}; 0 = full resolution)")
@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                               "model's features: adds 12 AU probabilities and labels")
     p.add_argument("--au-thresholds", type=float, nargs="+", metavar="T",
                    help="AU decision threshold(s): one for all or 12 (default: the head's stored ones, else 0.5)")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, metavar="N",
                    help="frames per device batch with BlazeFace; faces per inference batch otherwise (fixed shape; "
                         "default %(default)s)")
     p.add_argument("--out", metavar="FILE.csv|DIR",
