@@ -57,6 +57,11 @@ class Recognizer:
         from hsemo_jax.models import preprocess_images
         from hsemo_jax.predict.arrays import as_rgb_uint8
 
+        if face_or_faces is None or isinstance(face_or_faces, (str, bytes, os.PathLike)):
+            raise InputError(f"predict_emotions: expected a face crop (an RGB uint8 array) or a list of them, got "
+                             f"{face_or_faces!r}; to read a file and find its faces use predict({face_or_faces!r})")
+        if not isinstance(face_or_faces, (list, tuple)):  # an array, or a PIL image
+            face_or_faces = np.asarray(face_or_faces)
         single = isinstance(face_or_faces, np.ndarray) and face_or_faces.ndim in (2, 3) and (
             face_or_faces.ndim == 2 or face_or_faces.shape[2] in (1, 3, 4))
         faces = [face_or_faces] if single else list(face_or_faces)
@@ -79,7 +84,7 @@ class Recognizer:
         """Per-frame, per-face predictions as a pandas DataFrame with the CSV's columns (source,
         frame, time, track_id, box, p_<class>, valence, arousal, expression, ...); one row per
         frame without a face. `source`: a video, image, folder or glob path, or numpy frames
-        (H, W, 3) / (N, H, W, 3) uint8 RGB. Other keyword arguments go to
+        (H, W, 3) / (N, H, W, 3) / a list of (H, W, 3) of any sizes, uint8 RGB. Other keyword arguments go to
         `hsemo_jax.predict.predict` (smooth, detect_every, exact_preprocess, head, ...)."""
         import pandas as pd
 

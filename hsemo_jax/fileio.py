@@ -99,6 +99,8 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     nearest existing folder on its way open to a new file (a probe file is created there and
     removed; missing folders are left to the writer). Raises `InputError` naming `path` and the
     reason; creates nothing."""
+    if isinstance(path, str) and path.endswith(("/", os.sep)):  # Path() would drop the slash: a file "out"
+        raise InputError(f"{path}: the {what} is named as a folder (it ends in '/'); give a file name")
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: the {what} is an existing folder; give a file name")

@@ -30,6 +30,13 @@ CLASS_ORDERS = {"hse": HSE_CLASSES_8, "affectnet": AFFECTNET_CODES_8}
 # Aff-Wild2 / ABAW EXPR order (spec §7).
 AFFWILD_EXPR_8 = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
 VA_NAMES = ("valence", "arousal")
+
+
+def expression_count(outputs) -> int:
+    """How many of a model's outputs are expression scores: all but a trailing valence, arousal."""
+    return len(outputs) - (2 if tuple(outputs[-2:]) == VA_NAMES else 0)
+
+
 # The 12 ABAW action units, in the order of the annotation files.
 AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
 

@@ -83,3 +83,23 @@ def test_published_name_and_pt_file(tmp_path, monkeypatch, capsys):
     np.testing.assert_allclose(by_name[1], by_file[1], atol=1e-6)
     with pytest.raises(InputError, match="unknown model"):
         hsemo_jax.load_model("no_such_model")
+
+
+def test_predict_emotions_refuses_a_path_or_none_in_one_line_and_takes_a_pil_image(model_dir):
+    from PIL import Image
+
+    fer = hsemo_jax.Recognizer(model_dir, progress=False)
+    face = _faces()[0]
+    for wrong in (str(CLIP), CLIP, None):  # a path is not a face crop: predict() reads files
+        with pytest.raises(InputError, match=r"predict_emotions: expected .*face.*predict\("):
+            fer.predict_emotions(wrong)
+    label, scores = fer.predict_emotions(Image.fromarray(face))
+    np.testing.assert_array_equal(scores, fer.predict_emotions(face)[1])
+
+
+def test_predict_takes_a_list_of_frames_of_different_sizes(model_dir):
+    faces = _faces()  # three crops of different sizes
+    df = hsemo_jax.Recognizer(model_dir, detector="none", progress=False).predict(faces)
+    assert list(df["frame"]) == [0, 1, 2] and list(df["x2"]) == [f.shape[1] for f in faces]
+    with pytest.raises(InputError, match=r"<array> frame 1: expected uint8"):
+        hsemo_jax.Recognizer(model_dir, detector="none", progress=False).predict([faces[0], faces[1] * 1.0])

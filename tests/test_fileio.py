@@ -117,6 +117,8 @@ def test_check_writable_refuses_before_the_work_and_creates_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []  # neither the missing folders nor a probe are left
     with pytest.raises(InputError, match="existing folder"):
         check_writable(tmp_path, "CSV")
+    with pytest.raises(InputError, match="named as a folder"):  # not a file "results"
+        check_writable(str(tmp_path / "results") + "/", "CSV")
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match=r"file\b.*is a file, not a folder"):
         check_writable(tmp_path / "file" / "sub" / "out.csv")

@@ -60,6 +60,46 @@ def test_folder_of_crops_reports_corrupt_files(model_dir, tmp_path):
     np.testing.assert_allclose(twice["p_Anger"], table["p_Anger"], rtol=1e-5)
 
 
+
+def test_progress_counts_unreadable_files_as_done(model_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.jpg"), np.zeros((112, 112, 3), np.uint8))
+    (folder / "b.jpg").write_bytes(b"")  # counted in the total, then skipped
+    predict(str(folder), [model_dir], detector="none", progress=True)
+    err = capsys.readouterr().err
+    assert "skipped" in err and "2/2 frames (100%)" in err, err
+
+
+def test_a_model_with_valence_arousal_blends_with_one_without(model_dir, tmp_path):
+    # the blend has the expressions of both and no valence/arousal; each model's expression scores are
+    # its own first 8 outputs (the 10-output model's last two are not expressions)
+    from hsemo_jax.checkpoint import ModelInfo, save_model
+    from hsemo_jax.models import registry
+
+    plain = tmp_path / "mbf8"
+    save_model(registry.build("mobilefacenet", 8, seed=1), ModelInfo.for_arch("mobilefacenet", 8), plain)
+    frame = cv2.cvtColor(cv2.VideoCapture(str(CLIP)).read()[1], cv2.COLOR_BGR2RGB)
+    face = frame[30:120, 70:160]
+    names = [f"p_{c}" for c in HSE_CLASSES_8]
+    alone = [np.array([predict(face, [m], detector="none")[c][0] for c in names]) for m in (model_dir, str(plain))]
+    blend = predict(face, [model_dir, str(plain)], weights=[0.25, 0.75], detector="none")
+    assert "valence" not in blend.columns
+    np.testing.assert_allclose([blend[c][0] for c in names], 0.25 * alone[0] + 0.75 * alone[1], rtol=1e-5)
+    on_device = predict(frame, [model_dir, str(plain)], weights=[0.25, 0.75])  # BlazeFace: the device program
+    assert on_device.has_face.any() and "valence" not in on_device.columns
+    np.testing.assert_allclose(sum(on_device[c] for c in names)[on_device.has_face], 1.0, atol=1e-5)
+
+
+def test_a_frame_with_more_faces_than_the_device_program_keeps_is_warned(model_dir, capsys):
+    from skimage import data
+
+    tile = cv2.resize(data.astronaut()[40:220, 140:300], (80, 80))
+    group = np.concatenate([np.concatenate([tile] * 4, axis=1)] * 3, axis=0)  # 12 faces
+    table = predict(group, [model_dir])
+    assert table.has_face.sum() == 8  # the device program's limit
+    assert "warning: 1 frame(s) reached the 8 faces per frame" in capsys.readouterr().err
+
 def test_bad_inputs_name_the_file(model_dir, tmp_path, capsys):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00" * 1000)
@@ -74,6 +114,11 @@ def test_bad_inputs_name_the_file(model_dir, tmp_path, capsys):
         predict(str(tmp_path / "empty"), [model_dir])
     with pytest.raises(InputError, match="weights"):
         predict(str(CLIP), [model_dir, model_dir], weights=[0.5, 0.6])
+    # the Python API reads one video; a glob of videos (which the command runs one by one) is named as such
+    with pytest.raises(InputError, match=r"matches 1 video\(s\).*one video at a time"):
+        predict(str(CLIP.parent / "*.mp4"), [model_dir])
+    with pytest.raises(InputError, match=r"holds 1 video\(s\) \(astronaut.mp4, ...\).*quoted glob"):
+        predict(str(CLIP.parent), [model_dir])  # a folder of videos, not of images
 
 
 def test_interrupted_run_keeps_previous_output(model_dir, tmp_path, capsys, monkeypatch):

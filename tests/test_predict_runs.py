@@ -208,3 +208,98 @@ def test_a_corrupt_video_among_several_fails_alone(model_dir, head_dir, tmp_path
     assert len(_rows(out / "good.emotions.csv")) == 5
     assert sorted(p.name for p in abaw.iterdir()) == ["good.abaw.txt"]  # a folder: one ABAW file per input
     assert abaw_io.read_mtl_predictions(str(abaw / "good.abaw.txt")).images == [f"good/{i:05d}.jpg" for i in range(1, 6)]
+
+
+def test_a_head_on_a_video_without_a_face_gives_empty_au_columns_and_a_neutral_abaw_file(model_dir, head_dir,
+                                                                                          tmp_path, capsys):
+    # no face, so no row carries AU probabilities: the AU columns must still be there (the labels read them)
+    clip = tmp_path / "blank.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 25, (96, 96))
+    for _ in range(3):
+        writer.write(np.zeros((96, 96, 3), np.uint8))
+    writer.release()
+    out, abaw = tmp_path / "blank.csv", tmp_path / "blank.txt"
+    assert cli_main(["predict", str(clip), "--model", model_dir, "--detector", "haar", "--head", head_dir,
+                     "--out", str(out), "--abaw-out", str(abaw)]) == 0, capsys.readouterr().err
+    rows = _rows(out)
+    assert len(rows) == 3 and {f"p_{a}" for a in AU_NAMES} | set(AU_NAMES) <= set(rows[0])
+    assert all(r["p_AU1"] == "" and r["AU1"] == "" for r in rows)
+    pred = abaw_io.read_mtl_predictions(str(abaw))
+    assert pred.images == [f"blank/{i:05d}.jpg" for i in range(1, 4)]
+    assert "no face" in capsys.readouterr().err
+
+
+def test_an_output_path_that_is_an_input_file_is_refused_and_the_input_kept(model_dir, tmp_path, capsys):
+    clip = _video(tmp_path / "clip.avi", 2)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.jpg"), np.zeros((112, 112, 3), np.uint8))
+    before = clip.read_bytes(), (photos / "a.jpg").read_bytes()
+    for source, outputs in ((clip, ["--out", str(clip)]),
+                            (clip, ["--out", str(tmp_path / "c.csv"), "--plot", str(tmp_path / "." / "clip.avi")]),
+                            (photos, ["--out", str(photos / "a.jpg")])):
+        assert cli_main(["predict", str(source), "--model", model_dir, "--detector", "none", *outputs]) == 2
+        _one_line_error(capsys, "overwrite this input file")
+    assert (clip.read_bytes(), (photos / "a.jpg").read_bytes()) == before
+    assert not (tmp_path / "c.csv").exists()
+
+
+def test_a_detector_without_its_model_file_stops_several_inputs_once_before_any_output(model_dir, tmp_path, capsys):
+    a, b = _video(tmp_path / "a.avi"), _video(tmp_path / "b.avi")
+    out = tmp_path / "out"
+    not_onnx = tmp_path / "yunet.onnx"
+    not_onnx.write_text("not an ONNX model")
+    for extra, words in ((["--detector", "yunet"], ["--detector-model"]),
+                         (["--detector", "yunet", "--detector-model", str(not_onnx)], [str(not_onnx), "YuNet"]),
+                         (["--detector", "mtcnn", "--detector-model", str(tmp_path)], [str(tmp_path), "pnet.pt"])):
+        assert cli_main(["predict", str(a), str(b), "--model", model_dir, *extra, "--out", str(out) + "/"]) == 2
+        _one_line_error(capsys, *words)
+        assert not out.exists()
+    # a model file for a detector that reads none (a forgotten --detector yunet) is not silently dropped
+    assert cli_main(["predict", str(a), "--model", model_dir, "--detector", "none", "--detector-model",
+                     str(not_onnx), "--out", str(tmp_path / "a.csv")]) == 0
+    assert f"warning: --detector-model {not_onnx} is ignored" in capsys.readouterr().err
+
+
+def test_one_input_with_an_output_named_as_a_folder_is_refused_not_written_as_a_file(model_dir, tmp_path, capsys):
+    clip = _video(tmp_path / "clip.avi", 2)
+    for flag in ("--out", "--plot", "--abaw-out"):
+        target = tmp_path / "results"
+        assert cli_main(["predict", str(clip), "--model", model_dir, "--detector", "none",
+                         "--out", str(tmp_path / "c.csv"), flag, str(target) + "/"]) == 2
+        _one_line_error(capsys, flag, "names a folder", str(target / "clip"))
+        assert not target.exists() and not (tmp_path / "c.csv").exists()
+
+
+def test_options_that_need_another_are_warned_when_it_is_missing(model_dir, tmp_path, capsys):
+    clip = _video(tmp_path / "clip.avi", 2)
+    assert cli_main(["predict", str(clip), "--model", model_dir, "--detector", "none", "--au-thresholds", "0.3",
+                     "--abaw-layout", "submission", "--out", str(tmp_path / "c.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --au-thresholds is ignored without --head" in err
+    assert "warning: --abaw-layout is ignored without --abaw-out" in err
+    assert "AU1" not in _rows(tmp_path / "c.csv")[0]
+
+
+def test_a_plot_named_other_than_png_is_refused_before_any_work(model_dir, tmp_path, capsys):
+    clip = _video(tmp_path / "clip.avi", 2)
+    for name in ("clip.pdf", "clip.jpg", "clip"):  # the plot is always PNG data
+        assert cli_main(["predict", str(clip), "--model", model_dir, "--detector", "none",
+                         "--out", str(tmp_path / "c.csv"), "--plot", str(tmp_path / name)]) == 2
+        _one_line_error(capsys, str(tmp_path / name), ".png")
+        assert not (tmp_path / name).exists() and not (tmp_path / "c.csv").exists()
+
+
+def test_the_streamed_partial_csv_keeps_one_header_with_a_head(model_dir, head_dir, tmp_path):
+    # a first frame without a face, then one with: the rows streamed before the face must have the AU columns too
+    from skimage import data
+
+    from hsemo_jax.predict import predict
+    from hsemo_jax.predict.writer import CsvOutput
+
+    frames = [np.zeros((512, 512, 3), np.uint8), data.astronaut()]
+    out = CsvOutput(tmp_path / "p.csv")
+    predict(frames, [model_dir], detector="haar", head=head_dir, on_rows=out.write_rows)
+    with open(out.abort(), newline="") as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 3 and "p_AU1" in rows[0] and {len(r) for r in rows} == {len(rows[0])}

@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with BlazeFace, crop, resize and normalize faces on the host, as the other detectors do "
                         "(default: in the device program, whose crops are the same bits as Pillow's and whose "
                         "outputs differ by ~1e-6, float32 normalization against float64)")
-    p.add_argument("--detector-model", help="YuNet .onnx file for --detector yunet; a folder with pnet.pt, rnet.pt, onet.pt for --detector mtcnn (else fetched by name)")
+    p.add_argument("--detector-model", metavar="FILE.onnx|DIR", help="YuNet .onnx file for --detector yunet; a folder with pnet.pt, rnet.pt, onet.pt for --detector mtcnn (else fetched by name)")
     p.add_argument("--detect-width", type=int, default=DETECT_WIDTH, metavar="PX",
                    help=f"detect faces on frames shrunk to at most this width, boxes mapped back to full "
                         f"resolution for cropping (default {DETECT_WIDTH}; 0 = full resolution)")
@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                               "model's features: adds 12 AU probabilities and labels")
     p.add_argument("--au-thresholds", type=float, nargs="+", metavar="T",
                    help="AU decision threshold(s): one for all or 12 (default: the head's stored ones, else 0.5)")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, metavar="N",
                    help="frames per device batch with BlazeFace; faces per inference batch otherwise (fixed shape; "
                         "default %(default)s)")
     p.add_argument("--out", metavar="FILE.csv|DIR",
@@ -73,6 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hsemo_jax.errors import InputError, user_message
     from hsemo_jax.predict import abaw, inputs, pipeline
+    from hsemo_jax.predict.detect import check_detector
 
     models = tuple(args.models or ("enet_b0_8_va_mtl",))
     pipeline.check_options(models=len(models), weights=args.blend, detector=args.detector,
@@ -80,9 +81,16 @@ def run(args: argparse.Namespace) -> int:
                            detect_every=args.detect_every, smooth=args.smooth,
                            sigma=args.sigma, k=args.k, batch_size=args.batch_size, au_thresholds=args.au_thresholds)
     runs, combined = inputs.plan(args.inputs, out=args.out, plot=args.plot, abaw=args.abaw_out)
+    for given, note in (
+            (args.au_thresholds is not None and not args.head, "--au-thresholds is ignored without --head"),
+            (args.abaw_layout != "scores" and not args.abaw_out, "--abaw-layout is ignored without --abaw-out")):
+        if given:  # the user asked for something this run will not do
+            print(f"warning: {note}", file=sys.stderr)
     if args.abaw_out:
         _check_abaw(args, runs, combined)
-    # once, before any input is read (the runs reuse them): a bad --model or --head stops here, not in every run
+    # once, before any input is read (the runs reuse them): a bad --model, --head or --detector-model stops
+    # here, not in every run
+    check_detector(args.detector, args.detector_model)
     loaded = pipeline.load_models(models)
     if args.abaw_out:
         abaw.check_models(*pipeline.expression_layout(loaded))

@@ -27,13 +27,14 @@ def as_rgb_uint8(image, what: str = "image") -> np.ndarray:
 
 
 class ArraySource:
-    """One image (H, W[, C]) or a stack of frames (N, H, W, C), uint8, RGB; frames numbered 0..N-1."""
+    """One image (H, W[, C]), a stack of frames (N, H, W, C) or a list of frames (of any sizes), uint8,
+    RGB; frames numbered 0..N-1."""
 
     kind = "frames"
 
     def __init__(self, frames, name: str = "<array>"):
-        a = np.asarray(frames)
-        if a.ndim == 4 or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+        a = frames if isinstance(frames, (list, tuple)) else np.asarray(frames)  # a list: frames may differ in size
+        if isinstance(a, (list, tuple)) or a.ndim == 4 or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
             self.frames = [as_rgb_uint8(f, f"{name} frame {i}") for i, f in enumerate(a)]
         else:
             self.frames = [as_rgb_uint8(a, name)]

@@ -13,6 +13,7 @@ its size, which is how `hsemo_jax.predict.follow` tracks faces between full-fram
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import cv2
@@ -20,7 +21,7 @@ import numpy as np
 
 from hsemo_jax.errors import InputError
 from hsemo_jax.models import registry
-from hsemo_jax.predict.defaults import DETECT_WIDTH, DETECTORS
+from hsemo_jax.predict.defaults import DETECT_WIDTH, DETECTORS, HOST_BLAZEFACE_MAX_FACES
 
 NEAR_MARGIN = 0.5  # `near` searches each box widened by this fraction of its size on every side
 NEAR_SIZE = 96  # ... shrunk so that the box is at most this many pixels wide
@@ -91,9 +92,15 @@ class HaarDetector:
 class YuNetDetector:
     def __init__(self, model_path: str | None, score_threshold: float = 0.8, max_width: int = 0):
         if not model_path or not Path(model_path).is_file():
+            got = f"; {model_path}: no such file" if model_path else ""
             raise InputError(f"--detector yunet needs --detector-model FILE.onnx (YuNet, e.g. "
-                             f"face_detection_yunet_2023mar.onnx from opencv_zoo); got {model_path!r}")
-        self.detector = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold)
+                             f"face_detection_yunet_2023mar.onnx from opencv_zoo){got}")
+        try:
+            self.detector = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold)
+        except cv2.error as e:
+            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise InputError(f"{model_path}: OpenCV cannot load it as a YuNet face detection model "
+                             f"({reason})") from None
         self.max_width = max_width
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
@@ -121,7 +128,7 @@ class BlazeFaceDetector:
     """BlazeFace on the whole frame at two scales (`models.detection.detect`, resized to its input
     on the device): one compiled program per frame size."""
 
-    def __init__(self, name: str = "blazeface", max_faces: int = 16, size: int | None = None):
+    def __init__(self, name: str = "blazeface", max_faces: int = HOST_BLAZEFACE_MAX_FACES, size: int | None = None):
         import jax
 
         from hsemo_jax.convert.blazeface import load_blazeface
@@ -172,6 +179,16 @@ def make_detector(name: str, model_path: str | None = None, max_width: int = DET
     if name == "none":
         return WholeFrame()
     raise InputError(f"unknown detector {name!r}; expected one of {', '.join(DETECTORS)}")
+
+
+def check_detector(name: str, model_path: str | None = None) -> None:
+    """Before any input is read: a detector that needs a model file (YuNet, MTCNN) gets a usable one,
+    so that a missing or wrong file is one error, not one per input."""
+    if name in ("yunet", "mtcnn"):
+        make_detector(name, model_path)
+    elif model_path:
+        print(f"warning: --detector-model {model_path} is ignored: only --detector yunet and mtcnn read one",
+              file=sys.stderr)
 
 
 def crop(rgb: np.ndarray, box) -> np.ndarray | None:

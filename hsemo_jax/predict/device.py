@@ -37,7 +37,7 @@ from flax import nnx
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hsemo_jax import runtime
+from hsemo_jax import labels, runtime
 from hsemo_jax.models.detection import detect
 from hsemo_jax.ops.resample import PILLOW_BITS, materialized, pillow_weights
 
@@ -91,7 +91,7 @@ class Backbone:
     @classmethod
     def of(cls, model: nnx.Module, with_va: bool) -> "Backbone":
         info = model.info
-        k = len(info.outputs) - (2 if with_va else 0)
+        k = labels.expression_count(info.outputs)  # its own: a blend may mix models with and without VA
         return cls(model, info.input_size, tuple(info.mean), tuple(info.std), k, with_va)
 
 
@@ -383,6 +383,7 @@ def run(source, program: Callable, *, batch_size: int, max_faces: int, tracker, 
         if isinstance(item, Skipped):
             skipped.append(item)
             print(f"skipped {item.source}: {item.reason}", file=sys.stderr)
+            progress.update(1)  # in the total: the bar ends at 100%
             continue
         frames_seen += 1
         if pending and item.rgb.shape != pending[0].rgb.shape:

@@ -63,6 +63,36 @@ def _is_folder(arg: str) -> bool:
     return os.path.isdir(arg) or arg.endswith(("/", os.sep))
 
 
+def _key(path) -> str:
+    """One spelling per file: absolute, normalized, links resolved."""
+    return os.path.realpath(path)
+
+
+class _InputFiles:
+    """Which input an output path would overwrite. Only an existing file can be one, so the inputs'
+    files (millions for ABAW's cropped_aligned) are indexed by name, without a system call, and only
+    once an output path exists; same-named files are compared with `os.path.samefile`."""
+
+    def __init__(self, inputs: Sequence[str], sources: Sequence[FrameSource]):
+        self.inputs, self.sources, self.by_name = inputs, sources, None
+
+    def of(self, path: Path) -> str | None:
+        if not path.is_file():
+            return None
+        if self.by_name is None:
+            self.by_name = {}
+            for spec, source in zip(self.inputs, self.sources):
+                for f in source.files:
+                    self.by_name.setdefault(f.name, []).append((f, spec))
+        for f, spec in self.by_name.get(path.name, ()):
+            try:
+                if os.path.samefile(f, path):
+                    return spec
+            except OSError:  # an input that has gone since it was listed is not this file
+                continue
+        return None
+
+
 def plan(specs: Sequence[str], *, out: str | None, plot: str | None, abaw: str | None) -> tuple[list[Run], Path | None]:
     """Check every input (it exists and is a video, an image, a folder of images or a glob that
     matches some) and every output path (writable, no two runs writing one file), before any work:
@@ -75,6 +105,12 @@ def plan(specs: Sequence[str], *, out: str | None, plot: str | None, abaw: str |
             if arg is not None and not _is_folder(arg):
                 raise InputError(f"{arg}: {flag} names a file, but {len(inputs)} inputs get one output each; "
                                  "give a folder (an existing one, or a name ending in '/')")
+    else:
+        for flag, arg, suffix in (("--out", out, ".emotions.csv"), ("--plot", plot, ".emotions.png"),
+                                  ("--abaw-out", abaw, ".abaw.txt")):
+            if arg is not None and _is_folder(arg):  # Path(arg) would drop the slash: a file "results"
+                raise InputError(f"{arg}: {flag} names a folder; with one input give a file name "
+                                 f"(e.g. {os.path.join(arg, stem(inputs[0]) + suffix)})")
     combined = Path(abaw) if abaw is not None and not (many and _is_folder(abaw)) else None
 
     def path(arg, suffix, default_folder=None):
@@ -85,21 +121,29 @@ def plan(specs: Sequence[str], *, out: str | None, plot: str | None, abaw: str |
         return Path(arg if arg is not None else default_folder) / f"{stem(spec)}{suffix}"
 
     runs, writers = [], {}
+    read = _InputFiles(inputs, sources)  # never overwritten
     for spec, source in zip(inputs, sources):
         run = Run(spec, source, path(out, ".emotions.csv", "."), path(plot, ".emotions.png"),
                   None if combined else path(abaw, ".abaw.txt"))
         for what, p in (("CSV", run.csv), ("plot", run.plot), ("ABAW file", run.abaw)):
             if p is None:
                 continue
-            key = os.path.normpath(os.path.abspath(p))
+            key = _key(p)
+            if (owner := read.of(p)) is not None:
+                raise InputError(f"{p}: the {what} would overwrite this input file (of {owner}); give another path")
             if key in writers:
                 raise InputError(f"{p}: {writers[key]} and {spec} would both write this {what}; "
                                  "rename one or run them separately")
+            if what == "plot" and p.suffix.lower() != ".png":  # else PNG bytes in a file named .pdf or .jpg
+                raise InputError(f"{p}: the plot is a PNG image; give a name ending in .png")
             writers[key] = spec
             check_writable(p, what)
         runs.append(run)
     if combined is not None:
-        if os.path.normpath(os.path.abspath(combined)) in writers:
+        if (owner := read.of(combined)) is not None:
+            raise InputError(f"{combined}: the ABAW file would overwrite this input file (of {owner}); "
+                             "give another path")
+        if _key(combined) in writers:
             raise InputError(f"{combined}: given for the ABAW file and another output")
         check_writable(combined, "ABAW file")
     return runs, combined

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -18,7 +19,8 @@ import numpy as np
 from hsemo_jax import labels
 from hsemo_jax.errors import InputError
 from hsemo_jax.models import registry
-from hsemo_jax.predict.defaults import BATCH_SIZE, DETECT_EVERY, DETECT_WIDTH, DETECTORS, MIN_DETECT_SIZE
+from hsemo_jax.predict.defaults import (BATCH_SIZE, DETECT_EVERY, DETECT_WIDTH, DETECTORS,
+                                        HOST_BLAZEFACE_MAX_FACES, MIN_DETECT_SIZE)
 from hsemo_jax.predict.detect import crop, make_detector
 from hsemo_jax.predict.follow import FollowingDetector
 from hsemo_jax.predict.track import IoUTracker
@@ -178,8 +180,8 @@ def expression_layout(models: list[_Model]) -> tuple[tuple[str, ...], bool]:
     """(expression class names, whether every model has valence/arousal). All models must agree."""
     layouts = []
     for m in models:
-        va = m.outputs[-2:] == labels.VA_NAMES
-        classes = m.outputs[:-2] if va else m.outputs
+        k = labels.expression_count(m.outputs)
+        classes, va = m.outputs[:k], k < len(m.outputs)
         if not classes:
             raise InputError(f"model {m.name}: has no classifier (embedding only); it cannot predict emotions")
         layouts.append((classes, va))
@@ -207,7 +209,7 @@ def _run_batch(models, weights, crops, batch_size, with_va, au_head=None):
         if i == 0 and au_head is not None:
             au = au_head(f, s)[:n]
         scores = np.asarray(s)[:n].astype(np.float64)
-        k = scores.shape[1] - 2 if with_va else scores.shape[1]
+        k = labels.expression_count(m.outputs)  # the model's own: a blend may mix models with and without VA
         probs = probs + w * _softmax(scores[:, :k])
         if with_va:
             va = va + w * scores[:, k:k + 2]
@@ -222,7 +224,7 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
             exact_preprocess: bool = False, on_rows: Callable | None = None,
             progress: bool = False) -> Predictions:
     """Per-frame, per-face expression probabilities (+ valence/arousal) for a video, image, folder
-    or glob, or numpy frames (one uint8 RGB image (H, W, 3) or a stack (N, H, W, 3)). Two or more
+    or glob, or numpy frames (one uint8 RGB image (H, W, 3), a stack (N, H, W, 3) or a list). Two or more
     models are blended with `weights` (default equal). On the host path (below), faces are detected
     on frames shrunk to `detect_width` (0: full size) and cropped from the full frame; in a video the
     full-frame search runs every `detect_every` frames and tracked faces are followed on the frames
@@ -253,6 +255,7 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
     weights = np.full(len(loaded), 1.0 / len(loaded)) if weights is None else np.asarray(weights, float)
     classes, with_va = expression_layout(loaded)
     au_head, au_thr = load_au_head(head, loaded[0], au_thresholds) if head else (None, None)
+    make_row = functools.partial(_row, with_au=au_head is not None)
     from hsemo_jax.predict.progress import Progress, frame_total
 
     # the bar is made inside `decoder_messages`, so that it writes to the real standard error, not to fd 2,
@@ -267,11 +270,12 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
             try:
                 rows, skipped, frames_seen = device.run(
                     source, program, batch_size=batch_size, max_faces=device.MAX_FACES, tracker=IoUTracker(),
-                    make_row=_row, on_rows=lambda new: on_rows(new, classes, with_va) if on_rows else None,
+                    make_row=make_row, on_rows=lambda new: on_rows(new, classes, with_va) if on_rows else None,
                     progress=bar, au_head=au_head)
             finally:
                 bar.close()
         _report_input_notes(source, chatter)
+        _report_face_cap(rows, device.MAX_FACES)
         return _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr, models)
     follow = FollowingDetector(make_detector(detector, detector_model, detect_width, detect_size),
                                detect_every if source.kind == "video" else 1)
@@ -314,18 +318,19 @@ def predict(input_spec, models: Sequence[str] = ("enet_b0_8_va_mtl",), *, weight
             if isinstance(item, Skipped):
                 skipped.append(item)
                 print(f"skipped {item.source}: {item.reason}", file=sys.stderr)
+                bar.update(1)  # in the total: the bar ends at 100%
                 continue
             frames_seen += 1
             boxes, ids = found
             faces = [(b, t, crop(item.rgb, b)) for b, t in zip(boxes, ids)]
             faces = [f for f in faces if f[2] is not None]
             if not faces:
-                rows.append(_row(item, None, -1))
+                rows.append(make_row(item, None, -1))
                 emit()
                 bar.update(1)
                 continue
             for box, tid, face in faces:
-                row = _row(item, box, int(tid))
+                row = make_row(item, box, int(tid))
                 rows.append(row)
                 pending.append((row, face))
                 if len(pending) == batch_size:
@@ -345,6 +350,18 @@ def _report_input_notes(source, chatter: list[str]) -> None:
               f"held back; the first: {chatter[0].strip()}", file=sys.stderr)
 
 
+def _report_face_cap(rows: list[dict], max_faces: int) -> None:
+    """One warning when frames reached the device program's faces-per-frame limit: faces beyond it
+    are not in the output."""
+    per_frame = Counter((r["source"], r["frame"]) for r in rows if r["box"] is not None)
+    full = [key for key, n in per_frame.items() if n >= max_faces]
+    if full:
+        source, frame = full[0]
+        print(f"warning: {len(full)} frame(s) reached the {max_faces} faces per frame that the device program keeps "
+              f"(the first: {source} frame {frame}); any more faces there are left out (--exact-preprocess keeps "
+              f"up to {HOST_BLAZEFACE_MAX_FACES})", file=sys.stderr)
+
+
 def _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sigma, k, au_thr,
            models) -> Predictions:
     if frames_seen == 0:
@@ -357,12 +374,16 @@ def _table(input_spec, rows, classes, with_va, skipped, frames_seen, smooth, sig
     return table
 
 
-def _row(frame: Frame, box, track_id: int) -> dict:
+def _row(frame: Frame, box, track_id: int, with_au: bool = False) -> dict:
+    """A row of the table; with an AU head a frame without a face gets NaN AU probabilities (a face's are
+    filled in when its batch runs), so that every streamed chunk of rows has the AU columns."""
+    au = np.full(len(labels.AU_NAMES), np.nan) if with_au and box is None else None
     return {"source": frame.source, "sequence": frame.sequence, "frame": frame.index, "time": frame.time,
-            "track_id": track_id, "box": box, "probs": None, "va": None, "au": None}
+            "track_id": track_id, "box": box, "probs": None, "va": None, "au": au}
 
 
 def rows_to_table(rows: list[dict], classes, with_va: bool, skipped) -> Predictions:
+    """The rows as columns; AU probabilities when the rows have them (with an AU head, every row: `_row`)."""
     n, k = len(rows), len(classes)
     cols: dict[str, np.ndarray] = {
         "source": np.array([r["source"] for r in rows], dtype=object),

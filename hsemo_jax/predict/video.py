@@ -53,6 +53,11 @@ class FrameSource:
         path = Path(spec)
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+            videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_EXTS)
+            if not files and videos:  # a folder is the frames of one run; videos are given one by one or by a glob
+                raise InputError(f"{spec}: a folder is read as image frames and this one holds {len(videos)} "
+                                 f"video(s) ({videos[0].name}, ...); give them as files or a quoted glob "
+                                 f"('{path / ('*' + videos[0].suffix)}')")
             if not files:
                 raise InputError(f"{spec}: folder contains no images ({', '.join(sorted(IMAGE_EXTS))})")
             self.kind, self.files = "images", files
@@ -62,7 +67,12 @@ class FrameSource:
             else:
                 self.kind, self.files = "video", [path]
         elif any(c in spec for c in "*?["):
-            files = sorted(Path(p) for p in globlib.glob(spec) if Path(p).suffix.lower() in IMAGE_EXTS)
+            matches = sorted(Path(p) for p in globlib.glob(spec))
+            files = [p for p in matches if p.suffix.lower() in IMAGE_EXTS]
+            videos = [p for p in matches if p.suffix.lower() in VIDEO_EXTS]
+            if not files and videos:  # `hsemo-jax predict` makes one run of each (`predict.inputs.expand`)
+                raise InputError(f"{spec}: the pattern matches {len(videos)} video(s) ({videos[0]}, ...), not images; "
+                                 "give one video at a time (the command line runs a glob of videos one by one)")
             if not files:
                 raise InputError(f"{spec}: the pattern matches no images")
             self.kind, self.files = "images", files
