@@ -105,18 +105,13 @@ def plan(specs: Sequence[str], *, out: str | None, plot: str | None, abaw: str |
             if arg is not None and not _is_folder(arg):
                 raise InputError(f"{arg}: {flag} names a file, but {len(inputs)} inputs get one output each; "
                                  "give a folder (an existing one, or a name ending in '/')")
-    else:
-        for flag, arg, suffix in (("--out", out, ".emotions.csv"), ("--plot", plot, ".emotions.png"),
-                                  ("--abaw-out", abaw, ".abaw.txt")):
-            if arg is not None and _is_folder(arg):  # Path(arg) would drop the slash: a file "results"
-                raise InputError(f"{arg}: {flag} names a folder; with one input give a file name "
-                                 f"(e.g. {os.path.join(arg, stem(inputs[0]) + suffix)})")
-    combined = Path(abaw) if abaw is not None and not (many and _is_folder(abaw)) else None
+    combined = Path(abaw) if abaw is not None and not _is_folder(abaw) else None
 
     def path(arg, suffix, default_folder=None):
+        """A folder (existing, or named with a trailing '/'; one input too) gets <name><suffix> inside."""
         if arg is None and default_folder is None:
             return None
-        if not many and arg is not None:
+        if arg is not None and not _is_folder(arg):
             return Path(arg)
         return Path(arg if arg is not None else default_folder) / f"{stem(spec)}{suffix}"
 
