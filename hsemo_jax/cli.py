@@ -59,16 +59,24 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error in one line, `hsemo-jax COMMAND: error: ...` and where the help is, without
+    argparse's usage block before it (tens of lines for `predict`)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; with `only`, just that subcommand's module is imported ("": none, for
     the top-level --help and --version)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hsemo-jax",
         description="Facial expression, valence/arousal and action-unit recognition with JAX/Flax ports "
         "of the HSEmotion models.",
     )
     parser.add_argument("--version", action=_VersionAction, help="print the versions of hsemo-jax, JAX and Flax and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -27,3 +27,16 @@ def test_an_output_below_a_regular_file(tmp_path, capsys):
     blocker.write_text("a file, not a folder\n")
     assert cli.main(["train-head", str(tmp_path / "f.npz"), "--out", str(blocker / "run")]) == 2
     _one_line_error(capsys, str(blocker))
+
+
+def test_a_usage_error_is_one_line_that_says_where_the_help_is(capsys):
+    """argparse printed its usage block (dozens of lines for predict) before the error."""
+    import pytest
+
+    for argv, words in ((["predict", "clip.mp4", "--batch-size", "many"], ("hsemo-jax predict: error:", "--batch-size",
+                                                                              "hsemo-jax predict --help")),
+                        (["predcit"], ("hsemo-jax: error:", "invalid choice", "hsemo-jax --help"))):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2
+        assert "usage:" not in _one_line_error(capsys, *words)

@@ -168,7 +168,8 @@ def _run_one(args, r, models):
     frames = len(set(zip(table["source"], table["frame"])))
     no_face = frames - len(set(zip(table["source"][face], table["frame"][face])))
     print(f"{frames} frame(s), {int(face.sum())} face(s) in {len(set(table['track_id'][face]))} track(s), "
-          f"{no_face} frame(s) without a face, {len(table.skipped)} unreadable file(s) skipped")
+          f"{no_face} frame(s) without a face" + (f", {len(table.skipped)} unreadable file(s) skipped"
+                                                   if r.source.kind != "video" else ""))
     if face.any():
         top = Counter(table["expression"][face]).most_common(3)
         print("most frequent expressions: " + ", ".join(f"{e} ({n})" for e, n in top))
