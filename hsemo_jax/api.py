@@ -41,8 +41,8 @@ class Recognizer:
         self.weights, self.detector = weights, detector
         self.batch_size, self.progress = batch_size, progress
         first = self.models[0]
-        self.is_mtl = first.outputs[-2:] == label_names.VA_NAMES
-        self.class_names = first.outputs[:-2] if self.is_mtl else first.outputs
+        k = label_names.expression_count(first.outputs)
+        self.class_names, self.is_mtl = first.outputs[:k], k < len(first.outputs)
         self.idx_to_class = dict(enumerate(self.class_names))
         if not self.class_names:
             raise InputError(f"model {first.name}: has no classifier (embedding only); it cannot predict emotions")
@@ -53,7 +53,8 @@ class Recognizer:
         (N, H, W, 3) -> (labels, scores (N, C)). Faces are resized PIL-exactly, as the original.
         `scores` are the model's raw outputs; with `logits=False` the expression scores are
         replaced by their softmax (valence and arousal, the last two of an MTL model, stay raw).
-        The label is the arg-max over the expression scores."""
+        The label is the arg-max over the expression scores. Faces run in chunks of `batch_size`,
+        each padded to a power of two, so any number of faces compiles at most a few shapes."""
         from hsemo_jax.models import preprocess_images
         from hsemo_jax.predict.arrays import as_rgb_uint8
 
@@ -71,7 +72,8 @@ class Recognizer:
         m = self.models[0]
         info = m.module.info
         x = preprocess_images(faces, info.input_size, info.mean, info.std)
-        scores = np.asarray(m.forward(x)[1], np.float32).copy()
+        scores = np.concatenate([_padded_scores(m.forward, x[i:i + self.batch_size], self.batch_size)
+                                 for i in range(0, len(x), self.batch_size)])
         k = len(self.class_names)
         preds = np.argmax(scores[:, :k], axis=1)
         if not logits:
@@ -94,6 +96,15 @@ class Recognizer:
                   **({} if self.detector is None else {"detector": self.detector}), **kwargs}
         table = predict(source, self.specs, **kwargs)
         return pd.DataFrame(table.columns)
+
+
+def _padded_scores(forward, x: np.ndarray, most: int) -> np.ndarray:
+    """forward's scores (float32) of the n images x, run padded with zeros to the next power of two
+    (at most `most`): each new n would otherwise compile the model again (~1 s for B0)."""
+    n = len(x)
+    size = min(1 << (n - 1).bit_length(), max(most, n))
+    padded = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
+    return np.asarray(forward(padded)[1], np.float32)[:n].copy()
 
 
 def load_model(model: str | os.PathLike):

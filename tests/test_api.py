@@ -46,6 +46,21 @@ def test_predict_emotions_as_hsemotion(model_dir):
         fer.predict_emotions([])
 
 
+def test_predict_emotions_runs_any_number_of_faces_in_a_few_shapes(model_dir):
+    """Each new number of faces compiled the model again (~1 s for B0): chunks of batch_size,
+    padded to powers of two, give the same scores as each face alone."""
+    fer = hsemo_jax.Recognizer(model_dir, progress=False, batch_size=4)
+    shapes, forward = [], fer.models[0].forward
+    fer.models[0].forward = lambda x: shapes.append(len(x)) or forward(x)
+    faces = (_faces() * 3)[:7]
+    alone = np.stack([fer.predict_emotions(f)[1] for f in faces[:3]])
+    for n in (3, 5, 7):
+        _, scores = fer.predict_emotions(faces[:n])
+        assert scores.shape == (n, 10)
+        np.testing.assert_allclose(scores[:3], alone, rtol=1e-5, atol=1e-5)
+    assert set(shapes) == {1, 4}, shapes  # 3 -> 4; 5 -> 4 + 1; 7 -> 4 + 4
+
+
 def test_predict_returns_the_csv_columns_as_a_dataframe(model_dir, capsys):
     import pandas as pd
 
