@@ -5,6 +5,8 @@ import sys
 # Must be set before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# the suite compiles afresh: no persistent compilation cache written to ~/.cache (test_runtime tests it)
+os.environ.setdefault("HSEMO_JAX_COMPILATION_CACHE", "0")
 
 # Warm memory for XLA:CPU, as the CLI does (hsemo_jax/runtime.py): the suite runs faster.
 from hsemo_jax import runtime  # noqa: E402

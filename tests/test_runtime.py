@@ -47,6 +47,42 @@ def test_keep_freed_memory_reuses_pages_of_large_blocks():
     assert counts["keep"] < pages // 20
 
 
+_CACHED = textwrap.dedent("""
+    import json
+    import jax, jax.numpy as jnp
+    from hsemo_jax import runtime
+    runtime.configure()
+    events = []
+    jax.monitoring.register_event_listener(lambda event, **kw: events.append(event))
+    y = jax.jit(lambda x: jnp.sin(x) * 2 + 1)(jnp.arange(8.0))
+    print(json.dumps({"dir": jax.config.jax_compilation_cache_dir, "y": y.tolist(),
+                      "hit": "/jax/compilation_cache/cache_hits" in events}))
+""")
+
+
+def test_compiled_programs_are_reused_by_the_next_run_from_a_folder_keyed_by_the_cpu(tmp_path):
+    """JAX's persistent compilation cache under the project's cache folder (conftest turns it off
+    for the suite's own processes); a folder the user chose, or HSEMO_JAX_COMPILATION_CACHE=0, wins."""
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k != "HSEMO_JAX_COMPILATION_CACHE"}
+    env |= {"HSEMO_JAX_CACHE": str(tmp_path / "cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+    def run(**extra):
+        out = subprocess.run([sys.executable, "-c", _CACHED], env=env | extra, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.splitlines()[-1])
+
+    first, second = run(), run()
+    folder = tmp_path / "cache" / "xla"
+    assert [p.name for p in folder.iterdir()] == [os.path.basename(first["dir"])]  # one CPU key
+    assert first["dir"] == second["dir"] and any((folder / os.path.basename(first["dir"])).iterdir())
+    assert (first["hit"], second["hit"]) == (False, True)
+    assert first["y"] == second["y"]
+    assert run(HSEMO_JAX_COMPILATION_CACHE="0")["dir"] is None
+    assert run(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "mine"))["dir"] == str(tmp_path / "mine")
+
+
 def test_compiler_options_only_on_cpu():
     assert runtime.compiler_options("cpu") == {"xla_cpu_experimental_ynn_fusion_type": "",
                                                "xla_cpu_prefer_vector_width": 512}

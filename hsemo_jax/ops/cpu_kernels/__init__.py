@@ -35,6 +35,7 @@ import numpy as np
 
 from hsemo_jax.fileio import atomic_path
 from hsemo_jax.paths import cache_dir
+from hsemo_jax.runtime import cpu_signature as _cpu_signature  # a module name: tests replace it
 
 ENV = "HSEMO_JAX_FUSED_KERNELS"
 _DIR = Path(__file__).parent
@@ -48,16 +49,6 @@ TARGETS = {"hsemo_fused_depthwise": "HsemoFusedDepthwise", "hsemo_expand_depthwi
            "hsemo_channel_moments": "HsemoChannelMoments", "hsemo_channel_grad_sums": "HsemoChannelGradSums",
            "hsemo_pointwise": "HsemoPointwise",
            "hsemo_conv_act": "HsemoConvAct"}
-
-
-def _cpu_signature() -> str:
-    """What the compiled code depends on: machine and, on Linux, the CPU's feature flags."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        flags = ""
-    return platform.machine() + flags
 
 
 def _cpu_supported() -> bool:
