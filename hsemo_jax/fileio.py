@@ -11,6 +11,7 @@ would), not the 0600 / 0700 of `tempfile.mkstemp` / `mkdtemp`.
     replace_directory(src, dest)      move a complete folder onto `dest`, replacing an old one
     write_arrays_with_meta(dir, ...)  a small model's arrays (.npz) and metadata (.json)
     check_writable(path)              before the work: can an output file be written at `path`?
+    same_path(a, b)                   do two paths name one file (an output that is an input)?
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from hsemo_jax.errors import InputError
 
@@ -93,13 +94,17 @@ def replace_directory(src: str | os.PathLike, dest: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+def check_writable(path: str | os.PathLike, what: str = "output", *,
+                   inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
     """Check, before any work, that an output file can be written at `path` as `atomic_path`
-    writes it: not an existing folder, no file where a folder on its way should be, and the
-    nearest existing folder on its way open to a new file (a probe file is created there and
-    removed; missing folders are left to the writer). Raises `InputError` naming `path` and the
-    reason; creates nothing."""
+    writes it: not one of the command's `inputs` (which it would replace), not an existing folder,
+    no file where a folder on its way should be, and the nearest existing folder on its way open
+    to a new file (a probe file is created there and removed; missing folders are left to the
+    writer). Raises `InputError` naming `path` and the reason; creates nothing."""
     path = Path(path)
+    for src in inputs:
+        if src is not None and same_path(path, src):
+            raise InputError(f"{path}: the {what} would replace the input {src}; give another file name")
     if path.is_dir():
         raise InputError(f"{path}: the {what} is an existing folder; give a file name")
     folder = next(f for f in path.absolute().parents if f.exists() or f.is_symlink())
@@ -111,6 +116,14 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     except OSError as e:
         raise InputError(f"{path}: cannot write the {what} into {folder} ({e.strerror or e})") from None
     return path
+
+
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether `a` and `b` name the same file or folder (through links and `..` when both exist)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one is missing: compare the names
+        return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
 
 
 def _fresh(path: Path, suffix: str, create: Callable[[Path], None]) -> Path:

@@ -188,3 +188,23 @@ def test_sweep_checks_its_csv_path_before_the_sweep(files, tmp_path, monkeypatch
     with pytest.raises(InputError, match="is a file, not a folder"):
         run_cmd("hsemo_jax.commands.sweep", [str(files / "pred.txt"), str(files / "gt.txt"),
                                              "--csv", str(tmp_path / "file" / "t.csv")])
+
+
+@pytest.mark.parametrize("which", ["pred", "gt", "blend"])
+def test_sweep_refuses_a_csv_path_that_is_one_of_its_inputs(files, tmp_path, monkeypatch, which):
+    """`--csv` naming an input (here through another spelling of its path) would replace it with the table."""
+    import shutil
+
+    from hsemo_jax.postprocess import sweeping
+
+    monkeypatch.setattr(sweeping, "sweep", lambda *a, **k: pytest.fail("the sweep ran"))
+    for name in ("pred.txt", "gt.txt", "pred_b.txt"):
+        shutil.copy(files / name, tmp_path / name)
+    target = {"pred": "pred.txt", "gt": "gt.txt", "blend": "pred_b.txt"}[which]
+    before = (tmp_path / target).read_bytes()
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(InputError, match="would replace the input"):
+        run_cmd("hsemo_jax.commands.sweep", [str(tmp_path / "pred.txt"), str(tmp_path / "gt.txt"),
+                                             "--blend-with", str(tmp_path / "pred_b.txt"),
+                                             "--csv", str(tmp_path / "sub" / ".." / target)])
+    assert (tmp_path / target).read_bytes() == before

@@ -41,7 +41,8 @@ def run(args) -> int:
     from hsemo_jax.fileio import check_writable
     from hsemo_jax.postprocess import abaw_io, sweeping
 
-    out = check_writable(args.csv or os.path.splitext(args.pred)[0] + "_sweep.csv", "sweep table")
+    out = check_writable(args.csv or os.path.splitext(args.pred)[0] + "_sweep.csv", "sweep table",
+                         inputs=(args.pred, args.gt, args.blend_with))
     pred = abaw_io.read_mtl_predictions(args.pred)
     if pred.kind != "scores":
         print(f"warning: {args.pred} holds labels, not scores; smoothing one-hot labels is rarely what you want")
