@@ -49,13 +49,35 @@ class ModelInfo:
                    a.mean, a.std, a.embedding_dim, class_order, num_heads, source or {})
 
 
+def check_model_out(out: str | os.PathLike, *, overwrite: bool = False,
+                    inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
+    """Before any work: can a model directory be written at `out`? It must be absent or an empty
+    folder, or with `overwrite` a model directory (it has META_FILE) that none of `inputs` lies in:
+    replacing `out` deletes everything in it, so a file, or a folder of other things (`--out .`), is
+    never replaced. Raises CheckpointError naming `out`; returns its absolute, normalized path."""
+    path = Path(os.path.abspath(out))
+    for src in inputs:
+        real_src, real_out = Path(os.path.realpath(src)), Path(os.path.realpath(path))
+        if real_src == real_out or real_out in real_src.parents:
+            raise CheckpointError(f"{path}: the output would replace {src}, which is read from it; "
+                                  "give another --out")
+    if path.is_symlink() or path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path} is a file, not a model directory; give another --out")
+        if any(path.iterdir()):
+            if not overwrite:
+                raise CheckpointError(f"{path} already exists and is not empty (pass --overwrite to replace it)")
+            if not (path / META_FILE).is_file():
+                raise CheckpointError(f"{path} is not an hsemo-jax model directory (no {META_FILE}), so "
+                                      "--overwrite does not replace it: it holds other files; give another --out")
+    return path
+
+
 def save_model(model: nnx.Module, info: ModelInfo, out: str | os.PathLike, *,
                overwrite: bool = False) -> Path:
     import orbax.checkpoint as ocp
 
-    path = Path(out).absolute()
-    if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
-        raise CheckpointError(f"{path} already exists and is not empty (pass --overwrite to replace it)")
+    path = check_model_out(out, overwrite=overwrite)
     with atomic_directory(path) as tmp:
         state = nnx.to_pure_dict(nnx.state(model))
         with ocp.StandardCheckpointer() as ckptr:

@@ -64,8 +64,31 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path, mbf_state, capsys):
     (out / "keep.txt").write_text("x")
     assert _convert(src, out) == 2
     assert "already exists" in capsys.readouterr().err and (out / "keep.txt").exists()
-    assert _convert(src, out, "--overwrite") == 0
-    assert (out / META_FILE).exists() and not (out / "keep.txt").exists()
+    assert _convert(src, out, "--overwrite") == 2  # a folder of other things is never replaced
+    assert "not an hsemo-jax model directory" in capsys.readouterr().err and (out / "keep.txt").exists()
+    assert _convert(src, tmp_path / "m2") == 0
+    (tmp_path / "m2" / "stale.txt").write_text("x")
+    assert _convert(src, tmp_path / "m2", "--overwrite") == 0  # a model directory is
+    assert (tmp_path / "m2" / META_FILE).exists() and not (tmp_path / "m2" / "stale.txt").exists()
+
+
+@pytest.mark.parametrize("where", ["out_is_src", "out_holds_src", "out_is_a_file"])
+def test_overwrite_never_deletes_the_source_or_a_file(tmp_path, mbf_state, capsys, monkeypatch, where):
+    """`convert x.pt --out x.pt --overwrite` replaced the checkpoint with the model directory, and
+    `--out FOLDER --overwrite` deleted the whole folder holding it; both are refused before reading."""
+    import hsemo_jax.convert as conv
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    src = folder / "mbf.pt"
+    torch.save(mbf_state, src)
+    (folder / "notes.txt").write_text("mine")
+    out = {"out_is_src": src, "out_holds_src": folder, "out_is_a_file": folder / "notes.txt"}[where]
+    monkeypatch.setattr(conv, "load_torch_file", lambda *a: pytest.fail("the checkpoint was read"))
+    assert _convert(src, out, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out) in err
+    assert src.is_file() and (folder / "notes.txt").read_text() == "mine"
 
 
 def test_unsafe_pickle_is_refused_and_never_runs(tmp_path, capsys):

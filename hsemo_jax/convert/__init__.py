@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from hsemo_jax.checkpoint import ModelInfo, save_model
+from hsemo_jax.checkpoint import ModelInfo, check_model_out, save_model
 from hsemo_jax.convert.keymaps import export_torch_state, load_torch_state
 from hsemo_jax.convert.torch_reader import InertObject, extract_state_dict, load_torch_file, walk_modules
 from hsemo_jax.digests import file_digests
@@ -147,6 +147,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, arch: str | None 
     src = Path(src)
     if not src.is_file():
         raise CheckpointError(f"{src}: no such file")
+    check_model_out(out, overwrite=overwrite, inputs=(src,))  # before the file is read
     obj = load_torch_file(src)
     sd = extract_state_dict(obj, src)
     inferred, num_classes, num_heads = infer_arch(sd, obj, str(src), arch)
