@@ -10,6 +10,7 @@ would), not the 0600 / 0700 of `tempfile.mkstemp` / `mkdtemp`.
     atomic_directory(path)            a temporary folder that takes `path`'s place when complete
     replace_directory(src, dest)      move a complete folder onto `dest`, replacing an old one
     write_arrays_with_meta(dir, ...)  a small model's arrays (.npz) and metadata (.json)
+    read_npz(path)                    an .npz archive's arrays; a damaged one is an InputError
     check_writable(path)              before the work: can an output file be written at `path`?
     same_path(a, b)                   do two paths name one file (an output that is an input)?
 """
@@ -155,3 +156,23 @@ def write_arrays_with_meta(directory: str | os.PathLike, stem: str, arrays: dict
     atomic_write(d / f"{stem}.npz", buf.getvalue())
     atomic_write(d / f"{stem}.json", text)
     return d
+
+
+def read_npz(path: str | os.PathLike) -> dict:
+    """Every array of the .npz archive at `path` ({name: array}, no pickles); a file that is not a
+    complete .npz archive (empty, truncated, another format, a damaged member) is an `InputError`
+    naming it, as the counterpart of `write_arrays_with_meta`."""
+    import zipfile
+    import zlib
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise InputError(f"{path}: not a readable .npz archive ({e or type(e).__name__})") from None
+    except OSError as e:
+        if e.filename is not None:  # the system refused the path: the CLI names it with the reason
+            raise
+        raise InputError(f"{path}: not a readable .npz archive ({e})") from None

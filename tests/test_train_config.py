@@ -131,6 +131,50 @@ def test_feature_dataset_validation(tmp_path):
         BatchIterator(d, 8)
 
 
+def test_feature_files_that_are_damaged_or_hold_bad_values_are_one_line_errors(tmp_path):
+    """A truncated or empty .npz was a BadZipFile / EOFError traceback; NaN features failed only after
+    training, in the metrics; a labelled valence of 3 was trained on."""
+    x = np.zeros((6, 14), np.float32)
+    np.savez(tmp_path / "ok.npz", x=x, expr=np.arange(6))
+    data = (tmp_path / "ok.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.npz").write_bytes(b"")
+    for name in ("truncated.npz", "empty.npz"):
+        with pytest.raises(InputError, match=f"{name}: not a readable .npz archive"):
+            load_features(tmp_path / name)
+    bad = x.copy()
+    bad[4, 3] = np.nan
+    np.savez(tmp_path / "nan.npz", x=bad, expr=np.arange(6))
+    with pytest.raises(InputError, match=r"nan.npz: x\[4\] has a non-finite value"):
+        load_features(tmp_path / "nan.npz")
+    va = np.full((6, 2), -5.0)
+    va[2] = [3.0, 0.5]
+    np.savez(tmp_path / "va.npz", x=x, va=va)
+    with pytest.raises(InputError, match=r"va.npz: va\[2\] = \[3.0, 0.5\] is outside \[-1, 1\]"):
+        load_features(tmp_path / "va.npz")
+
+
+def test_extracted_features_keep_the_sources_label_masks(tmp_path):
+    """AffectNet's folder layout has no VA: va = 0 with va_mask False. train-head read extract-features
+    output without the masks, so those rows were trained towards valence = arousal = 0."""
+    from data_pipelines.features import FeatureWriter
+
+    n = 4
+    w = FeatureWriter(tmp_path / "feats", {"num_examples": n, "chunk_size": n})
+    w.write_chunk(0, {"index": np.arange(n), "name": np.array([f"v/{i}.jpg" for i in range(n)]),
+                      "embedding": np.ones((n, 3), np.float32), "scores": np.ones((n, 10), np.float32),
+                      "expression": np.array([0, 1, 2, 3]), "expression_mask": np.array([True, True, False, True]),
+                      "va": np.zeros((n, 2), np.float32), "va_mask": np.zeros(n, bool),
+                      "aus": np.zeros((n, 12), np.int64),
+                      "au_mask": np.array([[True] * 12, [True] * 11 + [False], [True] * 12, [False] * 12])}, [])
+    w.finish()
+    d = load_features(tmp_path / "feats")
+    assert d["x"].shape == (n, 13)
+    assert d["expr_mask"].tolist() == [True, True, False, True]
+    assert not d["va_mask"].any()
+    assert d["au_mask"].tolist() == [True, False, True, False]
+
+
 def test_a_run_directory_refuses_a_different_config(tmp_path):
     cfg = C.load_config(None, [f"run_dir={tmp_path / 'run'}", "optim.lr=0.001"])
     prepare_run_dir(cfg, "pretrain")
