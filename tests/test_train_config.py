@@ -259,3 +259,20 @@ def test_pretrain_export_writes_a_loadable_model_from_the_checkpoint(tmp_path):
     exported = load_model(run / "model")
     assert exported.info.arch == "tiny_cnn" and exported.info.source["step"] == 3
     np.testing.assert_array_equal(np.asarray(exported.fc.bias[...]), np.arange(10))
+
+
+def test_a_bad_set_override_is_blamed_on_the_set_not_the_config_file(tmp_path, capsys):
+    """`--set train.batch_size=abc` was reported as an error of the (default) config file, and a `--set`
+    without '=' as an unknown setting."""
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nbatch_size = 32\n")
+    for override, expected in (("train.batch_size=abc", "--set train.batch_size=abc: train.batch_size: expected int"),
+                               ("train.nokey=1", "--set train.nokey=1: unknown setting 'train.nokey'"),
+                               ("garbage", "--set 'garbage': expected section.key=VALUE")):
+        assert cli.main(["train-head", str(tmp_path / "f.npz"), "--config", str(path), "--set", override,
+                         "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "c.toml" not in err, err
+    path.write_text("[train]\nbatch_size = 'x'\n")
+    with pytest.raises(InputError, match=r"c.toml: train.batch_size: expected int"):
+        C.load_config(path, ["train.steps=3"])

@@ -104,7 +104,10 @@ def _quote_paths(overrides: list[str], keys=CONFIG_PATH_KEYS) -> list[str]:
     """Paths on the command line are strings, never TOML values ('1e-3' stays a number elsewhere)."""
     out = []
     for o in overrides:
-        key, _, value = o.partition("=")
+        key, eq, value = o.partition("=")
+        if not eq:  # no '=': left for load_config's "expected section.key=VALUE"
+            out.append(o)
+            continue
         if key.strip() in keys and not value.startswith('"'):
             value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
         out.append(f"{key}={value}")

@@ -257,20 +257,24 @@ def _check_value(where: str, f: dataclasses.Field, value: Any):
     return value
 
 
-def _build(cls, values: dict, where: str, source: str):
+def _build(cls, values: dict, where: str, source: str, overridden: dict | None = None):
+    """`cls` from `values`; a bad value is blamed on `source` (the file), or on the `--set` that
+    gave it (`overridden`: dotted key -> the override's text)."""
+    overridden = overridden or {}
     if not isinstance(values, dict):
-        raise InputError(f"{source}: {where}: expected a table of settings, got {values!r}")
+        raise InputError(f"{overridden.get(where, source)}: {where}: expected a table of settings, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
         name = f"{where}.{key}" if where else key
+        src = overridden.get(name, source)
         if key not in fields:
-            raise InputError(f"{source}: unknown setting {name!r} (known: {', '.join(fields)})")
+            raise InputError(f"{src}: unknown setting {name!r} (known: {', '.join(fields)})")
         f = fields[key]
         if cls is Config and key in SECTIONS:
-            kwargs[key] = _build(type(SECTIONS[key]()), value, key, source)
+            kwargs[key] = _build(type(SECTIONS[key]()), value, key, source, overridden)
         else:
-            kwargs[key] = _check_value(f"{source}: {name}", f, value)
+            kwargs[key] = _check_value(f"{src}: {name}", f, value)
     return cls(**kwargs)
 
 
@@ -321,6 +325,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             data = json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text())
         except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
             raise InputError(f"{p}: cannot parse the config: {e}") from None
+    overridden = {}
     for text in overrides:
         keys, value = parse_override(text)
         node = data
@@ -329,7 +334,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             if not isinstance(node, dict):
                 raise InputError(f"--set {text!r}: {k!r} is not a section")
         node[keys[-1]] = value
-    return _validate(_build(Config, data, "", source), source)
+        overridden[".".join(keys)] = f"--set {text}"
+    return _validate(_build(Config, data, "", source, overridden), source)
 
 
 def describe(command: str | None = None, defaults: Config | None = None) -> str:
