@@ -94,15 +94,20 @@ def read_info(path: str | os.PathLike) -> ModelInfo:
         raise CheckpointError(f"{path} is not an hsemo-jax model directory (no {META_FILE}); "
                               "create one with `hsemo-jax convert`")
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # e.g. overwritten by another file
         raise CheckpointError(f"{meta_path}: invalid JSON ({e})") from None
-    if meta.pop("format", None) != FORMAT:
+    if not isinstance(meta, dict) or meta.pop("format", None) != FORMAT:
         raise CheckpointError(f"{meta_path}: expected format {FORMAT!r}")
-    for key in ("outputs", "mean", "std"):
-        meta[key] = tuple(meta[key])
+    if meta.get("arch") not in registry.ARCHS:
+        raise CheckpointError(f"{meta_path}: unknown architecture {meta.get('arch')!r}; expected one of "
+                              f"{', '.join(registry.ARCHS)}")
     try:
+        for key in ("outputs", "mean", "std"):
+            meta[key] = tuple(meta[key])
         return ModelInfo(**meta)
+    except KeyError as e:
+        raise CheckpointError(f"{meta_path}: no {e.args[0]!r} field") from None
     except TypeError as e:
         raise CheckpointError(f"{meta_path}: {e}") from None
 
@@ -120,6 +125,12 @@ def load_model(path: str | os.PathLike) -> nnx.Module:
             restored = ckptr.restore(Path(path).absolute() / "state", target)
         except (ValueError, FileNotFoundError, KeyError) as e:
             raise CheckpointError(f"{path}: cannot restore the model state: {e}") from None
+        except Exception as e:  # noqa: BLE001 - orbax raises a bare Exception for damaged array files
+            cause = e
+            while (cause.__cause__ or cause.__context__) is not None:
+                cause = cause.__cause__ or cause.__context__
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            raise CheckpointError(f"{path}: cannot restore the model state (damaged files?): {first}") from None
     nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, restored))
     nnx.update(model, state)
     model.info = info

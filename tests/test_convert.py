@@ -228,3 +228,32 @@ def test_parameter_counts_match_the_originals():
     assert count("mobilefacenet", None) == 2_059_520
     assert count("ddamfn", 8) == 4_187_936
     assert count("ddamfn", 7) == 4_187_421
+
+
+def test_damaged_model_directories_are_one_line_errors(tmp_path):
+    """A model directory whose hsemo_model.json was overwritten by another file (binary: a
+    UnicodeDecodeError traceback), is not an object, lacks a field or names no known architecture,
+    or whose array files were truncated (orbax's bare Exception) is a CheckpointError naming it."""
+    import shutil
+
+    from hsemo_jax.checkpoint import ModelInfo, load_model, save_model
+
+    good = save_model(registry.build("tiny_cnn", 10, seed=0), ModelInfo.for_arch("tiny_cnn", 10), tmp_path / "good")
+    meta = json.loads((good / META_FILE).read_text())
+    cases = {"binary": b"\x00\xe4\xff" * 40, "list": b"[1, 2]",
+             "no_outputs": json.dumps({k: v for k, v in meta.items() if k != "outputs"}).encode(),
+             "bad_arch": json.dumps({**meta, "arch": "resnet50"}).encode()}
+    expected = {"binary": "invalid JSON", "list": "expected format", "no_outputs": "no 'outputs' field",
+                "bad_arch": "unknown architecture 'resnet50'"}
+    for name, data in cases.items():
+        d = tmp_path / name
+        shutil.copytree(good, d)
+        (d / META_FILE).write_bytes(data)
+        with pytest.raises(CheckpointError, match=f"{META_FILE}: {expected[name]}"):
+            load_model(d)
+    d = tmp_path / "truncated"
+    shutil.copytree(good, d)
+    for f in (d / "state").glob("ocdbt.process_*/d/*"):  # the arrays' data, not their metadata
+        f.write_bytes(f.read_bytes()[:10])
+    with pytest.raises(CheckpointError, match="truncated: cannot restore the model state"):
+        load_model(d)
