@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.features import RESERVED, FeatureWriter
+from data_pipelines.features import RESERVED, FeatureWriter, check_out
 from hsemo_jax.errors import InputError
 
 
@@ -92,6 +92,11 @@ def extract_features(model_dir: str | os.PathLike, out: str | os.PathLike, *,
 
     if batch_size < 1:
         raise InputError(f"--batch-size must be positive, got {batch_size}")
+    if chunk_size < 1:
+        raise InputError(f"--chunk-size must be positive, got {chunk_size}")
+    if workers < 0:
+        raise InputError(f"--workers must be 0 (decode in this process) or more, got {workers}")
+    check_out(out, inputs=(images, dataset, model_dir))  # before the model is loaded
     chunk_size = max(batch_size, -(-chunk_size // batch_size) * batch_size)  # whole batches
     source, source_meta = open_source(dataset, split, images)
     n = len(source)

@@ -128,5 +128,5 @@ def add_dataset_writing_arguments(p: argparse.ArgumentParser) -> None:
     """`--on-bad-image`, `--overwrite`, `--no-progress` of build-dataset and extract-features."""
     p.add_argument("--on-bad-image", choices=("skip", "error"), default="skip",
                    help="missing or undecodable image: skip it and report it (default), or stop")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output of this command (never a folder of other things)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

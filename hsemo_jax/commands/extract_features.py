@@ -26,8 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hsemo_jax.errors import InputError
     from hsemo_jax.extract import extract_features
 
+    if args.split and args.images:
+        raise InputError("--split chooses a split of --dataset; an --images folder has none")
     s = extract_features(args.model_dir, args.out, dataset=args.dataset, split=args.split,
                          images=args.images, batch_size=args.batch_size, chunk_size=args.chunk_size,
                          on_bad_image=args.on_bad_image, workers=args.workers,
