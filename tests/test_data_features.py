@@ -155,3 +155,13 @@ def test_extract_features_refuses_options_it_used_to_ignore(tmp_path, monkeypatc
     assert cli.main(["extract-features", str(tmp_path / "model"), "--images", str(tmp_path / "imgs"),
                      "--out", str(tmp_path / "out"), "--no-progress", *flags]) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("workers", ["0", "-1"])
+def test_build_dataset_refuses_workers_below_one(tmp_path, capsys, workers):
+    """--workers 0 silently meant the default (up to 8 threads) and -1 one thread."""
+    (tmp_path / "m").mkdir()
+    assert cli.main(["build-dataset", "s_aff_wild2", "--manual-dir", str(tmp_path / "m"), "--data-dir",
+                     str(tmp_path / "data"), "--workers", workers, "--no-progress"]) == 2
+    assert f"--workers must be at least 1, got {workers}" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
