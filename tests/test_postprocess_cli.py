@@ -208,3 +208,11 @@ def test_sweep_refuses_a_csv_path_that_is_one_of_its_inputs(files, tmp_path, mon
                                              "--blend-with", str(tmp_path / "pred_b.txt"),
                                              "--csv", str(tmp_path / "sub" / ".." / target)])
     assert (tmp_path / target).read_bytes() == before
+
+
+def test_ground_truth_without_its_header_is_refused_not_read_short(files, tmp_path):
+    """The header line was skipped unread, so a file without one silently lost its first labelled row."""
+    gt = tmp_path / "gt.txt"
+    gt.write_text("\n".join((files / "gt.txt").read_text().splitlines()[1:]) + "\n")
+    with pytest.raises(InputError, match=r"gt.txt:1: expected a header line .* found a data row 'vidA/00001.jpg"):
+        abaw_io.read_mtl_labels(str(gt))

@@ -181,6 +181,9 @@ def _int_in(path, ln, field, v, low, high):
 def read_mtl_labels(path: str) -> MTLLabels:
     """Read an MTL annotation file (header + 16 fields per row)."""
     lines = _read_lines(path)
+    if _IMAGE.match(lines[0].split(",")[0].strip()):  # no header: its first labelled row would be dropped
+        raise InputError(f"{path}:1: expected a header line (image,valence,arousal,expression,AU1,...), "
+                         f"found a data row {lines[0]!r}")
     images, vids, frames, va, expr, aus, lns = [], [], [], [], [], [], []
     for ln, f in _rows(path, lines, 16):
         v, fr = parse_image(path, ln, f[0])
