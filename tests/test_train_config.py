@@ -273,6 +273,10 @@ def test_a_bad_set_override_is_blamed_on_the_set_not_the_config_file(tmp_path, c
                          "--out", str(tmp_path / "run")]) == 2
         err = capsys.readouterr().err
         assert expected in err and "c.toml" not in err, err
+    with pytest.raises(InputError, match=r"^--set distill.teacher_arch=resnet: distill.teacher_arch: expected one "
+                                         r"of [a-z0-9_, ]*; got 'resnet'$") as e:
+        C.load_config(path, ["distill.teacher_arch=resnet"])
+    assert str(e.value).count("tiny_cnn") == 1, str(e.value)
     path.write_text("[train]\nbatch_size = 'x'\n")
     with pytest.raises(InputError, match=r"c.toml: train.batch_size: expected int"):
         C.load_config(path, ["train.steps=3"])

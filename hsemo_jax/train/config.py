@@ -278,25 +278,29 @@ def _build(cls, values: dict, where: str, source: str, overridden: dict | None =
     return cls(**kwargs)
 
 
-def _validate(cfg: Config, source: str) -> Config:
+def _validate(cfg: Config, source: str, overridden: dict | None = None) -> Config:
+    """Checks across fields; an error names the `--set` that gave the field (`overridden`), else `source`."""
+    def at(key: str) -> str:
+        return f"{(overridden or {}).get(key, source)}: {key}"
+
     bad = [t for t in cfg.head.tasks if t not in ("expr", "va", "au")]
     if bad or not cfg.head.tasks:
-        raise InputError(f"{source}: head.tasks: expected a non-empty list of expr, va, au, got {cfg.head.tasks!r}")
+        raise InputError(f"{at('head.tasks')}: expected a non-empty list of expr, va, au, got {cfg.head.tasks!r}")
     for k, v in cfg.head.task_weights.items():
         if k not in ("expr", "va", "au"):
-            raise InputError(f"{source}: head.task_weights: unknown task {k!r}")
+            raise InputError(f"{at('head.task_weights')}: unknown task {k!r}")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise InputError(f"{source}: head.task_weights.{k}: expected a number >= 0, got {v!r}")
+            raise InputError(f"{at('head.task_weights')}.{k}: expected a number >= 0, got {v!r}")
     if cfg.model.arch == "ddamfn" and cfg.model.num_outputs not in (8, 10):
-        raise InputError(f"{source}: model.num_outputs: DDAMFN needs 8 or 10")
+        raise InputError(f"{at('model.num_outputs')}: DDAMFN needs 8 or 10")
     for name in ("teacher_arch", "student_arch"):
         arch = getattr(cfg.distill, name)
         if arch != "tiny_cnn":
             from hsemo_jax.models.registry import ARCHS
 
             if arch not in ARCHS:
-                raise InputError(f"{source}: distill.{name}: expected one of {', '.join(ARCHS)}, tiny_cnn; "
-                                 f"got {arch!r}")
+                names = list(ARCHS) + ([] if "tiny_cnn" in ARCHS else ["tiny_cnn"])
+                raise InputError(f"{at('distill.' + name)}: expected one of {', '.join(names)}; got {arch!r}")
     return cfg
 
 
@@ -335,7 +339,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
                 raise InputError(f"--set {text!r}: {k!r} is not a section")
         node[keys[-1]] = value
         overridden[".".join(keys)] = f"--set {text}"
-    return _validate(_build(Config, data, "", source, overridden), source)
+    return _validate(_build(Config, data, "", source, overridden), source, overridden)
 
 
 def describe(command: str | None = None, defaults: Config | None = None) -> str:
