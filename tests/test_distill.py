@@ -466,3 +466,19 @@ def test_describe_config_and_shipped_configs(capsys):
     paper = load_config(next(p for p in configs if "abaw2" in p.name))
     assert (paper.distill.teacher_arch, paper.distill.student_arch, paper.optim.b1, paper.optim.lr,
             paper.train.batch_size) == ("ddamfn", "mobilefacenet", 0.5, 1e-4, 64)
+
+
+@pytest.mark.parametrize("teacher", [None, "missing_teacher"])
+def test_a_student_stage_without_a_finished_teacher_writes_nothing(tmp_path, capsys, teacher):
+    """`--stage student` without a teacher wrote RUN/config.json before failing, so the corrected
+    command (`--teacher DIR`) was refused as a run started with a different config."""
+    from pathlib import Path
+
+    import hsemo_jax.train
+
+    config = Path(hsemo_jax.train.__file__).parent / "configs" / "distill_smoke_synthetic.toml"
+    run = tmp_path / "run"
+    extra = ["--teacher", str(tmp_path / teacher)] if teacher else []
+    assert cli.main(["distill", str(config), "--out", str(run), "--stage", "student", *extra]) == 2
+    assert "distill.teacher_dir" in capsys.readouterr().err
+    assert not run.exists()
