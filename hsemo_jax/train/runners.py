@@ -43,11 +43,19 @@ def prepare_run_dir(cfg: Config, kind: str) -> Path:
     if not cfg.run_dir:
         raise InputError("run_dir: no output directory (pass --out DIR)")
     run = Path(cfg.run_dir)
+    if run.exists() and not run.is_dir():
+        raise InputError(f"{run}: a file, not a run directory; give another --out")
     meta = run / "config.json"
     current = {"kind": kind, **cfg.to_dict()}
     if meta.exists():
+        try:
+            started = json.loads(meta.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{meta}: not a run's config ({e}); choose another --out") from None
+        if not isinstance(started, dict):
+            raise InputError(f"{meta}: not a run's config (expected a JSON object); choose another --out")
         # a field added to Config after the run started counts as its default there
-        old = {**_flat(Config().to_dict()), **_flat(json.loads(meta.read_text()))}
+        old = {**_flat(Config().to_dict()), **_flat(started)}
         new = _flat(current)
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
                          and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES))
@@ -349,6 +357,9 @@ def run_pretrain(cfg: Config, export_only: bool = False) -> dict:
     import jax
 
     train, val, labels = _pretrain_data(cfg, scan=not export_only)
+    if export_only and cfg.run_dir and not (Path(cfg.run_dir) / "config.json").is_file():
+        # checked before prepare_run_dir, which would start a run there
+        raise InputError(f"{cfg.run_dir}: not a pretrain run (no config.json), nothing to export")
     run = prepare_run_dir(cfg, "pretrain")
     model, objective, trainable = _pretrain_setup(cfg, labels)
     total, per_epoch = _steps(cfg, len(train), cfg.train.batch_size, cfg.train.epochs)
