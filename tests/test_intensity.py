@@ -399,6 +399,12 @@ def test_cli_predict_refuses_an_out_that_is_one_of_its_inputs(synthetic_run, tmp
                          flag, str(labels), "--out", str(labels)]) == 2
         assert "would replace the input" in capsys.readouterr().err
     assert labels.read_bytes() == before
+    for name in ("regressor.json", "regressor.npz"):  # the run's own files
+        before = (d / "run" / name).read_bytes()
+        assert cli.main(["intensity", "predict", str(d / "run"), "--features", str(d / "frames.npz"),
+                         "--videos", str(d / "test.txt"), "--out", str(d / "run" / name)]) == 2
+        assert "would replace the input" in capsys.readouterr().err
+        assert (d / "run" / name).read_bytes() == before
 
 
 def test_cli_from_face_folders_names_empty_video_folder(tmp_path, capsys):
