@@ -216,3 +216,19 @@ def test_ground_truth_without_its_header_is_refused_not_read_short(files, tmp_pa
     gt.write_text("\n".join((files / "gt.txt").read_text().splitlines()[1:]) + "\n")
     with pytest.raises(InputError, match=r"gt.txt:1: expected a header line .* found a data row 'vidA/00001.jpg"):
         abaw_io.read_mtl_labels(str(gt))
+
+
+@pytest.mark.parametrize("grid", ["0:1:0", "0:2:0.5", "0,0.5"])
+def test_threshold_grids_with_a_zero_step_or_outside_zero_one_are_refused(files, grid, capsys):
+    """A zero STEP was a ZeroDivisionError traceback; thresholds of 0 or >= 1 were searched."""
+    with pytest.raises(SystemExit):
+        run_cmd("hsemo_jax.commands.evaluate", [str(files / "pred.txt"), str(files / "gt.txt"),
+                                                "--threshold-grid", grid])
+    assert "--threshold-grid" in capsys.readouterr().err
+
+
+def test_evaluate_blend_weights_without_blend_with_is_refused(files):
+    """It was ignored silently (sweep refused it)."""
+    with pytest.raises(InputError, match="--blend-weights needs --blend-with"):
+        run_cmd("hsemo_jax.commands.evaluate", [str(files / "pred.txt"), str(files / "gt.txt"),
+                                                "--blend-weights", "0.5,0.5,0.5"])

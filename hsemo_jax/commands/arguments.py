@@ -40,6 +40,8 @@ def threshold_grid(text: str):
     try:
         if text.count(":") == 2:
             a, b, s = (float(x) for x in text.split(":"))
+            if s == 0:
+                raise argparse.ArgumentTypeError(f"STEP must not be 0 in {text!r}")
             grid = np.arange(a, b, s)
         else:
             grid = np.array([float(x) for x in text.split(",") if x.strip()])
@@ -47,6 +49,9 @@ def threshold_grid(text: str):
         raise argparse.ArgumentTypeError(f"expected START:STOP:STEP or comma-separated thresholds, got {text!r}") from None
     if grid.size == 0:
         raise argparse.ArgumentTypeError(f"empty threshold grid {text!r}")
+    if not ((grid > 0) & (grid < 1)).all():  # as --au-thresholds: 0 or 1 would decide every frame alike
+        raise argparse.ArgumentTypeError(f"thresholds must lie between 0 and 1 (exclusive), got {text!r} "
+                                         f"({', '.join(f'{t:g}' for t in grid)})")
     return grid
 
 

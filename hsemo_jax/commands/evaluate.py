@@ -14,11 +14,14 @@ import sys
 from hsemo_jax.commands import arguments as cc
 
 
+DEFAULT_BLEND_WEIGHTS = (0.8, 0.5, 0.5)  # the notebook's, for VA, EXPR, AU
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("pred", help="predictions: MTL scores/submission file, or a C-EXPR submission")
     parser.add_argument("gt", nargs="?", help="MTL ground truth (e.g. validation_set_annotations.txt)")
     cc.add_scoring_arguments(parser)
-    parser.add_argument("--blend-weights", type=cc.blend_weights, default=(0.8, 0.5, 0.5), metavar="W_VA,W_EXPR,W_AU",
+    parser.add_argument("--blend-weights", type=cc.blend_weights, default=None, metavar="W_VA,W_EXPR,W_AU",
                         help="weight of PRED in the blend, per task (default: the notebook's 0.8,0.5,0.5)")
     for task in ("va", "expr", "au"):
         parser.add_argument(f"--smooth-{task}", type=cc.smooth_spec, metavar="FILTER:SIGMA:K",
@@ -71,6 +74,10 @@ def _smooth(values, al, spec):
 def run(args) -> int:
     from hsemo_jax.postprocess import abaw_io
 
+    if args.blend_weights and not args.blend_with:  # was ignored silently
+        from hsemo_jax.errors import InputError
+
+        raise InputError("--blend-weights needs --blend-with")
     if abaw_io.is_ce_submission(args.pred):
         return _run_ce(args)
     import numpy as np
@@ -101,7 +108,7 @@ def run(args) -> int:
     va, expr, aus = pred.va, pred.expr, pred.aus
     if args.blend_with:
         b = abaw_io.read_mtl_predictions_for(args.blend_with, pred.images, args.pred)
-        w_va, w_expr, w_au = args.blend_weights
+        w_va, w_expr, w_au = args.blend_weights or DEFAULT_BLEND_WEIGHTS
         va = blending.blend(va, b["VA"], w_va)
         expr = blending.blend(expr, b["EXPR"], w_expr)
         aus = blending.blend(aus, b["AU"], w_au)
