@@ -232,3 +232,13 @@ def test_evaluate_blend_weights_without_blend_with_is_refused(files):
     with pytest.raises(InputError, match="--blend-weights needs --blend-with"):
         run_cmd("hsemo_jax.commands.evaluate", [str(files / "pred.txt"), str(files / "gt.txt"),
                                                 "--blend-weights", "0.5,0.5,0.5"])
+
+
+def test_a_c_expr_submission_that_repeats_an_image_is_refused(tmp_path):
+    """MTL files refused repeated images, C-EXPR submissions counted them twice in the histogram."""
+    images = [abaw_io.ce_image_name("v", f) for f in range(1, 5)]
+    abaw_io.write_ce_submission(str(tmp_path / "ce.txt"), images, [0, 1, 2, 3])
+    lines = (tmp_path / "ce.txt").read_text().splitlines()
+    (tmp_path / "ce.txt").write_text("\n".join(lines + [lines[2]]) + "\n")
+    with pytest.raises(InputError, match=r"ce.txt:6: image 'v/00002.jpg' already listed on line 3"):
+        abaw_io.read_ce_submission(str(tmp_path / "ce.txt"))

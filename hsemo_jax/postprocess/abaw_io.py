@@ -277,6 +277,7 @@ def read_ce_submission(path: str) -> CESubmission:
         v, fr = parse_image(path, ln, f[0])
         images.append(f[0]); vids.append(v); frames.append(fr); lns.append(ln)
         labels.append(_int_in(path, ln, "class", f[1], 0, len(CEXPR_SUBMISSION_NAMES) - 1))
+    _check_unique(path, images, lns)  # a repeated frame would count twice in the histogram
     return CESubmission(path=path, images=images, videos=np.array(vids, dtype=object), frames=np.array(frames, np.int64),
                         labels=np.array(labels, np.int32), lines=np.array(lns, np.int64))
 
