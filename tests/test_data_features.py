@@ -157,6 +157,15 @@ def test_extract_features_refuses_options_it_used_to_ignore(tmp_path, monkeypatc
     assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+def test_build_dataset_data_dir_that_is_a_file(tmp_path, capsys):
+    """It was reported as '<path>: File exists'."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "afile").write_text("x")
+    assert cli.main(["build-dataset", "s_aff_wild2", "--manual-dir", str(tmp_path / "m"), "--data-dir",
+                     str(tmp_path / "afile"), "--no-progress"]) == 2
+    assert "afile is a file, not a folder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("workers", ["0", "-1"])
 def test_build_dataset_refuses_workers_below_one(tmp_path, capsys, workers):
     """--workers 0 silently meant the default (up to 8 threads) and -1 one thread."""
