@@ -165,6 +165,14 @@ def run_head(cfg: Config) -> dict:
     for t in tasks:
         if not data[f"{t}_mask"].any():
             raise InputError(f"head.tasks: {t!r} has no labelled row in {cfg.data.train}")
+    # each training set must hold a batch: joint mode trains on the rows with any task's label,
+    # separate mode each head on its own task's rows
+    sizes = ({"+".join(tasks): int(np.any([data[f"{t}_mask"] for t in tasks], axis=0).sum())}
+             if cfg.head.mode == "joint" else {t: int(data[f"{t}_mask"].sum()) for t in tasks})
+    for name, rows in sizes.items():
+        if rows < cfg.train.batch_size:
+            raise InputError(f"train.batch_size: {cfg.train.batch_size} is larger than the {rows} training rows "
+                             f"labelled for {name} in {cfg.data.train}")
     run = prepare_run_dir(cfg, "train-head")
     head = MTLHead(data["x"].shape[1], seed=cfg.head.seed)
     cw = (losses.class_weights(data["expr"], 8, data["expr_mask"])
