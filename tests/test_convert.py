@@ -257,3 +257,14 @@ def test_damaged_model_directories_are_one_line_errors(tmp_path):
         f.write_bytes(f.read_bytes()[:10])
     with pytest.raises(CheckpointError, match="truncated: cannot restore the model state"):
         load_model(d)
+
+
+def test_class_order_for_a_checkpoint_without_8_expression_logits_is_refused(tmp_path, mbf_state, capsys):
+    """A 7-class checkpoint converted with --class-order affectnet got HSEmotion's 7 names silently."""
+    sd = dict(mbf_state)
+    sd["fc.weight"], sd["fc.bias"] = sd["fc.weight"][:7], sd["fc.bias"][:7]
+    torch.save(sd, tmp_path / "m7.pt")
+    assert _convert(tmp_path / "m7.pt", tmp_path / "m", "--class-order", "affectnet") == 2
+    assert "--class-order affectnet orders 8 expression logits" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+    assert _convert(tmp_path / "m7.pt", tmp_path / "m") == 0

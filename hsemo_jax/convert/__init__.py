@@ -155,6 +155,9 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, arch: str | None 
     obj = load_torch_file(src)
     sd = extract_state_dict(obj, src)
     inferred, num_classes, num_heads = infer_arch(sd, obj, str(src), arch)
+    if class_order != "hse" and num_classes not in (8, 10):  # the names would ignore it silently
+        raise CheckpointError(f"{src}: --class-order {class_order} orders 8 expression logits (8 or 10 outputs); "
+                              f"this checkpoint has {num_classes or 'no'} class outputs")
     model = convert_state_dict(sd, inferred, num_classes, num_heads, str(src))
     kind = "module" if isinstance(obj, InertObject) else "state_dict"
     digests = file_digests(src)
