@@ -482,3 +482,16 @@ def test_a_student_stage_without_a_finished_teacher_writes_nothing(tmp_path, cap
     assert cli.main(["distill", str(config), "--out", str(run), "--stage", "student", *extra]) == 2
     assert "distill.teacher_dir" in capsys.readouterr().err
     assert not run.exists()
+
+
+def test_a_batch_larger_than_a_stream_writes_nothing(tmp_path, capsys):
+    """It was found after RUN/config.json was written, so the corrected command was refused."""
+    from pathlib import Path
+
+    import hsemo_jax.train
+
+    config = Path(hsemo_jax.train.__file__).parent / "configs" / "distill_smoke_synthetic.toml"
+    run = tmp_path / "run"
+    assert cli.main(["distill", str(config), "--out", str(run), "--set", "train.batch_size=1000"]) == 2
+    assert "fewer than one batch of 1000" in capsys.readouterr().err
+    assert not run.exists()

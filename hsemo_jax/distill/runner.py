@@ -147,6 +147,11 @@ def run_distill(cfg) -> dict:
     if cfg.optim.trainable != "all":
         raise InputError("optim.trainable: distill trains the whole network (use 'all')")
     streams, val = load_distill_data(cfg)  # inputs checked before RUN/ is written
+    from hsemo_jax.distill.data import StreamIterator
+
+    # every stream must hold a batch (the stages build their own iterators; this one only checks)
+    StreamIterator(streams, cfg.train.batch_size, seed=cfg.train.seed, process_index=jax.process_index(),
+                   process_count=jax.process_count())
     d = cfg.distill
     # the student stage alone needs a finished teacher: checked before RUN/ is written too, or the
     # corrected command (--teacher DIR) would be refused as a run with a different config
