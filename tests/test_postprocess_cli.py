@@ -242,3 +242,19 @@ def test_a_c_expr_submission_that_repeats_an_image_is_refused(tmp_path):
     (tmp_path / "ce.txt").write_text("\n".join(lines + [lines[2]]) + "\n")
     with pytest.raises(InputError, match=r"ce.txt:6: image 'v/00002.jpg' already listed on line 3"):
         abaw_io.read_ce_submission(str(tmp_path / "ce.txt"))
+
+
+def test_evaluate_ground_truth_without_one_tasks_labels_reports_the_others(files, tmp_path, capsys):
+    """A ground truth with no VA label (an EXPR + AU set) was refused whole with 'mask: no valid frames to
+    evaluate'; now VA is left out, the other tasks are reported, P_MTL is not."""
+    lines = (files / "gt.txt").read_text().splitlines()
+    rows = [lines[0]] + [",".join([f[0], "-5", "-5", *f[3:]]) for f in (r.split(",") for r in lines[1:])]
+    (tmp_path / "gt.txt").write_text("\n".join(rows) + "\n")
+    assert run_cmd("hsemo_jax.commands.evaluate", [str(files / "pred.txt"), str(tmp_path / "gt.txt")]) == 0
+    out = capsys.readouterr().out
+    pred = abaw_io.read_mtl_predictions(str(files / "pred.txt"))
+    gt = abaw_io.read_mtl_labels(str(tmp_path / "gt.txt"))
+    ref = metrics.abaw_mtl(expr_true=gt.expr, expr_pred=pred.expr, au_true=gt.aus, au_probs=pred.aus)
+    assert "VA    no labelled frame" in out and "P_MTL not given" in out
+    assert numbers(out, "P_EXPR") == pytest.approx(ref["P_EXPR"], abs=6e-5)
+    assert numbers(out, "P_AU") == pytest.approx(ref["P_AU"], abs=6e-5)
