@@ -101,12 +101,15 @@ def extract_features(model_dir: str | os.PathLike, out: str | os.PathLike, *,
     source, source_meta = open_source(dataset, split, images)
     n = len(source)
     source_meta["num_examples"] = n
-    model, forward = load_model_and_forward(model_dir)
+    from hsemo_jax.hub import resolve_model
+
+    given = Path(model_dir)  # a directory or .pt file (its path recorded), or a published name
+    model, forward = load_model_and_forward(resolve_model(model_dir, progress=progress))
     info = model.info
     first = source[0]
     fields = [k for k in label_fields(first) if k not in RESERVED]
     text_fields = ["name"] if "name" in first else []
-    meta = {"model": {"path": str(Path(model_dir).absolute()), "arch": info.arch,
+    meta = {"model": {"path": str(given.absolute()) if given.exists() else str(model_dir), "arch": info.arch,
                       "outputs": list(info.outputs), "embedding_dim": info.embedding_dim,
                       "input_size": info.input_size, "mean": list(info.mean), "std": list(info.std)},
             "source": source_meta, "num_examples": n, "chunk_size": chunk_size,

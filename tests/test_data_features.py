@@ -174,3 +174,19 @@ def test_build_dataset_refuses_workers_below_one(tmp_path, capsys, workers):
                      str(tmp_path / "data"), "--workers", workers, "--no-progress"]) == 2
     assert f"--workers must be at least 1, got {workers}" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
+
+
+def test_extract_features_takes_a_published_name(tmp_path, model_dir, monkeypatch):
+    """MODEL was made an absolute path first, so a published name (`mbf_va_mtl`) was looked for as
+    <cwd>/mbf_va_mtl: 'no such file or directory'. It now resolves as predict's --model does."""
+    import hsemo_jax.hub as hub
+
+    monkeypatch.setattr(hub, "resolve_model",
+                        lambda spec, **kw: model_dir if spec == "mbf_va_mtl" else pytest.fail(f"resolved {spec}"))
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(2):
+        (imgs / f"{i}.jpg").write_bytes(cv2.imencode(".jpg", F.crop(i, 60))[1].tobytes())
+    s = X.extract_features("mbf_va_mtl", tmp_path / "out", images=str(imgs), batch_size=4, progress=False)
+    assert s["written"] == 2
+    assert json.loads((tmp_path / "out" / "features.json").read_text())["model"]["path"] == "mbf_va_mtl"
