@@ -495,3 +495,18 @@ def test_a_batch_larger_than_a_stream_writes_nothing(tmp_path, capsys):
     assert cli.main(["distill", str(config), "--out", str(run), "--set", "train.batch_size=1000"]) == 2
     assert "fewer than one batch of 1000" in capsys.readouterr().err
     assert not run.exists()
+
+
+def test_a_missing_backbone_init_writes_nothing(tmp_path, capsys):
+    """distill.student_init that is no model directory failed after RUN/config.json was written."""
+    from pathlib import Path
+
+    import hsemo_jax.train
+
+    config = Path(hsemo_jax.train.__file__).parent / "configs" / "distill_smoke_synthetic.toml"
+    run = tmp_path / "run"
+    assert cli.main(["distill", str(config), "--out", str(run), "--set",
+                     f'distill.student_init="{tmp_path / "none"}"']) == 2
+    err = capsys.readouterr().err
+    assert "distill.student_init: " in err and "no hsemo_model.json" in err, err
+    assert not run.exists()

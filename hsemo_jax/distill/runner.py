@@ -153,6 +153,11 @@ def run_distill(cfg) -> dict:
     StreamIterator(streams, cfg.train.batch_size, seed=cfg.train.seed, process_index=jax.process_index(),
                    process_count=jax.process_count())
     d = cfg.distill
+    from hsemo_jax.train.runners import check_init
+
+    for role in ("teacher", "student"):
+        if d.stage in ("both", role) and getattr(d, f"{role}_init"):
+            check_init(getattr(d, f"{role}_init"), getattr(d, f"{role}_arch"), f"distill.{role}_init")
     # the student stage alone needs a finished teacher: checked before RUN/ is written too, or the
     # corrected command (--teacher DIR) would be refused as a run with a different config
     teacher = _load_teacher(cfg) if d.stage == "student" else None

@@ -233,6 +233,21 @@ def _host(tree):
 # ----------------------------------------------------------------------------------------------
 # backbone pretraining
 # ----------------------------------------------------------------------------------------------
+def check_init(path: str, arch: str, field: str) -> None:
+    """Before RUN/ is written: the model directory of config field `field` exists and holds a model
+    of `arch`'s family (`init_from` copies the tensors whose names and shapes match: from another
+    family next to none, e.g. 1 of 12, silently)."""
+    from hsemo_jax.checkpoint import read_info
+    from hsemo_jax.models import registry
+
+    try:
+        info = read_info(path)
+    except InputError as e:
+        raise InputError(f"{field}: {e}") from None
+    if registry.get_arch(info.arch).family != registry.get_arch(arch).family:
+        raise InputError(f"{field}: {path} holds a {info.arch} model, which cannot initialize a {arch}")
+
+
 def init_from(model, path: str) -> tuple[int, int]:
     """Copy every parameter/statistic of the model directory `path` whose name and shape match;
     returns (copied, total) leaf counts."""
@@ -365,6 +380,8 @@ def run_pretrain(cfg: Config, export_only: bool = False) -> dict:
     import jax
 
     train, val, labels = _pretrain_data(cfg, scan=not export_only)
+    if cfg.model.init:
+        check_init(cfg.model.init, cfg.model.arch, "model.init")
     if export_only and cfg.run_dir and not (Path(cfg.run_dir) / "config.json").is_file():
         # checked before prepare_run_dir, which would start a run there
         raise InputError(f"{cfg.run_dir}: not a pretrain run (no config.json), nothing to export")
