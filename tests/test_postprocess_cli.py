@@ -258,3 +258,10 @@ def test_evaluate_ground_truth_without_one_tasks_labels_reports_the_others(files
     assert "VA    no labelled frame" in out and "P_MTL not given" in out
     assert numbers(out, "P_EXPR") == pytest.approx(ref["P_EXPR"], abs=6e-5)
     assert numbers(out, "P_AU") == pytest.approx(ref["P_AU"], abs=6e-5)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sweep"])
+def test_the_same_file_as_predictions_and_ground_truth(files, command):
+    """It was reported as a field-count error on line 2."""
+    with pytest.raises(InputError, match="given as both the predictions and the ground truth"):
+        run_cmd(f"hsemo_jax.commands.{command}", [str(files / "pred.txt"), str(files / "pred.txt")])
