@@ -147,6 +147,11 @@ def test_feature_files_that_are_damaged_or_hold_bad_values_are_one_line_errors(t
     np.savez(tmp_path / "nan.npz", x=bad, expr=np.arange(6))
     with pytest.raises(InputError, match=r"nan.npz: x\[4\] has a non-finite value"):
         load_features(tmp_path / "nan.npz")
+    np.savez(tmp_path / "float_expr.npz", x=x, expr=np.array([0.0, 1.0, 2.7, 3.0, -1.0, 5.0]))
+    with pytest.raises(InputError, match=r"float_expr.npz: expr\[2\] = 2.7 is not a class index"):
+        load_features(tmp_path / "float_expr.npz")  # was truncated to class 2
+    np.savez(tmp_path / "int_valued.npz", x=x, expr=np.array([0.0, 1.0, 2.0, 3.0, -1.0, 5.0]))
+    assert load_features(tmp_path / "int_valued.npz")["expr_mask"].sum() == 5
     va = np.full((6, 2), -5.0)
     va[2] = [3.0, 0.5]
     np.savez(tmp_path / "va.npz", x=x, va=va)

@@ -109,7 +109,11 @@ def load_features(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: x[{i}] has a non-finite value (NaN or inf); features must be finite")
     out = {"x": x}
     if "expr" in arrays:
-        y = np.asarray(_require(arrays, "expr", path, 1, n)).astype(np.int64)
+        raw = np.asarray(_require(arrays, "expr", path, 1, n))
+        if raw.dtype.kind == "f" and not (np.isfinite(raw) & (raw == np.round(raw))).all():  # astype would truncate
+            i = int(np.argmax(~(np.isfinite(raw) & (raw == np.round(raw)))))
+            raise InputError(f"{path}: expr[{i}] = {raw[i]} is not a class index (an integer; -1 = missing)")
+        y = raw.astype(np.int64)
         out["expr"], out["expr_mask"] = class_labels(arrays, path, y, NUM_EXPR, y > -1, missing=-1)
     else:
         out["expr"], out["expr_mask"] = np.zeros(n, np.int32), np.zeros(n, bool)
