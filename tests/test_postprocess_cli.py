@@ -265,3 +265,14 @@ def test_the_same_file_as_predictions_and_ground_truth(files, command):
     """It was reported as a field-count error on line 2."""
     with pytest.raises(InputError, match="given as both the predictions and the ground truth"):
         run_cmd(f"hsemo_jax.commands.{command}", [str(files / "pred.txt"), str(files / "pred.txt")])
+
+
+def test_sweep_warns_of_a_submission_file_on_stderr(files, tmp_path, capsys):
+    """The warning went to stdout, into the table a script reads, unlike the other warnings."""
+    pred = abaw_io.read_mtl_predictions(str(files / "pred.txt"))
+    abaw_io.write_mtl_submission(str(tmp_path / "sub.txt"), pred.images, pred.va, pred.expr_labels,
+                                 (pred.aus >= 0.5).astype(int))
+    run_cmd("hsemo_jax.commands.sweep", [str(tmp_path / "sub.txt"), str(files / "gt.txt"), "--ks", "0,1",
+                                         "--sigmas", "1", "--csv", str(tmp_path / "t.csv")])
+    captured = capsys.readouterr()
+    assert "holds labels, not scores" in captured.err and "warning" not in captured.out

@@ -47,7 +47,8 @@ def run(args) -> int:
                          inputs=(args.pred, args.gt, args.blend_with))
     pred = abaw_io.read_mtl_predictions(args.pred)
     if pred.kind != "scores":
-        print(f"warning: {args.pred} holds labels, not scores; smoothing one-hot labels is rarely what you want")
+        print(f"warning: {args.pred} holds labels, not scores; smoothing one-hot labels is rarely what you want",
+              file=sys.stderr)
     if warning := pred.va_warning():
         print(f"warning: {warning}", file=sys.stderr)
     gt = abaw_io.read_mtl_labels(args.gt)
