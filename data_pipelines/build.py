@@ -61,6 +61,8 @@ def build_dataset(name: str, manual_dir: str | os.PathLike, data_dir: str | os.P
     if not manual_dir.is_dir():
         raise InputError(f"--manual-dir {manual_dir} is not a folder")
     data_dir = Path(data_dir).absolute()
+    if data_dir.exists() and not data_dir.is_dir():
+        raise InputError(f"--data-dir {data_dir} is a file, not a folder")
     base, configs = _configs(name)
     if base == "aff_wild2" and "/" not in name:
         from data_pipelines.aff_wild2 import CHALLENGES, annotations_root
@@ -70,9 +72,16 @@ def build_dataset(name: str, manual_dir: str | os.PathLike, data_dir: str | os.P
         if not configs:
             raise InputError(f"{manual_dir}: none of {', '.join(CHALLENGES.values())} found")
     (tfds.enable_progress_bar if progress else tfds.disable_progress_bar)()
+    created = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
-    return [_build_one(base, config, manual_dir, data_dir, on_bad_image, overwrite, workers,
-                       progress, builder_kwargs) for config in configs]
+    try:
+        return [_build_one(base, config, manual_dir, data_dir, on_bad_image, overwrite, workers,
+                           progress, builder_kwargs) for config in configs]
+    except BaseException:
+        if created:  # a failed first build leaves no empty --data-dir behind
+            with contextlib.suppress(OSError):
+                data_dir.rmdir()
+        raise
 
 
 def _build_one(base, config, manual_dir, data_dir, on_bad_image, overwrite, workers, progress, kwargs):

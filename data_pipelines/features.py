@@ -39,6 +39,25 @@ def chunk_dir(root: Path, chunk: int) -> Path:
     return root / f"chunk-{chunk:05d}"
 
 
+def check_out(out: str | os.PathLike, inputs=()) -> Path:
+    """Before any work: `out` can take a feature dataset: absent, an empty folder or a feature dataset
+    (`features.json`; resumed, or replaced with --overwrite), and neither one of `inputs` (image
+    folder, dataset, model) nor a folder holding one. A folder of other things is never replaced."""
+    root = Path(out)
+    real = Path(os.path.realpath(root))
+    for src in inputs:
+        if src is not None and Path(src).exists():
+            real_src = Path(os.path.realpath(src))
+            if real_src == real or real in real_src.parents:
+                raise InputError(f"{root}: the output would replace {src}, which is read from it; give another --out")
+    if (root / META).is_file():
+        return root
+    if root.is_dir() and any(root.iterdir()) or root.exists() and not root.is_dir():
+        raise InputError(f"{root} exists and is not a feature dataset (no {META}); it is never replaced, "
+                         "give another --out")
+    return root
+
+
 class FeatureWriter:
     """Creates or resumes a feature dataset at `out`.
 
@@ -62,11 +81,10 @@ class FeatureWriter:
                                  f"{', '.join(diff)}); pass --overwrite to replace it")
             self.meta["complete"] = old.get("complete", False)
         else:
-            if self.root.exists() and (overwrite or any(self.root.iterdir())):
-                if not overwrite:
-                    raise InputError(f"{self.root} exists and is not a feature dataset; "
-                                     "pass --overwrite to replace it")
+            if meta_path.is_file():  # overwrite: a feature dataset is replaced
                 shutil.rmtree(self.root)
+            else:
+                check_out(self.root)  # anything else never is, with --overwrite or not
             self.root.mkdir(parents=True, exist_ok=True)
             self._write_meta()
 

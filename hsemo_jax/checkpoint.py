@@ -49,13 +49,35 @@ class ModelInfo:
                    a.mean, a.std, a.embedding_dim, class_order, num_heads, source or {})
 
 
+def check_model_out(out: str | os.PathLike, *, overwrite: bool = False,
+                    inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
+    """Before any work: can a model directory be written at `out`? It must be absent or an empty
+    folder, or with `overwrite` a model directory (it has META_FILE) that none of `inputs` lies in:
+    replacing `out` deletes everything in it, so a file, or a folder of other things (`--out .`), is
+    never replaced. Raises CheckpointError naming `out`; returns its absolute, normalized path."""
+    path = Path(os.path.abspath(out))
+    for src in inputs:
+        real_src, real_out = Path(os.path.realpath(src)), Path(os.path.realpath(path))
+        if real_src == real_out or real_out in real_src.parents:
+            raise CheckpointError(f"{path}: the output would replace {src}, which is read from it; "
+                                  "give another --out")
+    if path.is_symlink() or path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path} is a file, not a model directory; give another --out")
+        if any(path.iterdir()):
+            if not overwrite:
+                raise CheckpointError(f"{path} already exists and is not empty (pass --overwrite to replace it)")
+            if not (path / META_FILE).is_file():
+                raise CheckpointError(f"{path} is not an hsemo-jax model directory (no {META_FILE}), so "
+                                      "--overwrite does not replace it: it holds other files; give another --out")
+    return path
+
+
 def save_model(model: nnx.Module, info: ModelInfo, out: str | os.PathLike, *,
                overwrite: bool = False) -> Path:
     import orbax.checkpoint as ocp
 
-    path = Path(out).absolute()
-    if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
-        raise CheckpointError(f"{path} already exists and is not empty (pass --overwrite to replace it)")
+    path = check_model_out(out, overwrite=overwrite)
     with atomic_directory(path) as tmp:
         state = nnx.to_pure_dict(nnx.state(model))
         with ocp.StandardCheckpointer() as ckptr:
@@ -72,15 +94,20 @@ def read_info(path: str | os.PathLike) -> ModelInfo:
         raise CheckpointError(f"{path} is not an hsemo-jax model directory (no {META_FILE}); "
                               "create one with `hsemo-jax convert`")
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # e.g. overwritten by another file
         raise CheckpointError(f"{meta_path}: invalid JSON ({e})") from None
-    if meta.pop("format", None) != FORMAT:
+    if not isinstance(meta, dict) or meta.pop("format", None) != FORMAT:
         raise CheckpointError(f"{meta_path}: expected format {FORMAT!r}")
-    for key in ("outputs", "mean", "std"):
-        meta[key] = tuple(meta[key])
+    if meta.get("arch") not in registry.ARCHS:
+        raise CheckpointError(f"{meta_path}: unknown architecture {meta.get('arch')!r}; expected one of "
+                              f"{', '.join(registry.ARCHS)}")
     try:
+        for key in ("outputs", "mean", "std"):
+            meta[key] = tuple(meta[key])
         return ModelInfo(**meta)
+    except KeyError as e:
+        raise CheckpointError(f"{meta_path}: no {e.args[0]!r} field") from None
     except TypeError as e:
         raise CheckpointError(f"{meta_path}: {e}") from None
 
@@ -98,6 +125,12 @@ def load_model(path: str | os.PathLike) -> nnx.Module:
             restored = ckptr.restore(Path(path).absolute() / "state", target)
         except (ValueError, FileNotFoundError, KeyError) as e:
             raise CheckpointError(f"{path}: cannot restore the model state: {e}") from None
+        except Exception as e:  # noqa: BLE001 - orbax raises a bare Exception for damaged array files
+            cause = e
+            while (cause.__cause__ or cause.__context__) is not None:
+                cause = cause.__cause__ or cause.__context__
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            raise CheckpointError(f"{path}: cannot restore the model state (damaged files?): {first}") from None
     nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, restored))
     nnx.update(model, state)
     model.info = info

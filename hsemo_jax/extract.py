@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.features import RESERVED, FeatureWriter
+from data_pipelines.features import RESERVED, FeatureWriter, check_out
 from hsemo_jax.errors import InputError
 
 
@@ -92,16 +92,24 @@ def extract_features(model_dir: str | os.PathLike, out: str | os.PathLike, *,
 
     if batch_size < 1:
         raise InputError(f"--batch-size must be positive, got {batch_size}")
+    if chunk_size < 1:
+        raise InputError(f"--chunk-size must be positive, got {chunk_size}")
+    if workers < 0:
+        raise InputError(f"--workers must be 0 (decode in this process) or more, got {workers}")
+    check_out(out, inputs=(images, dataset, model_dir))  # before the model is loaded
     chunk_size = max(batch_size, -(-chunk_size // batch_size) * batch_size)  # whole batches
     source, source_meta = open_source(dataset, split, images)
     n = len(source)
     source_meta["num_examples"] = n
-    model, forward = load_model_and_forward(model_dir)
+    from hsemo_jax.hub import resolve_model
+
+    given = Path(model_dir)  # a directory or .pt file (its path recorded), or a published name
+    model, forward = load_model_and_forward(resolve_model(model_dir, progress=progress))
     info = model.info
     first = source[0]
     fields = [k for k in label_fields(first) if k not in RESERVED]
     text_fields = ["name"] if "name" in first else []
-    meta = {"model": {"path": str(Path(model_dir).absolute()), "arch": info.arch,
+    meta = {"model": {"path": str(given.absolute()) if given.exists() else str(model_dir), "arch": info.arch,
                       "outputs": list(info.outputs), "embedding_dim": info.embedding_dim,
                       "input_size": info.input_size, "mean": list(info.mean), "std": list(info.std)},
             "source": source_meta, "num_examples": n, "chunk_size": chunk_size,

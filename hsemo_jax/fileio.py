@@ -10,7 +10,9 @@ would), not the 0600 / 0700 of `tempfile.mkstemp` / `mkdtemp`.
     atomic_directory(path)            a temporary folder that takes `path`'s place when complete
     replace_directory(src, dest)      move a complete folder onto `dest`, replacing an old one
     write_arrays_with_meta(dir, ...)  a small model's arrays (.npz) and metadata (.json)
+    read_npz(path)                    an .npz archive's arrays; a damaged one is an InputError
     check_writable(path)              before the work: can an output file be written at `path`?
+    same_path(a, b)                   do two paths name one file (an output that is an input)?
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from hsemo_jax.errors import InputError
 
@@ -93,15 +95,19 @@ def replace_directory(src: str | os.PathLike, dest: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+def check_writable(path: str | os.PathLike, what: str = "output", *,
+                   inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
     """Check, before any work, that an output file can be written at `path` as `atomic_path`
-    writes it: not an existing folder, no file where a folder on its way should be, and the
-    nearest existing folder on its way open to a new file (a probe file is created there and
-    removed; missing folders are left to the writer). Raises `InputError` naming `path` and the
-    reason; creates nothing."""
+    writes it: not one of the command's `inputs` (which it would replace), not an existing folder,
+    no file where a folder on its way should be, and the nearest existing folder on its way open
+    to a new file (a probe file is created there and removed; missing folders are left to the
+    writer). Raises `InputError` naming `path` and the reason; creates nothing."""
     if isinstance(path, str) and path.endswith(("/", os.sep)):  # Path() would drop the slash: a file "out"
         raise InputError(f"{path}: the {what} is named as a folder (it ends in '/'); give a file name")
     path = Path(path)
+    for src in inputs:
+        if src is not None and same_path(path, src):
+            raise InputError(f"{path}: the {what} would replace the input {src}; give another file name")
     if path.is_dir():
         raise InputError(f"{path}: the {what} is an existing folder; give a file name")
     folder = next(f for f in path.absolute().parents if f.exists() or f.is_symlink())
@@ -113,6 +119,14 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     except OSError as e:
         raise InputError(f"{path}: cannot write the {what} into {folder} ({e.strerror or e})") from None
     return path
+
+
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether `a` and `b` name the same file or folder (through links and `..` when both exist)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one is missing: compare the names
+        return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
 
 
 def _fresh(path: Path, suffix: str, create: Callable[[Path], None]) -> Path:
@@ -144,3 +158,23 @@ def write_arrays_with_meta(directory: str | os.PathLike, stem: str, arrays: dict
     atomic_write(d / f"{stem}.npz", buf.getvalue())
     atomic_write(d / f"{stem}.json", text)
     return d
+
+
+def read_npz(path: str | os.PathLike) -> dict:
+    """Every array of the .npz archive at `path` ({name: array}, no pickles); a file that is not a
+    complete .npz archive (empty, truncated, another format, a damaged member) is an `InputError`
+    naming it, as the counterpart of `write_arrays_with_meta`."""
+    import zipfile
+    import zlib
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise InputError(f"{path}: not a readable .npz archive ({e or type(e).__name__})") from None
+    except OSError as e:
+        if e.filename is not None:  # the system refused the path: the CLI names it with the reason
+            raise
+        raise InputError(f"{path}: not a readable .npz archive ({e})") from None

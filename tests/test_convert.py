@@ -51,9 +51,23 @@ def test_key_errors_name_the_keys_and_leave_nothing(tmp_path, mbf_state, capsys,
     out = tmp_path / "m"
     assert _convert(src, out) == 2
     err = capsys.readouterr().err
-    key = {"missing": "conv_sep.layers.2.alpha", "unexpected": "conv_sep.extra.weight", "shape": "fc.weight"}
-    assert key[damage] in err and str(src) in err
+    # one line, keys named as the checkpoint names them (the missing PReLU weight is not `.alpha`),
+    # and a key of the wrong shape is not listed again as missing
+    key = {"missing": "missing (1): conv_sep.layers.2.weight", "unexpected": "conv_sep.extra.weight",
+           "shape": "fc.weight"}
+    assert key[damage] in err and str(src) in err and err.count("\n") == 1, err
+    assert damage != "shape" or "missing" not in err, err
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".m.")]
+
+
+def test_arch_given_for_unrecognized_keys_is_not_told_to_pass_arch(tmp_path, mbf_state, capsys):
+    sd = dict(mbf_state)
+    del sd["conv_sep.layers.0.weight"]  # one of the keys that tell MobileFaceNet apart
+    src = tmp_path / "bad.pt"
+    torch.save(sd, src)
+    assert _convert(src, tmp_path / "m", "--arch", "mobilefacenet") == 2
+    err = capsys.readouterr().err
+    assert "not those of --arch mobilefacenet" in err and "pass --arch" not in err, err
 
 
 def test_existing_output_is_kept_unless_overwrite(tmp_path, mbf_state, capsys):
@@ -64,8 +78,31 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path, mbf_state, capsys):
     (out / "keep.txt").write_text("x")
     assert _convert(src, out) == 2
     assert "already exists" in capsys.readouterr().err and (out / "keep.txt").exists()
-    assert _convert(src, out, "--overwrite") == 0
-    assert (out / META_FILE).exists() and not (out / "keep.txt").exists()
+    assert _convert(src, out, "--overwrite") == 2  # a folder of other things is never replaced
+    assert "not an hsemo-jax model directory" in capsys.readouterr().err and (out / "keep.txt").exists()
+    assert _convert(src, tmp_path / "m2") == 0
+    (tmp_path / "m2" / "stale.txt").write_text("x")
+    assert _convert(src, tmp_path / "m2", "--overwrite") == 0  # a model directory is
+    assert (tmp_path / "m2" / META_FILE).exists() and not (tmp_path / "m2" / "stale.txt").exists()
+
+
+@pytest.mark.parametrize("where", ["out_is_src", "out_holds_src", "out_is_a_file"])
+def test_overwrite_never_deletes_the_source_or_a_file(tmp_path, mbf_state, capsys, monkeypatch, where):
+    """`convert x.pt --out x.pt --overwrite` replaced the checkpoint with the model directory, and
+    `--out FOLDER --overwrite` deleted the whole folder holding it; both are refused before reading."""
+    import hsemo_jax.convert as conv
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    src = folder / "mbf.pt"
+    torch.save(mbf_state, src)
+    (folder / "notes.txt").write_text("mine")
+    out = {"out_is_src": src, "out_holds_src": folder, "out_is_a_file": folder / "notes.txt"}[where]
+    monkeypatch.setattr(conv, "load_torch_file", lambda *a: pytest.fail("the checkpoint was read"))
+    assert _convert(src, out, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out) in err
+    assert src.is_file() and (folder / "notes.txt").read_text() == "mine"
 
 
 def test_unsafe_pickle_is_refused_and_never_runs(tmp_path, capsys):
@@ -191,3 +228,43 @@ def test_parameter_counts_match_the_originals():
     assert count("mobilefacenet", None) == 2_059_520
     assert count("ddamfn", 8) == 4_187_936
     assert count("ddamfn", 7) == 4_187_421
+
+
+def test_damaged_model_directories_are_one_line_errors(tmp_path):
+    """A model directory whose hsemo_model.json was overwritten by another file (binary: a
+    UnicodeDecodeError traceback), is not an object, lacks a field or names no known architecture,
+    or whose array files were truncated (orbax's bare Exception) is a CheckpointError naming it."""
+    import shutil
+
+    from hsemo_jax.checkpoint import ModelInfo, load_model, save_model
+
+    good = save_model(registry.build("tiny_cnn", 10, seed=0), ModelInfo.for_arch("tiny_cnn", 10), tmp_path / "good")
+    meta = json.loads((good / META_FILE).read_text())
+    cases = {"binary": b"\x00\xe4\xff" * 40, "list": b"[1, 2]",
+             "no_outputs": json.dumps({k: v for k, v in meta.items() if k != "outputs"}).encode(),
+             "bad_arch": json.dumps({**meta, "arch": "resnet50"}).encode()}
+    expected = {"binary": "invalid JSON", "list": "expected format", "no_outputs": "no 'outputs' field",
+                "bad_arch": "unknown architecture 'resnet50'"}
+    for name, data in cases.items():
+        d = tmp_path / name
+        shutil.copytree(good, d)
+        (d / META_FILE).write_bytes(data)
+        with pytest.raises(CheckpointError, match=f"{META_FILE}: {expected[name]}"):
+            load_model(d)
+    d = tmp_path / "truncated"
+    shutil.copytree(good, d)
+    for f in (d / "state").glob("ocdbt.process_*/d/*"):  # the arrays' data, not their metadata
+        f.write_bytes(f.read_bytes()[:10])
+    with pytest.raises(CheckpointError, match="truncated: cannot restore the model state"):
+        load_model(d)
+
+
+def test_class_order_for_a_checkpoint_without_8_expression_logits_is_refused(tmp_path, mbf_state, capsys):
+    """A 7-class checkpoint converted with --class-order affectnet got HSEmotion's 7 names silently."""
+    sd = dict(mbf_state)
+    sd["fc.weight"], sd["fc.bias"] = sd["fc.weight"][:7], sd["fc.bias"][:7]
+    torch.save(sd, tmp_path / "m7.pt")
+    assert _convert(tmp_path / "m7.pt", tmp_path / "m", "--class-order", "affectnet") == 2
+    assert "--class-order affectnet orders 8 expression logits" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+    assert _convert(tmp_path / "m7.pt", tmp_path / "m") == 0

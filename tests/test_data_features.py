@@ -121,3 +121,72 @@ def test_extract_features_image_folder_reports_bad_images(tmp_path, model_dir):
     np.testing.assert_allclose(a["scores"], scores, rtol=1e-5, atol=1e-5)
     meta = json.loads((tmp_path / "out" / "features.json").read_text())
     assert meta["source"]["kind"] == "images" and meta["model"]["arch"] == "mobilefacenet"
+
+
+@pytest.mark.parametrize("where", ["the_images", "a_folder_holding_them", "the_model", "a_folder_of_other_things"])
+def test_extract_features_overwrite_never_deletes_inputs_or_other_folders(tmp_path, monkeypatch, capsys, where):
+    """`--out IMAGES --overwrite` deleted the face crops it was to read (then a traceback), `--out MODEL
+    --overwrite` the model, `--out FOLDER --overwrite` any folder; all are refused before the model loads."""
+    monkeypatch.setattr(X, "load_model_and_forward", lambda *a: pytest.fail("the model was loaded"))
+    imgs = tmp_path / "crops" / "faces"
+    imgs.mkdir(parents=True)
+    (imgs / "a.jpg").write_bytes(cv2.imencode(".jpg", F.crop(0, 60))[1].tobytes())
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "hsemo_model.json").write_text("{}")
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    out = {"the_images": imgs, "a_folder_holding_them": tmp_path / "crops", "the_model": model,
+           "a_folder_of_other_things": other}[where]
+    assert cli.main(["extract-features", str(model), "--images", str(imgs), "--out", str(out),
+                     "--overwrite", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("which is read from it" in err[0] or "never replaced" in err[0]), err
+    assert (imgs / "a.jpg").is_file() and (model / "hsemo_model.json").is_file() and (other / "keep.txt").is_file()
+
+
+@pytest.mark.parametrize("flags, message", [(["--chunk-size", "0"], "--chunk-size must be positive"),
+                                            (["--workers", "-1"], "--workers must be 0"),
+                                            (["--split", "train"], "--split chooses a split of --dataset")])
+def test_extract_features_refuses_options_it_used_to_ignore(tmp_path, monkeypatch, capsys, flags, message):
+    monkeypatch.setattr(X, "load_model_and_forward", lambda *a: pytest.fail("the model was loaded"))
+    (tmp_path / "imgs").mkdir()
+    assert cli.main(["extract-features", str(tmp_path / "model"), "--images", str(tmp_path / "imgs"),
+                     "--out", str(tmp_path / "out"), "--no-progress", *flags]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_build_dataset_data_dir_that_is_a_file(tmp_path, capsys):
+    """It was reported as '<path>: File exists'."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "afile").write_text("x")
+    assert cli.main(["build-dataset", "s_aff_wild2", "--manual-dir", str(tmp_path / "m"), "--data-dir",
+                     str(tmp_path / "afile"), "--no-progress"]) == 2
+    assert "afile is a file, not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", ["0", "-1"])
+def test_build_dataset_refuses_workers_below_one(tmp_path, capsys, workers):
+    """--workers 0 silently meant the default (up to 8 threads) and -1 one thread."""
+    (tmp_path / "m").mkdir()
+    assert cli.main(["build-dataset", "s_aff_wild2", "--manual-dir", str(tmp_path / "m"), "--data-dir",
+                     str(tmp_path / "data"), "--workers", workers, "--no-progress"]) == 2
+    assert f"--workers must be at least 1, got {workers}" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+def test_extract_features_takes_a_published_name(tmp_path, model_dir, monkeypatch):
+    """MODEL was made an absolute path first, so a published name (`mbf_va_mtl`) was looked for as
+    <cwd>/mbf_va_mtl: 'no such file or directory'. It now resolves as predict's --model does."""
+    import hsemo_jax.hub as hub
+
+    monkeypatch.setattr(hub, "resolve_model",
+                        lambda spec, **kw: model_dir if spec == "mbf_va_mtl" else pytest.fail(f"resolved {spec}"))
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(2):
+        (imgs / f"{i}.jpg").write_bytes(cv2.imencode(".jpg", F.crop(i, 60))[1].tobytes())
+    s = X.extract_features("mbf_va_mtl", tmp_path / "out", images=str(imgs), batch_size=4, progress=False)
+    assert s["written"] == 2
+    assert json.loads((tmp_path / "out" / "features.json").read_text())["model"]["path"] == "mbf_va_mtl"

@@ -466,3 +466,47 @@ def test_describe_config_and_shipped_configs(capsys):
     paper = load_config(next(p for p in configs if "abaw2" in p.name))
     assert (paper.distill.teacher_arch, paper.distill.student_arch, paper.optim.b1, paper.optim.lr,
             paper.train.batch_size) == ("ddamfn", "mobilefacenet", 0.5, 1e-4, 64)
+
+
+@pytest.mark.parametrize("teacher", [None, "missing_teacher"])
+def test_a_student_stage_without_a_finished_teacher_writes_nothing(tmp_path, capsys, teacher):
+    """`--stage student` without a teacher wrote RUN/config.json before failing, so the corrected
+    command (`--teacher DIR`) was refused as a run started with a different config."""
+    from pathlib import Path
+
+    import hsemo_jax.train
+
+    config = Path(hsemo_jax.train.__file__).parent / "configs" / "distill_smoke_synthetic.toml"
+    run = tmp_path / "run"
+    extra = ["--teacher", str(tmp_path / teacher)] if teacher else []
+    assert cli.main(["distill", str(config), "--out", str(run), "--stage", "student", *extra]) == 2
+    assert "distill.teacher_dir" in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_a_batch_larger_than_a_stream_writes_nothing(tmp_path, capsys):
+    """It was found after RUN/config.json was written, so the corrected command was refused."""
+    from pathlib import Path
+
+    import hsemo_jax.train
+
+    config = Path(hsemo_jax.train.__file__).parent / "configs" / "distill_smoke_synthetic.toml"
+    run = tmp_path / "run"
+    assert cli.main(["distill", str(config), "--out", str(run), "--set", "train.batch_size=1000"]) == 2
+    assert "fewer than one batch of 1000" in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_a_missing_backbone_init_writes_nothing(tmp_path, capsys):
+    """distill.student_init that is no model directory failed after RUN/config.json was written."""
+    from pathlib import Path
+
+    import hsemo_jax.train
+
+    config = Path(hsemo_jax.train.__file__).parent / "configs" / "distill_smoke_synthetic.toml"
+    run = tmp_path / "run"
+    assert cli.main(["distill", str(config), "--out", str(run), "--set",
+                     f'distill.student_init="{tmp_path / "none"}"']) == 2
+    err = capsys.readouterr().err
+    assert "distill.student_init: " in err and "no hsemo_model.json" in err, err
+    assert not run.exists()

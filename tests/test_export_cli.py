@@ -72,3 +72,21 @@ def test_a_model_jax_export_cannot_serialize(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(export_command, "load", lambda spec: (_HostCallback(), ModelInfo.for_arch("mobilefacenet", 10)))
     err = _fails(tmp_path, capsys, "mobilefacenet", "--format", "stablehlo")
     assert "mobilefacenet: cannot export to stablehlo:" in err
+
+
+@pytest.mark.parametrize("where", ["the_pt_file", "inside_the_model_dir", "the_pt_file_spelled_otherwise"])
+def test_out_that_would_replace_the_model_is_refused(tmp_path, capsys, monkeypatch, where):
+    """`export model.pt --out model.pt` replaced the checkpoint, `--out DIR/hsemo_model.json` wrote into
+    the model directory; both are refused before the model is loaded."""
+    monkeypatch.setattr(export_command, "load", lambda spec: pytest.fail("the model was loaded"))
+    (tmp_path / "m").mkdir()
+    meta = tmp_path / "m" / "hsemo_model.json"
+    meta.write_text("{}")
+    pt = tmp_path / "m.pt"
+    pt.write_bytes(b"weights")
+    model, out = {"the_pt_file": (pt, pt), "inside_the_model_dir": (tmp_path / "m", meta),
+                  "the_pt_file_spelled_otherwise": (pt, tmp_path / "m" / ".." / "m.pt")}[where]
+    assert cli_main(["export", str(model), "--format", "stablehlo", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("would replace the input" in err[0] or "inside the model directory" in err[0]), err
+    assert pt.read_bytes() == b"weights" and meta.read_text() == "{}"

@@ -385,6 +385,28 @@ def test_cli_checks_its_outputs_before_reading_features(synthetic_run, tmp_path,
     assert "is a file, not a folder" in capsys.readouterr().err
 
 
+def test_cli_predict_refuses_an_out_that_is_one_of_its_inputs(synthetic_run, tmp_path, capsys, monkeypatch):
+    """`intensity predict --out` naming the label or video list it reads would replace that file."""
+    import shutil
+
+    d = synthetic_run[0]
+    monkeypatch.setattr("hsemo_jax.intensity.frames.load_frames", lambda *a, **k: pytest.fail("features read"))
+    labels = tmp_path / "valid_split.csv"
+    shutil.copy(d / "valid_split.csv", labels)
+    before = labels.read_bytes()
+    for flag in ("--labels", "--videos"):
+        assert cli.main(["intensity", "predict", str(d / "run"), "--features", str(d / "frames.npz"),
+                         flag, str(labels), "--out", str(labels)]) == 2
+        assert "would replace the input" in capsys.readouterr().err
+    assert labels.read_bytes() == before
+    for name in ("regressor.json", "regressor.npz"):  # the run's own files
+        before = (d / "run" / name).read_bytes()
+        assert cli.main(["intensity", "predict", str(d / "run"), "--features", str(d / "frames.npz"),
+                         "--videos", str(d / "test.txt"), "--out", str(d / "run" / name)]) == 2
+        assert "would replace the input" in capsys.readouterr().err
+        assert (d / "run" / name).read_bytes() == before
+
+
 def test_cli_from_face_folders_names_empty_video_folder(tmp_path, capsys):
     """--faces + --model: features extracted once (cached); an empty video folder is an error naming
     it, or skipped and listed."""

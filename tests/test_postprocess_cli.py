@@ -188,3 +188,91 @@ def test_sweep_checks_its_csv_path_before_the_sweep(files, tmp_path, monkeypatch
     with pytest.raises(InputError, match="is a file, not a folder"):
         run_cmd("hsemo_jax.commands.sweep", [str(files / "pred.txt"), str(files / "gt.txt"),
                                              "--csv", str(tmp_path / "file" / "t.csv")])
+
+
+@pytest.mark.parametrize("which", ["pred", "gt", "blend"])
+def test_sweep_refuses_a_csv_path_that_is_one_of_its_inputs(files, tmp_path, monkeypatch, which):
+    """`--csv` naming an input (here through another spelling of its path) would replace it with the table."""
+    import shutil
+
+    from hsemo_jax.postprocess import sweeping
+
+    monkeypatch.setattr(sweeping, "sweep", lambda *a, **k: pytest.fail("the sweep ran"))
+    for name in ("pred.txt", "gt.txt", "pred_b.txt"):
+        shutil.copy(files / name, tmp_path / name)
+    target = {"pred": "pred.txt", "gt": "gt.txt", "blend": "pred_b.txt"}[which]
+    before = (tmp_path / target).read_bytes()
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(InputError, match="would replace the input"):
+        run_cmd("hsemo_jax.commands.sweep", [str(tmp_path / "pred.txt"), str(tmp_path / "gt.txt"),
+                                             "--blend-with", str(tmp_path / "pred_b.txt"),
+                                             "--csv", str(tmp_path / "sub" / ".." / target)])
+    assert (tmp_path / target).read_bytes() == before
+
+
+def test_ground_truth_without_its_header_is_refused_not_read_short(files, tmp_path):
+    """The header line was skipped unread, so a file without one silently lost its first labelled row."""
+    gt = tmp_path / "gt.txt"
+    gt.write_text("\n".join((files / "gt.txt").read_text().splitlines()[1:]) + "\n")
+    with pytest.raises(InputError, match=r"gt.txt:1: expected a header line .* found a data row 'vidA/00001.jpg"):
+        abaw_io.read_mtl_labels(str(gt))
+
+
+@pytest.mark.parametrize("grid", ["0:1:0", "0:2:0.5", "0,0.5"])
+def test_threshold_grids_with_a_zero_step_or_outside_zero_one_are_refused(files, grid, capsys):
+    """A zero STEP was a ZeroDivisionError traceback; thresholds of 0 or >= 1 were searched."""
+    with pytest.raises(SystemExit):
+        run_cmd("hsemo_jax.commands.evaluate", [str(files / "pred.txt"), str(files / "gt.txt"),
+                                                "--threshold-grid", grid])
+    assert "--threshold-grid" in capsys.readouterr().err
+
+
+def test_evaluate_blend_weights_without_blend_with_is_refused(files):
+    """It was ignored silently (sweep refused it)."""
+    with pytest.raises(InputError, match="--blend-weights needs --blend-with"):
+        run_cmd("hsemo_jax.commands.evaluate", [str(files / "pred.txt"), str(files / "gt.txt"),
+                                                "--blend-weights", "0.5,0.5,0.5"])
+
+
+def test_a_c_expr_submission_that_repeats_an_image_is_refused(tmp_path):
+    """MTL files refused repeated images, C-EXPR submissions counted them twice in the histogram."""
+    images = [abaw_io.ce_image_name("v", f) for f in range(1, 5)]
+    abaw_io.write_ce_submission(str(tmp_path / "ce.txt"), images, [0, 1, 2, 3])
+    lines = (tmp_path / "ce.txt").read_text().splitlines()
+    (tmp_path / "ce.txt").write_text("\n".join(lines + [lines[2]]) + "\n")
+    with pytest.raises(InputError, match=r"ce.txt:6: image 'v/00002.jpg' already listed on line 3"):
+        abaw_io.read_ce_submission(str(tmp_path / "ce.txt"))
+
+
+def test_evaluate_ground_truth_without_one_tasks_labels_reports_the_others(files, tmp_path, capsys):
+    """A ground truth with no VA label (an EXPR + AU set) was refused whole with 'mask: no valid frames to
+    evaluate'; now VA is left out, the other tasks are reported, P_MTL is not."""
+    lines = (files / "gt.txt").read_text().splitlines()
+    rows = [lines[0]] + [",".join([f[0], "-5", "-5", *f[3:]]) for f in (r.split(",") for r in lines[1:])]
+    (tmp_path / "gt.txt").write_text("\n".join(rows) + "\n")
+    assert run_cmd("hsemo_jax.commands.evaluate", [str(files / "pred.txt"), str(tmp_path / "gt.txt")]) == 0
+    out = capsys.readouterr().out
+    pred = abaw_io.read_mtl_predictions(str(files / "pred.txt"))
+    gt = abaw_io.read_mtl_labels(str(tmp_path / "gt.txt"))
+    ref = metrics.abaw_mtl(expr_true=gt.expr, expr_pred=pred.expr, au_true=gt.aus, au_probs=pred.aus)
+    assert "VA    no labelled frame" in out and "P_MTL not given" in out
+    assert numbers(out, "P_EXPR") == pytest.approx(ref["P_EXPR"], abs=6e-5)
+    assert numbers(out, "P_AU") == pytest.approx(ref["P_AU"], abs=6e-5)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sweep"])
+def test_the_same_file_as_predictions_and_ground_truth(files, command):
+    """It was reported as a field-count error on line 2."""
+    with pytest.raises(InputError, match="given as both the predictions and the ground truth"):
+        run_cmd(f"hsemo_jax.commands.{command}", [str(files / "pred.txt"), str(files / "pred.txt")])
+
+
+def test_sweep_warns_of_a_submission_file_on_stderr(files, tmp_path, capsys):
+    """The warning went to stdout, into the table a script reads, unlike the other warnings."""
+    pred = abaw_io.read_mtl_predictions(str(files / "pred.txt"))
+    abaw_io.write_mtl_submission(str(tmp_path / "sub.txt"), pred.images, pred.va, pred.expr_labels,
+                                 (pred.aus >= 0.5).astype(int))
+    run_cmd("hsemo_jax.commands.sweep", [str(tmp_path / "sub.txt"), str(files / "gt.txt"), "--ks", "0,1",
+                                         "--sigmas", "1", "--csv", str(tmp_path / "t.csv")])
+    captured = capsys.readouterr()
+    assert "holds labels, not scores" in captured.err and "warning" not in captured.out

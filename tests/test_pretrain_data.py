@@ -60,6 +60,39 @@ def _pretrain(tmp_path, capsys, *args):
     return code, err
 
 
+def test_export_of_a_run_that_does_not_exist_starts_none(tmp_path, capsys, build):
+    """`--export` into a mistyped RUN wrote RUN/config.json (starting a run there) before 'no checkpoint'."""
+    code, err = _pretrain(tmp_path, capsys, "--train", str(build), "--export")
+    assert code == 2 and "not a pretrain run (no config.json), nothing to export" in err, err
+
+
+def test_an_out_that_is_a_file_or_holds_a_damaged_config(tmp_path, capsys, build):
+    """A file at --out was 'File exists', a damaged RUN/config.json a JSONDecodeError traceback."""
+    (tmp_path / "afile").write_text("x")
+    code = cli.main(["pretrain", str(F.Path(__file__).parents[1] / "hsemo_jax/train/configs/pretrain_smoke_synthetic.toml"),
+                     "--out", str(tmp_path / "afile"), "--train", str(build), *TINY])
+    assert code == 2 and "afile: a file, not a run directory" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{x")
+    code = cli.main(["pretrain", str(F.Path(__file__).parents[1] / "hsemo_jax/train/configs/pretrain_smoke_synthetic.toml"),
+                     "--out", str(tmp_path / "run"), "--train", str(build), *TINY])
+    assert code == 2 and "config.json: not a run's config" in capsys.readouterr().err
+    assert (tmp_path / "run" / "config.json").read_text() == "{x"
+
+
+def test_model_init_that_is_missing_or_of_another_architecture(tmp_path, capsys, build):
+    """A missing model.init failed after RUN/config.json was written (so the corrected command was refused);
+    one of another architecture initialized 1 of 12 tensors and trained on."""
+    from hsemo_jax.checkpoint import ModelInfo, save_model
+    from hsemo_jax.models import registry
+
+    code, err = _pretrain(tmp_path, capsys, "--train", str(build), "--set", f"model.init={tmp_path / 'none'}")
+    assert code == 2 and "model.init: " in err and "no hsemo_model.json" in err, err
+    save_model(registry.build("mobilefacenet", None, seed=1), ModelInfo.for_arch("mobilefacenet", None), tmp_path / "mbf")
+    code, err = _pretrain(tmp_path, capsys, "--train", str(build), "--set", f"model.init={tmp_path / 'mbf'}")
+    assert code == 2 and "holds a mobilefacenet model, which cannot initialize a tiny_cnn" in err, err
+
+
 def test_a_directory_that_is_not_a_tfds_build(tmp_path, capsys, build):
     (tmp_path / "images").mkdir()
     code, err = _pretrain(tmp_path, capsys, "--train", str(tmp_path / "images"), "--val", str(build))

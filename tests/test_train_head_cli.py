@@ -30,6 +30,11 @@ def test_a_failed_start_leaves_nothing_and_the_corrected_command_runs(features, 
     assert cli.main(["train-head", str(features / "train.npz"), "--val", str(features / "narrow.npz"),
                      "--out", str(run), *QUICK]) == 2
     assert "feature columns" in capsys.readouterr().err and not run.exists()
+    # a batch larger than a head's training rows is found before RUN/ is written too, so the
+    # corrected command is not refused as a run with a different config
+    assert cli.main(["train-head", str(features / "train.npz"), "--out", str(run), *QUICK,
+                     "--set", "train.batch_size=4096"]) == 2
+    assert "train.batch_size: 4096 is larger than the" in capsys.readouterr().err and not run.exists()
     assert cli.main(["train-head", str(features / "train.npz"), "--out", str(run), *QUICK]) == 0
     assert (run / "config.json").is_file()
 

@@ -40,6 +40,8 @@ def threshold_grid(text: str):
     try:
         if text.count(":") == 2:
             a, b, s = (float(x) for x in text.split(":"))
+            if s == 0:
+                raise argparse.ArgumentTypeError(f"STEP must not be 0 in {text!r}")
             grid = np.arange(a, b, s)
         else:
             grid = np.array([float(x) for x in text.split(",") if x.strip()])
@@ -47,6 +49,9 @@ def threshold_grid(text: str):
         raise argparse.ArgumentTypeError(f"expected START:STOP:STEP or comma-separated thresholds, got {text!r}") from None
     if grid.size == 0:
         raise argparse.ArgumentTypeError(f"empty threshold grid {text!r}")
+    if not ((grid > 0) & (grid < 1)).all():  # as --au-thresholds: 0 or 1 would decide every frame alike
+        raise argparse.ArgumentTypeError(f"thresholds must lie between 0 and 1 (exclusive), got {text!r} "
+                                         f"({', '.join(f'{t:g}' for t in grid)})")
     return grid
 
 
@@ -104,7 +109,10 @@ def _quote_paths(overrides: list[str], keys=CONFIG_PATH_KEYS) -> list[str]:
     """Paths on the command line are strings, never TOML values ('1e-3' stays a number elsewhere)."""
     out = []
     for o in overrides:
-        key, _, value = o.partition("=")
+        key, eq, value = o.partition("=")
+        if not eq:  # no '=': left for load_config's "expected section.key=VALUE"
+            out.append(o)
+            continue
         if key.strip() in keys and not value.startswith('"'):
             value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
         out.append(f"{key}={value}")
@@ -125,5 +133,5 @@ def add_dataset_writing_arguments(p: argparse.ArgumentParser) -> None:
     """`--on-bad-image`, `--overwrite`, `--no-progress` of build-dataset and extract-features."""
     p.add_argument("--on-bad-image", choices=("skip", "error"), default="skip",
                    help="missing or undecodable image: skip it and report it (default), or stop")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output of this command (never a folder of other things)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

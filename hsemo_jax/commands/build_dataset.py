@@ -30,6 +30,10 @@ def run(args: argparse.Namespace) -> int:
     from data_pipelines.build import build_dataset
     from data_pipelines.images import format_report
 
+    from hsemo_jax.errors import InputError
+
+    if args.workers is not None and args.workers < 1:  # 0 silently meant the default, -1 one thread
+        raise InputError(f"--workers must be at least 1, got {args.workers}")
     kwargs = {"frame_format": args.frame_format} if args.name == "c_expr" else {}
     results = build_dataset(args.name, args.manual_dir, args.data_dir, on_bad_image=args.on_bad_image,
                             overwrite=args.overwrite, workers=args.workers,

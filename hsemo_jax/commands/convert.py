@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-order", choices=sorted(CLASS_ORDERS), default="hse",
                    help="order of the 8 expression logits: 'hse' (alphabetical, HSEmotion's models) or "
                         "'affectnet' (AffectNet codes, the original DDAMFN repository)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model directory at --out (never a file or a folder of other things)")
 
 
 def run(args: argparse.Namespace) -> int:

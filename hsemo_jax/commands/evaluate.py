@@ -14,11 +14,14 @@ import sys
 from hsemo_jax.commands import arguments as cc
 
 
+DEFAULT_BLEND_WEIGHTS = (0.8, 0.5, 0.5)  # the notebook's, for VA, EXPR, AU
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("pred", help="predictions: MTL scores/submission file, or a C-EXPR submission")
     parser.add_argument("gt", nargs="?", help="MTL ground truth (e.g. validation_set_annotations.txt)")
     cc.add_scoring_arguments(parser)
-    parser.add_argument("--blend-weights", type=cc.blend_weights, default=(0.8, 0.5, 0.5), metavar="W_VA,W_EXPR,W_AU",
+    parser.add_argument("--blend-weights", type=cc.blend_weights, default=None, metavar="W_VA,W_EXPR,W_AU",
                         help="weight of PRED in the blend, per task (default: the notebook's 0.8,0.5,0.5)")
     for task in ("va", "expr", "au"):
         parser.add_argument(f"--smooth-{task}", type=cc.smooth_spec, metavar="FILTER:SIGMA:K",
@@ -71,6 +74,13 @@ def _smooth(values, al, spec):
 def run(args) -> int:
     from hsemo_jax.postprocess import abaw_io
 
+    from hsemo_jax.errors import InputError
+    from hsemo_jax.fileio import same_path
+
+    if args.blend_weights and not args.blend_with:  # was ignored silently
+        raise InputError("--blend-weights needs --blend-with")
+    if args.gt and same_path(args.pred, args.gt):  # else: a field-count error on line 2 of one of them
+        raise InputError(f"{args.gt}: given as both the predictions and the ground truth")
     if abaw_io.is_ce_submission(args.pred):
         return _run_ce(args)
     import numpy as np
@@ -101,7 +111,7 @@ def run(args) -> int:
     va, expr, aus = pred.va, pred.expr, pred.aus
     if args.blend_with:
         b = abaw_io.read_mtl_predictions_for(args.blend_with, pred.images, args.pred)
-        w_va, w_expr, w_au = args.blend_weights
+        w_va, w_expr, w_au = args.blend_weights or DEFAULT_BLEND_WEIGHTS
         va = blending.blend(va, b["VA"], w_va)
         expr = blending.blend(expr, b["EXPR"], w_expr)
         aus = blending.blend(aus, b["AU"], w_au)
@@ -117,24 +127,44 @@ def run(args) -> int:
             print(f"smoothed {task}: filter {spec[0]}, sigma {spec[1]}, k {spec[2]}")
     print(f"ground truth {args.gt}: {int(gt.any_valid.sum())} labelled rows"
           + (f", {al.n_missing} without prediction skipped" if al.n_missing else ""))
-    res = metrics.abaw_mtl(va_true=al.va_true, va_pred=va, expr_true=al.expr_true, expr_pred=expr,
-                           au_true=al.au_true, au_probs=aus, au_thresholds=args.au_thresholds)
-    print(f"VA    P_VA {res['P_VA']:.4f}  (CCC_V {res['CCC_V']:.4f}, CCC_A {res['CCC_A']:.4f}; {res['n_VA']} frames)")
-    m = al.expr_true > -1
-    tp, npred, ntrue = metrics.class_counts(np.where(m, al.expr_true, 0), np.argmax(expr, 1), m, num_classes=8)
-    per_class = metrics.f1_from_counts(tp, npred, ntrue)
-    print(f"EXPR  P_EXPR {res['P_EXPR']:.4f}  (macro-F1 over the classes present; accuracy "
-          f"{res['EXPR_accuracy']:.4f}; {res['n_EXPR']} frames)")
-    print("      F1 per class: " + _fmt_row(AFFWILD_EXPR_8, per_class))
-    thr = args.au_thresholds
-    thr_txt = f"{thr}" if np.isscalar(thr) else ",".join(f"{t:g}" for t in thr)
-    print(f"AU    P_AU {res['P_AU']:.4f}  at thresholds {thr_txt} ({res['n_AU']} frames)")
-    print("      F1 per AU: " + _fmt_row(AU_NAMES, res["AU_F1"]))
-    if pred.kind == "scores" or args.blend_with:
-        grid = DEFAULT_GRID if args.threshold_grid is None else args.threshold_grid
-        t_best, f_best = search_au_thresholds(aus, al.au_true, grid)
-        print(f"      best thresholds on this set ({len(grid)}-value grid {grid[0]:g}..{grid[-1]:g}): "
-              f"P_AU {f_best.mean():.4f}")
-        print("      thresholds: " + "  ".join(f"{n} {t:g}" for n, t in zip(AU_NAMES, t_best)))
-    print(f"P_MTL {res['P_MTL']:.4f}  (= P_VA + P_EXPR + P_AU)")
+    # a task without any labelled row that has a prediction (an EXPR-only set, say) is left out,
+    # not an error that hides the others; P_MTL needs all three
+    has = {"VA": bool(metrics.va_mask(al.va_true).any()), "EXPR": bool((al.expr_true > -1).any()),
+           "AU": bool((al.au_true.min(axis=1) >= 0).any())}
+    if not any(has.values()):
+        raise InputError(f"{args.gt}: none of its labelled rows has a prediction in {args.pred}")
+    res = metrics.abaw_mtl(**({"va_true": al.va_true, "va_pred": va} if has["VA"] else {}),
+                           **({"expr_true": al.expr_true, "expr_pred": expr} if has["EXPR"] else {}),
+                           **({"au_true": al.au_true, "au_probs": aus, "au_thresholds": args.au_thresholds}
+                              if has["AU"] else {}))
+    if has["VA"]:
+        print(f"VA    P_VA {res['P_VA']:.4f}  (CCC_V {res['CCC_V']:.4f}, CCC_A {res['CCC_A']:.4f}; {res['n_VA']} frames)")
+    else:
+        print("VA    no labelled frame: not evaluated")
+    if has["EXPR"]:
+        m = al.expr_true > -1
+        tp, npred, ntrue = metrics.class_counts(np.where(m, al.expr_true, 0), np.argmax(expr, 1), m, num_classes=8)
+        per_class = metrics.f1_from_counts(tp, npred, ntrue)
+        print(f"EXPR  P_EXPR {res['P_EXPR']:.4f}  (macro-F1 over the classes present; accuracy "
+              f"{res['EXPR_accuracy']:.4f}; {res['n_EXPR']} frames)")
+        print("      F1 per class: " + _fmt_row(AFFWILD_EXPR_8, per_class))
+    else:
+        print("EXPR  no labelled frame: not evaluated")
+    if has["AU"]:
+        thr = args.au_thresholds
+        thr_txt = f"{thr}" if np.isscalar(thr) else ",".join(f"{t:g}" for t in thr)
+        print(f"AU    P_AU {res['P_AU']:.4f}  at thresholds {thr_txt} ({res['n_AU']} frames)")
+        print("      F1 per AU: " + _fmt_row(AU_NAMES, res["AU_F1"]))
+        if pred.kind == "scores" or args.blend_with:
+            grid = DEFAULT_GRID if args.threshold_grid is None else args.threshold_grid
+            t_best, f_best = search_au_thresholds(aus, al.au_true, grid)
+            print(f"      best thresholds on this set ({len(grid)}-value grid {grid[0]:g}..{grid[-1]:g}): "
+                  f"P_AU {f_best.mean():.4f}")
+            print("      thresholds: " + "  ".join(f"{n} {t:g}" for n, t in zip(AU_NAMES, t_best)))
+    else:
+        print("AU    no labelled frame: not evaluated")
+    if "P_MTL" in res:
+        print(f"P_MTL {res['P_MTL']:.4f}  (= P_VA + P_EXPR + P_AU)")
+    else:
+        print("P_MTL not given: it needs labelled frames of all three tasks")
     return 0

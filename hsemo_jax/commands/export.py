@@ -46,11 +46,31 @@ def load(spec: str):
     return model, model.info
 
 
+def check_out(out: str, fmt: str, model: str) -> None:
+    """Before any work: the artifact (and StableHLO's FILE.json) can be written, and neither replaces
+    MODEL's file nor lands inside MODEL's directory."""
+    import os
+
+    from hsemo_jax.errors import InputError
+    from hsemo_jax.export import metadata_path
+    from hsemo_jax.fileio import check_writable
+
+    src = Path(model)
+    for path in [Path(out)] + ([metadata_path(out)] if fmt == "stablehlo" else []):
+        if path.is_dir():
+            raise InputError(f"--out {path}: is a directory; expected a file path")
+        check_writable(path, "artifact", inputs=(model,))
+        if src.is_dir() and Path(os.path.realpath(src)) in Path(os.path.realpath(path)).parents:
+            raise InputError(f"--out {path}: inside the model directory {model}, which it would change; "
+                             "give a path outside it")
+
+
 def run(args: argparse.Namespace) -> int:
     from hsemo_jax.export import check_options, export_model, metadata_path, parse_batch
 
     check_options(args.format, args.dtype)  # bad options fail before a model is loaded (or fetched)
     batch = parse_batch(args.batch)
+    check_out(args.out, args.format, args.model)
     model, info = load(args.model)
     meta = export_model(model, info, args.format, args.out, batch=batch, dtype=args.dtype,
                         with_preprocess=args.with_preprocess)

@@ -1,4 +1,4 @@
-"""`hsemo-jax extract-features MODEL_DIR (--dataset DIR [--split S] | --images DIR) --out OUT`.
+"""`hsemo-jax extract-features MODEL (--dataset DIR [--split S] | --images DIR) --out OUT`.
 
 Per-frame embeddings + scores of a converted model over a built dataset split or an image
 folder, batched with a fixed shape, resumable (rerun the same command), with a progress bar.
@@ -12,7 +12,8 @@ from hsemo_jax.commands.arguments import add_dataset_writing_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_dir", metavar="MODEL_DIR", help="a converted model (hsemo-jax convert)")
+    p.add_argument("model_dir", metavar="MODEL", help="a converted model directory (hsemo-jax convert), a .pt/.pth "
+                                                      "file or a published model name, as predict's --model takes them")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="a built dataset (DATA_DIR/<name>[/<config>][/<version>])")
     src.add_argument("--images", help="a folder of images (searched recursively)")
@@ -26,8 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hsemo_jax.errors import InputError
     from hsemo_jax.extract import extract_features
 
+    if args.split and args.images:
+        raise InputError("--split chooses a split of --dataset; an --images folder has none")
     s = extract_features(args.model_dir, args.out, dataset=args.dataset, split=args.split,
                          images=args.images, batch_size=args.batch_size, chunk_size=args.chunk_size,
                          on_bad_image=args.on_bad_image, workers=args.workers,

@@ -146,7 +146,9 @@ def _predict(args) -> int:
     from hsemo_jax.intensity.regressor import mean_pearson, pearson_per_target
     from hsemo_jax.intensity.runs import predict_run
 
-    check_writable(args.out, "submission")
+    run = Path(args.run_dir)
+    check_writable(args.out, "submission", inputs=(args.videos, args.labels, *(args.features or ()),
+                                                    run / "regressor.json", run / "regressor.npz"))
     p = predict_run(args.run_dir, args.out, videos=args.videos, labels=args.labels, **_source_kwargs(args))
     print(f"wrote {args.out}: {len(p.videos)} videos", file=sys.stderr)
     if p.truth is not None:

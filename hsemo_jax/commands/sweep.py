@@ -38,13 +38,17 @@ def run(args) -> int:
     import numpy as np
 
     from hsemo_jax.errors import InputError
-    from hsemo_jax.fileio import check_writable
+    from hsemo_jax.fileio import check_writable, same_path
     from hsemo_jax.postprocess import abaw_io, sweeping
 
-    out = check_writable(args.csv or os.path.splitext(args.pred)[0] + "_sweep.csv", "sweep table")
+    if same_path(args.pred, args.gt):  # else: a field-count error on line 2 of one of them
+        raise InputError(f"{args.gt}: given as both the predictions and the ground truth")
+    out = check_writable(args.csv or os.path.splitext(args.pred)[0] + "_sweep.csv", "sweep table",
+                         inputs=(args.pred, args.gt, args.blend_with))
     pred = abaw_io.read_mtl_predictions(args.pred)
     if pred.kind != "scores":
-        print(f"warning: {args.pred} holds labels, not scores; smoothing one-hot labels is rarely what you want")
+        print(f"warning: {args.pred} holds labels, not scores; smoothing one-hot labels is rarely what you want",
+              file=sys.stderr)
     if warning := pred.va_warning():
         print(f"warning: {warning}", file=sys.stderr)
     gt = abaw_io.read_mtl_labels(args.gt)

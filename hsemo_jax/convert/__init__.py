@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from hsemo_jax.checkpoint import ModelInfo, save_model
+from hsemo_jax.checkpoint import ModelInfo, check_model_out, save_model
 from hsemo_jax.convert.keymaps import export_torch_state, load_torch_state
 from hsemo_jax.convert.torch_reader import InertObject, extract_state_dict, load_torch_file, walk_modules
 from hsemo_jax.digests import file_digests
@@ -74,7 +74,8 @@ def _arch_shows(arch: str) -> _Shows:
     return _Shows(("SAME",) if same else (), _eps(m.eps for m in modules if isinstance(m, BatchNorm)))
 
 
-def _key_candidates(sd: dict[str, np.ndarray], source: str) -> tuple[tuple[str, ...], int | None, int]:
+def _key_candidates(sd: dict[str, np.ndarray], source: str,
+                    arch: str | None = None) -> tuple[tuple[str, ...], int | None, int]:
     """(architectures whose keys and widths `sd` has, best first; num_classes; num_heads)."""
     if "conv_stem.weight" in sd and "conv_head.weight" in sd:
         n = _num_classes(sd, "classifier.weight", "classifier.0.weight")
@@ -95,6 +96,9 @@ def _key_candidates(sd: dict[str, np.ndarray], source: str) -> tuple[tuple[str, 
     if "features.0.conv.weight" in sd and "cat_head0.CoordAtt.conv1.weight" in sd:
         heads = len({k.split(".")[0] for k in sd if k.startswith("cat_head")})
         return ("ddamfn",), _num_classes(sd, "fc.weight"), heads
+    if arch is not None:  # given, but the keys are not recognizably any architecture's: not "pass --arch"
+        raise CheckpointError(f"{source}: its keys are not those of --arch {arch} nor of any supported "
+                              f"architecture (first keys: {list(sd)[:5]})")
     raise CheckpointError(
         f"{source}: cannot tell the architecture from its keys (first keys: {list(sd)[:5]}); "
         f"pass --arch with one of {', '.join(registry.ARCHS)}")
@@ -109,7 +113,7 @@ def infer_arch(sd: dict[str, np.ndarray], obj=None, source: str = "checkpoint",
     A bare EfficientNet state dict cannot tell TF "same" padding from symmetric padding; it is
     taken as `tf_efficientnet_*` (HSEmotion's models) unless `arch` says otherwise.
     """
-    candidates, num_classes, num_heads = _key_candidates(sd, source)
+    candidates, num_classes, num_heads = _key_candidates(sd, source, arch)
     shows = _checkpoint_shows(obj, source)
     fitting = [a for a in candidates if shows is None or shows.differences(_arch_shows(a)) is None]
     if arch is not None:
@@ -147,9 +151,13 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, arch: str | None 
     src = Path(src)
     if not src.is_file():
         raise CheckpointError(f"{src}: no such file")
+    check_model_out(out, overwrite=overwrite, inputs=(src,))  # before the file is read
     obj = load_torch_file(src)
     sd = extract_state_dict(obj, src)
     inferred, num_classes, num_heads = infer_arch(sd, obj, str(src), arch)
+    if class_order != "hse" and num_classes not in (8, 10):  # the names would ignore it silently
+        raise CheckpointError(f"{src}: --class-order {class_order} orders 8 expression logits (8 or 10 outputs); "
+                              f"this checkpoint has {num_classes or 'no'} class outputs")
     model = convert_state_dict(sd, inferred, num_classes, num_heads, str(src))
     kind = "module" if isinstance(obj, InertObject) else "state_dict"
     digests = file_digests(src)

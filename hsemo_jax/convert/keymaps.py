@@ -72,7 +72,7 @@ def load_torch_state(model: nnx.Module, family: str, state_dict: dict[str, np.nd
     """
     owners = _owners(model)
     targets = {tuple(p): v for p, v in nnx.to_flat_state(nnx.state(model))}
-    filled, unexpected, errors = set(), [], []
+    filled, misfit, unexpected, errors = set(), set(), [], []
     for key, value in state_dict.items():
         if IGNORED.search(key):
             continue
@@ -88,20 +88,31 @@ def load_torch_state(model: nnx.Module, family: str, state_dict: dict[str, np.nd
         if arr.shape != var[...].shape:
             errors.append(f"{key}: shape {np.shape(value)} in {source} does not fit "
                           f"{'.'.join(map(str, tpath))} {var[...].shape}")
+            misfit.add(tpath)
             continue
         var[...] = arr
         filled.add(tpath)
-    missing = [".".join(map(str, p)) for p in targets if p not in filled]
+    # a key whose shape did not fit is reported as such, not again as missing; missing keys are
+    # named as the checkpoint would name them (torch keys), as the other two lists are
+    missing = [_torch_key(p, owners, family) for p in targets if p not in filled and p not in misfit]
     if errors or missing or unexpected:
-        lines = [f"{source} does not match architecture {family}:"] + errors
+        parts = list(errors)
         if missing:
-            lines.append(f"missing ({len(missing)}): " + ", ".join(missing[:20])
+            parts.append(f"missing ({len(missing)}): " + ", ".join(missing[:20])
                          + (" ..." if len(missing) > 20 else ""))
         if unexpected:
-            lines.append(f"unexpected ({len(unexpected)}): " + ", ".join(unexpected[:20])
+            parts.append(f"unexpected ({len(unexpected)}): " + ", ".join(unexpected[:20])
                          + (" ..." if len(unexpected) > 20 else ""))
-        raise CheckpointError("\n  ".join(lines))
+        raise CheckpointError(f"{source} does not match architecture {family}: " + "; ".join(parts))
     return model
+
+
+def _torch_key(path: tuple, owners: dict, family: str) -> str:
+    """The torch state-dict key of the NNX variable at `path` (`load_torch_state`'s map inverted)."""
+    rules = LEAF_RULES[type(owners[path[:-1]])]
+    torch_name = next(k for k, r in rules.items() if r[0] == path[-1])
+    key = ".".join(map(str, path[:-1] + (torch_name,)))
+    return _rename(key, [(new, old) for old, new in RENAMES[family]])
 
 
 def export_torch_state(model: nnx.Module, family: str) -> dict[str, np.ndarray]:
@@ -113,8 +124,6 @@ def export_torch_state(model: nnx.Module, family: str) -> dict[str, np.ndarray]:
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model)):
         path = tuple(path)
-        rules = LEAF_RULES[type(owners[path[:-1]])]
-        torch_name, (_, _, to_torch) = next((k, r) for k, r in rules.items() if r[0] == path[-1])
-        key = ".".join(map(str, path[:-1] + (torch_name,)))
-        out[_rename(key, [(new, old) for old, new in RENAMES[family]])] = to_torch(np.asarray(var[...]))
+        to_torch = next(r[2] for r in LEAF_RULES[type(owners[path[:-1]])].values() if r[0] == path[-1])
+        out[_torch_key(path, owners, family)] = to_torch(np.asarray(var[...]))
     return out

@@ -121,6 +121,18 @@ def _train_stage(cfg, role: str, model, streams, val, run: Path) -> dict:
     return last
 
 
+def _load_teacher(cfg):
+    """The finished teacher of distill.teacher_dir, else of RUN/teacher."""
+    from hsemo_jax.distill.model import load_distill_model
+
+    d = cfg.distill
+    teacher_dir = Path(d.teacher_dir) if d.teacher_dir else Path(cfg.run_dir or ".") / "teacher"
+    try:
+        return load_distill_model(teacher_dir)
+    except InputError as e:
+        raise InputError(f"distill.teacher_dir: {e}") from None
+
+
 def run_distill(cfg) -> dict:
     """Train the teacher and/or the student; returns {stage: last validation metrics}."""
     from hsemo_jax.train.runners import init_distributed, prepare_run_dir
@@ -135,19 +147,26 @@ def run_distill(cfg) -> dict:
     if cfg.optim.trainable != "all":
         raise InputError("optim.trainable: distill trains the whole network (use 'all')")
     streams, val = load_distill_data(cfg)  # inputs checked before RUN/ is written
-    run = prepare_run_dir(cfg, "distill")
+    from hsemo_jax.distill.data import StreamIterator
+
+    # every stream must hold a batch (the stages build their own iterators; this one only checks)
+    StreamIterator(streams, cfg.train.batch_size, seed=cfg.train.seed, process_index=jax.process_index(),
+                   process_count=jax.process_count())
     d = cfg.distill
+    from hsemo_jax.train.runners import check_init
+
+    for role in ("teacher", "student"):
+        if d.stage in ("both", role) and getattr(d, f"{role}_init"):
+            check_init(getattr(d, f"{role}_init"), getattr(d, f"{role}_arch"), f"distill.{role}_init")
+    # the student stage alone needs a finished teacher: checked before RUN/ is written too, or the
+    # corrected command (--teacher DIR) would be refused as a run with a different config
+    teacher = _load_teacher(cfg) if d.stage == "student" else None
+    run = prepare_run_dir(cfg, "distill")
     results = {}
     if d.stage in ("both", "teacher"):
         results["teacher"] = _train_stage(cfg, "teacher", _model(cfg, "teacher"), streams, val, run)
     if d.stage in ("both", "student"):
-        from hsemo_jax.distill.model import load_distill_model
-
-        teacher_dir = Path(d.teacher_dir) if d.teacher_dir else run / "teacher"
-        try:
-            teacher = load_distill_model(teacher_dir)
-        except InputError as e:
-            raise InputError(f"distill.teacher_dir: {e}") from None
+        teacher = teacher or _load_teacher(cfg)
         student = _model(cfg, "student")
         student.attach_teacher(teacher)
         results["student"] = _train_stage(cfg, "student", student, streams, val, run)

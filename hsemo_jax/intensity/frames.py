@@ -37,6 +37,7 @@ import numpy as np
 
 from data_pipelines.images import IMAGE_SUFFIXES
 from hsemo_jax.errors import InputError
+from hsemo_jax.fileio import read_npz
 from hsemo_jax.intensity.stats import every_nth
 
 INPUTS = ("scores", "embedding", "both")
@@ -169,11 +170,7 @@ def load_source(path: str | os.PathLike, kind: str, every: int = 1) -> FrameFeat
         if src.get("kind") == "images":
             root = Path(src["path"])
     elif p.is_file():
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (ValueError, OSError) as e:
-            raise InputError(f"{p}: not a readable .npz archive ({e})") from None
+        arrays = read_npz(p)
         if "name" not in arrays:
             raise InputError(f"{p}: no 'name' array (the <video>/<frame>.<ext> name of every row)")
         names = np.asarray(arrays["name"]).astype(str)

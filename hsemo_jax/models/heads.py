@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -57,7 +56,7 @@ import numpy as np
 from flax import nnx
 
 from hsemo_jax.errors import InputError
-from hsemo_jax.fileio import write_arrays_with_meta
+from hsemo_jax.fileio import read_npz, write_arrays_with_meta
 from hsemo_jax.models.layers import BatchNorm, Conv2d, Linear
 
 NUM_EXPR = 8
@@ -401,11 +400,7 @@ def load_small(directory: str | os.PathLike, kind: str) -> tuple[nnx.Module, dic
         module = spec.build(meta)
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"{meta_path}: not a {kind!r} description ({type(e).__name__}: {e})") from None
-    try:
-        with np.load(npz_path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise InputError(f"{npz_path}: not a readable .npz archive ({e})") from None
+    arrays = read_npz(npz_path)
     load_flat_state(module, arrays, str(npz_path))
     return module, meta
 

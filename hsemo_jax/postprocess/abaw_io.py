@@ -181,6 +181,9 @@ def _int_in(path, ln, field, v, low, high):
 def read_mtl_labels(path: str) -> MTLLabels:
     """Read an MTL annotation file (header + 16 fields per row)."""
     lines = _read_lines(path)
+    if _IMAGE.match(lines[0].split(",")[0].strip()):  # no header: its first labelled row would be dropped
+        raise InputError(f"{path}:1: expected a header line (image,valence,arousal,expression,AU1,...), "
+                         f"found a data row {lines[0]!r}")
     images, vids, frames, va, expr, aus, lns = [], [], [], [], [], [], []
     for ln, f in _rows(path, lines, 16):
         v, fr = parse_image(path, ln, f[0])
@@ -274,6 +277,7 @@ def read_ce_submission(path: str) -> CESubmission:
         v, fr = parse_image(path, ln, f[0])
         images.append(f[0]); vids.append(v); frames.append(fr); lns.append(ln)
         labels.append(_int_in(path, ln, "class", f[1], 0, len(CEXPR_SUBMISSION_NAMES) - 1))
+    _check_unique(path, images, lns)  # a repeated frame would count twice in the histogram
     return CESubmission(path=path, images=images, videos=np.array(vids, dtype=object), frames=np.array(frames, np.int64),
                         labels=np.array(labels, np.int32), lines=np.array(lns, np.int64))
 

@@ -161,7 +161,7 @@ def _truth_and_mask(task, truth, n):
     if len(t) != n:
         raise InputError(f"length mismatch: {task} truth has {len(t)} rows, predictions {n}")
     if not m.any():
-        raise InputError(f"{task}: no valid ground-truth frame")
+        raise InputError(f"{task}: no valid ground-truth frame (sweep the other tasks with --tasks)")
     t = np.where(m.reshape((-1,) + (1,) * (t.ndim - 1)), t, 0)
     return t.astype(np.float32 if task == "VA" else np.int32), m
 

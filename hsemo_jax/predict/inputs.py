@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from hsemo_jax.errors import InputError
-from hsemo_jax.fileio import check_writable
+from hsemo_jax.fileio import check_writable, same_path
 from hsemo_jax.predict.video import IMAGE_EXTS, VIDEO_EXTS, FrameSource
 
 _WILDCARDS = "*?["
@@ -71,7 +71,7 @@ def _key(path) -> str:
 class _InputFiles:
     """Which input an output path would overwrite. Only an existing file can be one, so the inputs'
     files (millions for ABAW's cropped_aligned) are indexed by name, without a system call, and only
-    once an output path exists; same-named files are compared with `os.path.samefile`."""
+    once an output path exists; same-named files are compared with `fileio.same_path`."""
 
     def __init__(self, inputs: Sequence[str], sources: Sequence[FrameSource]):
         self.inputs, self.sources, self.by_name = inputs, sources, None
@@ -84,13 +84,7 @@ class _InputFiles:
             for spec, source in zip(self.inputs, self.sources):
                 for f in source.files:
                     self.by_name.setdefault(f.name, []).append((f, spec))
-        for f, spec in self.by_name.get(path.name, ()):
-            try:
-                if os.path.samefile(f, path):
-                    return spec
-            except OSError:  # an input that has gone since it was listed is not this file
-                continue
-        return None
+        return next((spec for f, spec in self.by_name.get(path.name, ()) if same_path(f, path)), None)
 
 
 def plan(specs: Sequence[str], *, out: str | None, plot: str | None, abaw: str | None) -> tuple[list[Run], Path | None]:

@@ -257,42 +257,50 @@ def _check_value(where: str, f: dataclasses.Field, value: Any):
     return value
 
 
-def _build(cls, values: dict, where: str, source: str):
+def _build(cls, values: dict, where: str, source: str, overridden: dict | None = None):
+    """`cls` from `values`; a bad value is blamed on `source` (the file), or on the `--set` that
+    gave it (`overridden`: dotted key -> the override's text)."""
+    overridden = overridden or {}
     if not isinstance(values, dict):
-        raise InputError(f"{source}: {where}: expected a table of settings, got {values!r}")
+        raise InputError(f"{overridden.get(where, source)}: {where}: expected a table of settings, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
         name = f"{where}.{key}" if where else key
+        src = overridden.get(name, source)
         if key not in fields:
-            raise InputError(f"{source}: unknown setting {name!r} (known: {', '.join(fields)})")
+            raise InputError(f"{src}: unknown setting {name!r} (known: {', '.join(fields)})")
         f = fields[key]
         if cls is Config and key in SECTIONS:
-            kwargs[key] = _build(type(SECTIONS[key]()), value, key, source)
+            kwargs[key] = _build(type(SECTIONS[key]()), value, key, source, overridden)
         else:
-            kwargs[key] = _check_value(f"{source}: {name}", f, value)
+            kwargs[key] = _check_value(f"{src}: {name}", f, value)
     return cls(**kwargs)
 
 
-def _validate(cfg: Config, source: str) -> Config:
+def _validate(cfg: Config, source: str, overridden: dict | None = None) -> Config:
+    """Checks across fields; an error names the `--set` that gave the field (`overridden`), else `source`."""
+    def at(key: str) -> str:
+        return f"{(overridden or {}).get(key, source)}: {key}"
+
     bad = [t for t in cfg.head.tasks if t not in ("expr", "va", "au")]
     if bad or not cfg.head.tasks:
-        raise InputError(f"{source}: head.tasks: expected a non-empty list of expr, va, au, got {cfg.head.tasks!r}")
+        raise InputError(f"{at('head.tasks')}: expected a non-empty list of expr, va, au, got {cfg.head.tasks!r}")
     for k, v in cfg.head.task_weights.items():
         if k not in ("expr", "va", "au"):
-            raise InputError(f"{source}: head.task_weights: unknown task {k!r}")
+            raise InputError(f"{at('head.task_weights')}: unknown task {k!r}")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise InputError(f"{source}: head.task_weights.{k}: expected a number >= 0, got {v!r}")
+            raise InputError(f"{at('head.task_weights')}.{k}: expected a number >= 0, got {v!r}")
     if cfg.model.arch == "ddamfn" and cfg.model.num_outputs not in (8, 10):
-        raise InputError(f"{source}: model.num_outputs: DDAMFN needs 8 or 10")
+        raise InputError(f"{at('model.num_outputs')}: DDAMFN needs 8 or 10")
     for name in ("teacher_arch", "student_arch"):
         arch = getattr(cfg.distill, name)
         if arch != "tiny_cnn":
             from hsemo_jax.models.registry import ARCHS
 
             if arch not in ARCHS:
-                raise InputError(f"{source}: distill.{name}: expected one of {', '.join(ARCHS)}, tiny_cnn; "
-                                 f"got {arch!r}")
+                names = list(ARCHS) + ([] if "tiny_cnn" in ARCHS else ["tiny_cnn"])
+                raise InputError(f"{at('distill.' + name)}: expected one of {', '.join(names)}; got {arch!r}")
     return cfg
 
 
@@ -321,6 +329,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             data = json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text())
         except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
             raise InputError(f"{p}: cannot parse the config: {e}") from None
+    overridden = {}
     for text in overrides:
         keys, value = parse_override(text)
         node = data
@@ -329,7 +338,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             if not isinstance(node, dict):
                 raise InputError(f"--set {text!r}: {k!r} is not a section")
         node[keys[-1]] = value
-    return _validate(_build(Config, data, "", source), source)
+        overridden[".".join(keys)] = f"--set {text}"
+    return _validate(_build(Config, data, "", source, overridden), source, overridden)
 
 
 def describe(command: str | None = None, defaults: Config | None = None) -> str:

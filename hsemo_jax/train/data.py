@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from hsemo_jax.errors import InputError
+from hsemo_jax.fileio import read_npz
 
 NUM_EXPR = 8
 NUM_AU = 12
@@ -42,11 +43,7 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {f.stem: np.load(f, mmap_mode="r") for f in files}
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (ValueError, OSError) as e:
-        raise InputError(f"{p}: not a readable .npz archive ({e})") from None
+    return read_npz(p)
 
 
 def _require(arrays, name, path, ndim, n=None, last=None):
@@ -80,14 +77,21 @@ def class_labels(arrays, path, y, num_classes: int, present, *, missing: int):
 
 def _extracted_features(path: Path) -> dict[str, np.ndarray]:
     """The output of `hsemo-jax extract-features` (features.json + chunks) as x / expr / va / au
-    arrays with the ABAW missing codes (its per-element masks agree with those codes)."""
+    arrays and, where the source has them, their row masks (a row is labelled when its whole
+    per-element mask is)."""
     from data_pipelines.features import FeatureDataset
 
     cols = FeatureDataset(path).arrays()
     out = {"x": np.concatenate([cols["embedding"], cols["scores"]], axis=1).astype(np.float32)}
-    for src, dst in (("expression", "expr"), ("va", "va"), ("aus", "au")):
+    # the source's masks travel as the rows' masks: AffectNet's folder layout has no VA (va = 0,
+    # va_mask False), which the missing code alone (-5) would take for labels of 0
+    for src, mask, dst in (("expression", "expression_mask", "expr"), ("va", "va_mask", "va"),
+                           ("aus", "au_mask", "au")):
         if src in cols:
             out[dst] = cols[src]
+            if mask in cols:
+                m = np.asarray(cols[mask]).astype(bool)
+                out[f"{dst}_mask"] = m.reshape(len(m), -1).all(axis=1)
     return out
 
 
@@ -100,15 +104,27 @@ def load_features(path: str | os.PathLike) -> dict[str, np.ndarray]:
     n = x.shape[0]
     if x.shape[1] < 10:
         raise InputError(f"{path}: 'x' has {x.shape[1]} columns; it must end with the backbone's 10 scores")
+    if not np.isfinite(x).all():
+        i = int(np.argmax(~np.isfinite(x).all(axis=1)))
+        raise InputError(f"{path}: x[{i}] has a non-finite value (NaN or inf); features must be finite")
     out = {"x": x}
     if "expr" in arrays:
-        y = np.asarray(_require(arrays, "expr", path, 1, n)).astype(np.int64)
+        raw = np.asarray(_require(arrays, "expr", path, 1, n))
+        if raw.dtype.kind == "f" and not (np.isfinite(raw) & (raw == np.round(raw))).all():  # astype would truncate
+            i = int(np.argmax(~(np.isfinite(raw) & (raw == np.round(raw)))))
+            raise InputError(f"{path}: expr[{i}] = {raw[i]} is not a class index (an integer; -1 = missing)")
+        y = raw.astype(np.int64)
         out["expr"], out["expr_mask"] = class_labels(arrays, path, y, NUM_EXPR, y > -1, missing=-1)
     else:
         out["expr"], out["expr_mask"] = np.zeros(n, np.int32), np.zeros(n, bool)
     if "va" in arrays:
         va = np.asarray(_require(arrays, "va", path, 2, n, 2), np.float32)
         m = _mask(arrays, "va", path, n, (va[:, 0] > -5) & (va[:, 1] > -5))
+        bad = m & ~((va >= -1) & (va <= 1)).all(axis=1)  # NaN fails too
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(f"{path}: va[{i}] = {va[i].tolist()} is outside [-1, 1] in a labelled row "
+                             "(-5 = missing)")
         out["va"], out["va_mask"] = np.where(m[:, None], va, 0).astype(np.float32), m
     else:
         out["va"], out["va_mask"] = np.zeros((n, 2), np.float32), np.zeros(n, bool)

@@ -43,11 +43,19 @@ def prepare_run_dir(cfg: Config, kind: str) -> Path:
     if not cfg.run_dir:
         raise InputError("run_dir: no output directory (pass --out DIR)")
     run = Path(cfg.run_dir)
+    if run.exists() and not run.is_dir():
+        raise InputError(f"{run}: a file, not a run directory; give another --out")
     meta = run / "config.json"
     current = {"kind": kind, **cfg.to_dict()}
     if meta.exists():
+        try:
+            started = json.loads(meta.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{meta}: not a run's config ({e}); choose another --out") from None
+        if not isinstance(started, dict):
+            raise InputError(f"{meta}: not a run's config (expected a JSON object); choose another --out")
         # a field added to Config after the run started counts as its default there
-        old = {**_flat(Config().to_dict()), **_flat(json.loads(meta.read_text()))}
+        old = {**_flat(Config().to_dict()), **_flat(started)}
         new = _flat(current)
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
                          and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES))
@@ -157,6 +165,14 @@ def run_head(cfg: Config) -> dict:
     for t in tasks:
         if not data[f"{t}_mask"].any():
             raise InputError(f"head.tasks: {t!r} has no labelled row in {cfg.data.train}")
+    # each training set must hold a batch: joint mode trains on the rows with any task's label,
+    # separate mode each head on its own task's rows
+    sizes = ({"+".join(tasks): int(np.any([data[f"{t}_mask"] for t in tasks], axis=0).sum())}
+             if cfg.head.mode == "joint" else {t: int(data[f"{t}_mask"].sum()) for t in tasks})
+    for name, rows in sizes.items():
+        if rows < cfg.train.batch_size:
+            raise InputError(f"train.batch_size: {cfg.train.batch_size} is larger than the {rows} training rows "
+                             f"labelled for {name} in {cfg.data.train}")
     run = prepare_run_dir(cfg, "train-head")
     head = MTLHead(data["x"].shape[1], seed=cfg.head.seed)
     cw = (losses.class_weights(data["expr"], 8, data["expr_mask"])
@@ -217,6 +233,21 @@ def _host(tree):
 # ----------------------------------------------------------------------------------------------
 # backbone pretraining
 # ----------------------------------------------------------------------------------------------
+def check_init(path: str, arch: str, field: str) -> None:
+    """Before RUN/ is written: the model directory of config field `field` exists and holds a model
+    of `arch`'s family (`init_from` copies the tensors whose names and shapes match: from another
+    family next to none, e.g. 1 of 12, silently)."""
+    from hsemo_jax.checkpoint import read_info
+    from hsemo_jax.models import registry
+
+    try:
+        info = read_info(path)
+    except InputError as e:
+        raise InputError(f"{field}: {e}") from None
+    if registry.get_arch(info.arch).family != registry.get_arch(arch).family:
+        raise InputError(f"{field}: {path} holds a {info.arch} model, which cannot initialize a {arch}")
+
+
 def init_from(model, path: str) -> tuple[int, int]:
     """Copy every parameter/statistic of the model directory `path` whose name and shape match;
     returns (copied, total) leaf counts."""
@@ -349,6 +380,11 @@ def run_pretrain(cfg: Config, export_only: bool = False) -> dict:
     import jax
 
     train, val, labels = _pretrain_data(cfg, scan=not export_only)
+    if cfg.model.init:
+        check_init(cfg.model.init, cfg.model.arch, "model.init")
+    if export_only and cfg.run_dir and not (Path(cfg.run_dir) / "config.json").is_file():
+        # checked before prepare_run_dir, which would start a run there
+        raise InputError(f"{cfg.run_dir}: not a pretrain run (no config.json), nothing to export")
     run = prepare_run_dir(cfg, "pretrain")
     model, objective, trainable = _pretrain_setup(cfg, labels)
     total, per_epoch = _steps(cfg, len(train), cfg.train.batch_size, cfg.train.epochs)
