@@ -236,7 +236,7 @@ def _no_decoding(monkeypatch):
     (["--detect-size", "8"], "detect size"),
     (["--detect-every", "0"], "detect every"),
     (["--au-thresholds", "1.5"], "thresholds"),
-    (["--out", "{tmp}"], "folder"),
+    (["--plot", "{tmp}/p.pdf"], ".png"),  # (an existing folder as --out now gets the CSV inside)
     (["--out", "{file}/o.csv"], "{file}"),
     (["--plot", "{file}/p.png"], "{file}"),
 ])
