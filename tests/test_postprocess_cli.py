@@ -276,3 +276,24 @@ def test_sweep_warns_of_a_submission_file_on_stderr(files, tmp_path, capsys):
                                          "--sigmas", "1", "--csv", str(tmp_path / "t.csv")])
     captured = capsys.readouterr()
     assert "holds labels, not scores" in captured.err and "warning" not in captured.out
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--top", "-3"], "--top"),  # printed 1 row
+    (["--tasks", "EXPR,FACE"], "--tasks"),
+    (["--filters", "median"], "unknown filter"),
+    (["--blend-weights", "0.5"], "--blend-with"),
+])
+def test_sweep_settings_are_refused_before_a_file_is_read(files, monkeypatch, extra, words):
+    from hsemo_jax.postprocess import abaw_io
+
+    monkeypatch.setattr(abaw_io, "read_mtl_predictions", lambda *a, **k: pytest.fail("a file was read"))
+    with pytest.raises(InputError, match=words):
+        run_cmd("hsemo_jax.commands.sweep", [str(files / "pred.txt"), str(files / "gt.txt"), *extra])
+
+
+@pytest.mark.parametrize("flag", ["--sigmas", "--ks"])
+def test_an_empty_list_is_a_usage_error_not_the_default(files, flag, capsys):
+    with pytest.raises(SystemExit):
+        run_cmd("hsemo_jax.commands.sweep", [str(files / "pred.txt"), str(files / "gt.txt"), flag, ","])
+    assert flag in capsys.readouterr().err

@@ -21,16 +21,22 @@ def float_list(text: str) -> tuple[float, ...]:
             if n < 1:
                 raise ValueError
             return tuple(a_ + (float(b) - a_) * i / max(n - 1, 1) for a_ in [float(a)] for i in range(n))
-        return tuple(float(x) for x in text.split(",") if x.strip())
+        vals = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers or START:STOP:COUNT, got {text!r}") from None
+        vals = ()
+    if not vals:  # an empty list would silently mean the default
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers or START:STOP:COUNT, got {text!r}")
+    return vals
 
 
 def int_list(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        vals = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        vals = ()
+    if not vals:  # an empty list would silently mean the default
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return vals
 
 
 def threshold_grid(text: str):

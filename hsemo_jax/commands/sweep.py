@@ -41,6 +41,19 @@ def run(args) -> int:
     from hsemo_jax.fileio import check_writable, same_path
     from hsemo_jax.postprocess import abaw_io, sweeping
 
+    # every setting before a file is read: the grid (filters, sigmas, ks, weights), tasks, --top
+    if args.top < 1:
+        raise InputError(f"--top must be at least 1, got {args.top}")
+    if args.blend_weights and not args.blend_with:
+        raise InputError("--blend-weights needs --blend-with")
+    tasks = tuple(t.strip().upper() for t in args.tasks.split(",") if t.strip())
+    if not tasks or set(tasks) - set(sweeping.TASKS):
+        raise InputError(f"--tasks: expected a comma-separated subset of {','.join(sweeping.TASKS)}, got {args.tasks!r}")
+    weights = (args.blend_weights or tuple(float(w) for w in np.linspace(0, 1, 11))) if args.blend_with else (1.0,)
+    grid = sweeping.SweepGrid(filters=tuple(f.strip() for f in args.filters.split(",") if f.strip()),
+                              sigmas=args.sigmas or sweeping.NOTEBOOK_SIGMAS, ks=args.ks or (0, 1, 5, 10, 50, 100),
+                              blend_weights=tuple(weights))
+    grid.validate()
     if same_path(args.pred, args.gt):  # else: a field-count error on line 2 of one of them
         raise InputError(f"{args.gt}: given as both the predictions and the ground truth")
     out = check_writable(args.csv or os.path.splitext(args.pred)[0] + "_sweep.csv", "sweep table",
@@ -53,18 +66,10 @@ def run(args) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     gt = abaw_io.read_mtl_labels(args.gt)
     al = abaw_io.align(pred, gt, allow_missing=args.allow_missing)
-    tasks = tuple(t.strip().upper() for t in args.tasks.split(",") if t.strip())
     pred_a = {"VA": pred.va, "EXPR": pred.expr, "AU": pred.aus}
     pred_b = None
-    weights = (1.0,)
     if args.blend_with:
         pred_b = abaw_io.read_mtl_predictions_for(args.blend_with, pred.images, args.pred)
-        weights = args.blend_weights or tuple(float(w) for w in np.linspace(0, 1, 11))
-    elif args.blend_weights:
-        raise InputError("--blend-weights needs --blend-with")
-    grid = sweeping.SweepGrid(filters=tuple(f.strip() for f in args.filters.split(",") if f.strip()),
-                     sigmas=args.sigmas or sweeping.NOTEBOOK_SIGMAS, ks=args.ks or (0, 1, 5, 10, 50, 100),
-                     blend_weights=tuple(weights))
     t0 = time.perf_counter()
     table = sweeping.sweep(al.truth(), pred_a, al.videos, al.frames, pred_b=pred_b, grid=grid, tasks=tasks,
                   au_thresholds=args.au_thresholds)
@@ -83,7 +88,7 @@ def run(args) -> int:
             extra = f" (unsmoothed: {max(base):.4f})" if base else ""
             print(f"\nbest {task}: {best['score']:.4f} with filter {best['filter']}{weight}, sigma {best['sigma']:g}, "
                   f"k {best['k']}{extra}")
-        print(_markdown(rows[: max(args.top, 1)]))
+        print(_markdown(rows[: args.top]))
     table.write_csv(out)
     print(f"\nwrote {out}")
     return 0
