@@ -4,7 +4,8 @@ Written by ``hsemo-jax extract-features``; read to train the multi-task head (sp
 ``f`` = backbone embedding, ``s = f @ W.T + b`` = raw scores, V and A last of the 10)::
 
     OUT/
-      features.json            format, model, source, chunk_size, num_examples, dims, complete
+      features.json            format, model, source, chunk_size, num_examples, fields, complete;
+                               class_names: {field: names} of the source's ClassLabel fields
       chunk-00000/             rows [0, chunk_size) of the source
         index.npy   (n,) int64       source index
         name.npy    (n,) str         the example's name (``video/00001.jpg``, relative path)

@@ -57,6 +57,19 @@ def open_source(dataset: str | None, split: str | None, images: str | None):
     return sources[split], {"kind": "dataset", "path": str(version_dir.absolute()), "split": split}
 
 
+def class_names(source, fields) -> dict[str, list[str]]:
+    """The ClassLabel names of a built dataset's label `fields` (AffectNet's `expression` is in
+    AffectNet code order, its `label` in HSE order): train-head maps the classes by these names."""
+    info = getattr(source, "dataset_info", None)
+    if info is None:
+        return {}
+    import tensorflow_datasets as tfds
+
+    features = info.features
+    return {k: list(features[k].names) for k in fields
+            if k in features.keys() and isinstance(features[k], tfds.features.ClassLabel)}
+
+
 _LOADED: dict = {}
 
 
@@ -114,6 +127,9 @@ def extract_features(model_dir: str | os.PathLike, out: str | os.PathLike, *,
                       "input_size": info.input_size, "mean": list(info.mean), "std": list(info.std)},
             "source": source_meta, "num_examples": n, "chunk_size": chunk_size,
             "fields": fields}
+    names = class_names(source, fields)
+    if names:  # absent for sources without class labels, so their older extractions still resume
+        meta["class_names"] = names
     writer = FeatureWriter(out, meta, overwrite=overwrite)
     resume = writer.done_prefix()
     summary = {"out": str(out), "resumed_at": resume * chunk_size, "written": 0, "skipped": 0,

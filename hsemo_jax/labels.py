@@ -12,9 +12,11 @@ Three 8-class expression orders are in use:
     6      Sadness       Anger           Surprise
     7      Surprise      Contempt        Other
 
-The models output the HSE order; AffectNet builders store labels in the HSE order too, ABAW
-builders and files keep the Aff-Wild2 order of the annotation files. ``HSE_TO_AFFWILD`` maps model
-scores to Aff-Wild2 columns (Other <- Contempt), as HSEmotion does for ABAW.
+The models output the HSE order; AffectNet builds store ``label`` in the HSE order too (and
+``expression`` as AffectNet codes), ABAW builders and files keep the Aff-Wild2 order of the
+annotation files. ``HSE_TO_AFFWILD`` maps model
+scores to Aff-Wild2 columns (Other <- Contempt), as HSEmotion does for ABAW; ``affwild_expr_index``
+maps labels named in any of these orders to Aff-Wild2 classes by the same rule.
 """
 from __future__ import annotations
 
@@ -46,6 +48,19 @@ HSE_TO_AFFECTNET_CODE = np.argsort(AFFECTNET_CODE_TO_HSE)
 # `affwild_scores = hse_scores[..., HSE_TO_AFFWILD]` (HSEmotion's AFFECTNET2MTL).
 HSE_TO_AFFWILD = np.array([5, 0, 2, 3, 4, 6, 7, 1], np.int64)
 AFFWILD_TO_HSE = np.argsort(HSE_TO_AFFWILD)  # HSEmotion's AFFECTNET2AFFWILD
+# The HSE / AffectNet class name that fills each Aff-Wild2 EXPR column (Other <- Contempt).
+AFFWILD_FROM_HSE_NAMES = tuple("Contempt" if n == "Other" else n for n in AFFWILD_EXPR_8)
+
+
+def affwild_expr_index(names) -> np.ndarray | None:
+    """Class names of an 8-class expression label (any of the orders above) -> the Aff-Wild2 EXPR
+    index of each class (Contempt -> Other); None unless the names are those 8 classes."""
+    index = {n.lower(): i for i, n in enumerate(AFFWILD_EXPR_8)}
+    index.update({n.lower(): i for i, n in enumerate(AFFWILD_FROM_HSE_NAMES)})
+    out = [index.get(str(n).lower()) for n in names]
+    if None in out or sorted(out) != list(range(len(AFFWILD_EXPR_8))):
+        return None
+    return np.asarray(out, np.int64)
 
 # Missing-label codes of the ABAW annotation files (spec §3.2): a VA row is valid iff valence and
 # arousal are > -5, an EXPR label iff > -1, an AU row iff all 12 labels are >= 0.

@@ -190,3 +190,36 @@ def test_extract_features_takes_a_published_name(tmp_path, model_dir, monkeypatc
     s = X.extract_features("mbf_va_mtl", tmp_path / "out", images=str(imgs), batch_size=4, progress=False)
     assert s["written"] == 2
     assert json.loads((tmp_path / "out" / "features.json").read_text())["model"]["path"] == "mbf_va_mtl"
+
+
+def test_train_head_reads_affectnet_features_in_the_affwild2_order(tmp_path, model_dir):
+    """AffectNet builds store `expression` as AffectNet codes (Neutral, Happiness, Sadness, ...);
+    extract-features copied it and train-head read it as Aff-Wild2 EXPR (Neutral, Anger, Disgust, ...),
+    so a head trained on AffectNet features learnt Happiness as Anger, silently. The class names are now
+    recorded in features.json and mapped by name (Contempt -> Other); without them it is refused."""
+    from hsemo_jax.labels import AFFECTNET_CODES_8, AFFWILD_EXPR_8
+    from hsemo_jax.train.data import load_features
+
+    data = F.synthetic_affectnet_build(tmp_path / "data", train=16, val_per_class=1)
+    out = tmp_path / "feat"
+    X.extract_features(model_dir, out, dataset=str(data), split="validation", batch_size=8, progress=False)
+    d = load_features(out)
+    csv = [ln.split(",") for ln in (tmp_path / "data" / "manual" / "validation.csv").read_text().split()[1:]]
+    code_of = {f[0]: int(f[6]) for f in csv}  # the AffectNet code each image was drawn with
+    codes = [code_of[n] for n in FT.FeatureDataset(out).arrays()["name"]]
+    assert sorted(codes) == list(range(8))
+    want = ["Other" if AFFECTNET_CODES_8[c] == "Contempt" else AFFECTNET_CODES_8[c] for c in codes]
+    assert d["expr_mask"].all() and [AFFWILD_EXPR_8[i] for i in d["expr"]] == want
+
+    meta_path = out / "features.json"
+    meta = json.loads(meta_path.read_text())
+    meta["class_names"]["expression"][2] = "Boredom"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"features\.json: .*'Boredom'") as e:
+        load_features(out)
+    assert "\n" not in str(e.value)
+    del meta["class_names"]  # made before the names were recorded
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"features\.json: .*AffectNet.*re-run .*extract-features") as e:
+        load_features(out)
+    assert "\n" not in str(e.value)

@@ -35,8 +35,7 @@ from hsemo_jax.predict.pipeline import Predictions
 from hsemo_jax.predict.video import IMAGE_EXTS, FrameSource
 
 LAYOUTS = ("scores", "submission")
-# the model's class name in each Aff-Wild2 column
-_AFFWILD_FROM = tuple("Contempt" if n == "Other" else n for n in labels.AFFWILD_EXPR_8)
+_AFFWILD_FROM = labels.AFFWILD_FROM_HSE_NAMES  # the model's class name in each Aff-Wild2 column
 
 
 def check_head(head: str | None) -> None:

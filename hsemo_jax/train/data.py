@@ -4,7 +4,8 @@
 Datasets are dicts of row-aligned arrays (numpy, or memory-mapped .npy):
 
   feature dataset (train-head), spec §3.1-3.2 (or an `hsemo-jax extract-features` output directory:
-  x = embedding ++ scores, expression -> expr, aus -> au):
+  x = embedding ++ scores, expression -> expr (mapped to the Aff-Wild2 order by the class names
+  recorded in features.json), aus -> au):
     x     float (N, D+10)   embedding ++ the backbone's 10 scores
     expr  int   (N,)        Aff-Wild2 EXPR label, -1 = missing           -> expr_mask
     va    float (N, 2)      valence, arousal, -5 = missing               -> va_mask
@@ -75,13 +76,39 @@ def class_labels(arrays, path, y, num_classes: int, present, *, missing: int):
     return np.where(m, y, 0).astype(np.int32), m
 
 
+def _affwild_expression(y, meta: dict, meta_path: Path) -> np.ndarray:
+    """A feature dataset's `expression` column in the Aff-Wild2 EXPR order: mapped by the source's
+    class names recorded in features.json (AffectNet codes: Contempt -> Other); a column without
+    names is taken as the Aff-Wild2 order (ABAW builds) unless the source is AffectNet."""
+    from hsemo_jax.labels import AFFWILD_EXPR_8, affwild_expr_index
+
+    names = meta.get("class_names", {}).get("expression")
+    if names is None:
+        source = meta.get("source", {})
+        if "label" in meta.get("fields", ()) or Path(str(source.get("path", ""))).parent.name == "affectnet":
+            raise InputError(f"{meta_path}: features of an AffectNet build made before extract-features recorded "
+                             "its class names (AffectNet codes, not the Aff-Wild2 order); re-run "
+                             "`hsemo-jax extract-features` with --overwrite")
+        return y
+    to_affwild = affwild_expr_index(names)
+    if to_affwild is None:
+        raise InputError(f"{meta_path}: the expression classes {names} do not map to the Aff-Wild2 classes "
+                         f"({', '.join(AFFWILD_EXPR_8)}; Contempt counts as Other)")
+    y = np.asarray(y)
+    known = (y >= 0) & (y < len(names))
+    return np.where(known, to_affwild[np.where(known, y, 0)], y)
+
+
 def _extracted_features(path: Path) -> dict[str, np.ndarray]:
     """The output of `hsemo-jax extract-features` (features.json + chunks) as x / expr / va / au
     arrays and, where the source has them, their row masks (a row is labelled when its whole
     per-element mask is)."""
-    from data_pipelines.features import FeatureDataset
+    from data_pipelines.features import META, FeatureDataset
 
-    cols = FeatureDataset(path).arrays()
+    ds = FeatureDataset(path)
+    cols = ds.arrays()
+    if "expression" in cols:
+        cols["expression"] = _affwild_expression(cols["expression"], ds.meta, path / META)
     out = {"x": np.concatenate([cols["embedding"], cols["scores"]], axis=1).astype(np.float32)}
     # the source's masks travel as the rows' masks: AffectNet's folder layout has no VA (va = 0,
     # va_mask False), which the missing code alone (-5) would take for labels of 0
