@@ -86,9 +86,12 @@ def test_a_model_with_valence_arousal_blends_with_one_without(model_dir, tmp_pat
     blend = predict(face, [model_dir, str(plain)], weights=[0.25, 0.75], detector="none")
     assert "valence" not in blend.columns
     np.testing.assert_allclose([blend[c][0] for c in names], 0.25 * alone[0] + 0.75 * alone[1], rtol=1e-5)
-    on_device = predict(frame, [model_dir, str(plain)], weights=[0.25, 0.75])  # BlazeFace: the device program
-    assert on_device.has_face.any() and "valence" not in on_device.columns
-    np.testing.assert_allclose(sum(on_device[c] for c in names)[on_device.has_face], 1.0, atol=1e-5)
+    # the device program takes each model's expression count from Backbone.of (compiling a two-model
+    # program here would cost ~30 s): the 10-output model's 8, not its 10, in a blend without VA
+    from hsemo_jax import load_model
+    from hsemo_jax.predict import device
+
+    assert [device.Backbone.of(load_model(m), with_va=False).num_classes for m in (model_dir, plain)] == [8, 8]
 
 
 def test_a_frame_with_more_faces_than_the_device_program_keeps_is_warned(model_dir, capsys):
