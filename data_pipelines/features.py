@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from hsemo_jax.errors import InputError
-from hsemo_jax.fileio import atomic_directory, atomic_write
+from hsemo_jax.fileio import atomic_directory, atomic_write, holds
 
 FORMAT = "hsemo-jax-features/1"
 META = "features.json"
@@ -45,12 +45,9 @@ def check_out(out: str | os.PathLike, inputs=()) -> Path:
     (`features.json`; resumed, or replaced with --overwrite), and neither one of `inputs` (image
     folder, dataset, model) nor a folder holding one. A folder of other things is never replaced."""
     root = Path(out)
-    real = Path(os.path.realpath(root))
     for src in inputs:
-        if src is not None and Path(src).exists():
-            real_src = Path(os.path.realpath(src))
-            if real_src == real or real in real_src.parents:
-                raise InputError(f"{root}: the output would replace {src}, which is read from it; give another --out")
+        if src is not None and Path(src).exists() and holds(root, src):
+            raise InputError(f"{root}: the output would replace {src}, which is read from it; give another --out")
     if (root / META).is_file():
         return root
     if root.is_dir() and any(root.iterdir()) or root.exists() and not root.is_dir():

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from hsemo_jax.errors import CheckpointError
-from hsemo_jax.fileio import atomic_directory
+from hsemo_jax.fileio import atomic_directory, holds
 from hsemo_jax.models import registry
 
 META_FILE = "hsemo_model.json"
@@ -57,8 +57,7 @@ def check_model_out(out: str | os.PathLike, *, overwrite: bool = False,
     never replaced. Raises CheckpointError naming `out`; returns its absolute, normalized path."""
     path = Path(os.path.abspath(out))
     for src in inputs:
-        real_src, real_out = Path(os.path.realpath(src)), Path(os.path.realpath(path))
-        if real_src == real_out or real_out in real_src.parents:
+        if holds(path, src):
             raise CheckpointError(f"{path}: the output would replace {src}, which is read from it; "
                                   "give another --out")
     if path.is_symlink() or path.exists():

@@ -13,6 +13,7 @@ would), not the 0600 / 0700 of `tempfile.mkstemp` / `mkdtemp`.
     read_npz(path)                    an .npz archive's arrays; a damaged one is an InputError
     check_writable(path)              before the work: can an output file be written at `path`?
     same_path(a, b)                   do two paths name one file (an output that is an input)?
+    holds(folder, path)               is `path` the folder `folder` or inside it (a replaced output holding an input)?
 """
 from __future__ import annotations
 
@@ -127,6 +128,12 @@ def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return os.path.samefile(a, b)
     except OSError:  # one is missing: compare the names
         return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
+
+
+def holds(folder: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """Whether `path` is `folder` or lies inside it, links resolved: replacing `folder` would lose it."""
+    folder, path = Path(os.path.realpath(folder)), Path(os.path.realpath(path))
+    return path == folder or folder in path.parents
 
 
 def _fresh(path: Path, suffix: str, create: Callable[[Path], None]) -> Path:

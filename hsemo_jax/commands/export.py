@@ -49,18 +49,16 @@ def load(spec: str):
 def check_out(out: str, fmt: str, model: str) -> None:
     """Before any work: the artifact (and StableHLO's FILE.json) can be written, and neither replaces
     MODEL's file nor lands inside MODEL's directory."""
-    import os
-
     from hsemo_jax.errors import InputError
     from hsemo_jax.export import metadata_path
-    from hsemo_jax.fileio import check_writable
+    from hsemo_jax.fileio import check_writable, holds
 
     src = Path(model)
     for path in [Path(out)] + ([metadata_path(out)] if fmt == "stablehlo" else []):
         if path.is_dir():
             raise InputError(f"--out {path}: is a directory; expected a file path")
         check_writable(path, "artifact", inputs=(model,))
-        if src.is_dir() and Path(os.path.realpath(src)) in Path(os.path.realpath(path)).parents:
+        if src.is_dir() and holds(src, path):
             raise InputError(f"--out {path}: inside the model directory {model}, which it would change; "
                              "give a path outside it")
 
