@@ -13,7 +13,6 @@ from typing import Sequence
 
 import numpy as np
 
-from hsemo_jax import labels as label_names
 from hsemo_jax.errors import InputError
 from hsemo_jax.predict.defaults import BATCH_SIZE
 
@@ -31,7 +30,7 @@ class Recognizer:
 
     def __init__(self, model: str | os.PathLike | Sequence = "enet_b0_8_va_mtl", *, weights=None,
                  detector: str | None = None, batch_size: int = BATCH_SIZE, progress: bool = True):
-        from hsemo_jax.predict.pipeline import load_models
+        from hsemo_jax.predict.pipeline import expression_layout, load_models
 
         specs = [model] if isinstance(model, (str, os.PathLike)) else list(model)
         if not specs:
@@ -40,12 +39,9 @@ class Recognizer:
         self.models = load_models(self.specs)
         self.weights, self.detector = weights, detector
         self.batch_size, self.progress = batch_size, progress
-        first = self.models[0]
-        k = label_names.expression_count(first.outputs)
-        self.class_names, self.is_mtl = first.outputs[:k], k < len(first.outputs)
+        # predict_emotions runs the first model: its classes, whether it has valence/arousal
+        self.class_names, self.is_mtl = expression_layout(self.models[:1])
         self.idx_to_class = dict(enumerate(self.class_names))
-        if not self.class_names:
-            raise InputError(f"model {first.name}: has no classifier (embedding only); it cannot predict emotions")
 
     def predict_emotions(self, face_or_faces, logits: bool = True):
         """hsemotion's `predict_emotions` / `predict_multi_emotions` with the first model:

@@ -90,6 +90,18 @@ def blend_weights(text: str) -> tuple[float, float, float]:
     return vals
 
 
+def check_prediction_files(pred: str, gt: str | None, blend_weights, blend_with: str | None) -> None:
+    """evaluate's and sweep's checks before a file is read: --blend-weights only with --blend-with
+    (else silently unused), and GT not PRED itself (else a field-count error on line 2 of one)."""
+    from hsemo_jax.errors import InputError
+    from hsemo_jax.fileio import same_path
+
+    if blend_weights and not blend_with:
+        raise InputError("--blend-weights needs --blend-with")
+    if gt and same_path(pred, gt):
+        raise InputError(f"{gt}: given as both the predictions and the ground truth")
+
+
 def add_config_arguments(p: argparse.ArgumentParser, *, set_example: str) -> None:
     """`--out RUN`, `--set SECTION.KEY=VALUE` (repeatable) and `--describe-config` of the training commands."""
     p.add_argument("--out", help="run directory (overrides run_dir)")

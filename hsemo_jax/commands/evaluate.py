@@ -74,13 +74,7 @@ def _smooth(values, al, spec):
 def run(args) -> int:
     from hsemo_jax.postprocess import abaw_io
 
-    from hsemo_jax.errors import InputError
-    from hsemo_jax.fileio import same_path
-
-    if args.blend_weights and not args.blend_with:  # was ignored silently
-        raise InputError("--blend-weights needs --blend-with")
-    if args.gt and same_path(args.pred, args.gt):  # else: a field-count error on line 2 of one of them
-        raise InputError(f"{args.gt}: given as both the predictions and the ground truth")
+    cc.check_prediction_files(args.pred, args.gt, args.blend_weights, args.blend_with)
     if abaw_io.is_ce_submission(args.pred):
         return _run_ce(args)
     import numpy as np

@@ -38,14 +38,12 @@ def run(args) -> int:
     import numpy as np
 
     from hsemo_jax.errors import InputError
-    from hsemo_jax.fileio import check_writable, same_path
+    from hsemo_jax.fileio import check_writable
     from hsemo_jax.postprocess import abaw_io, sweeping
 
     # every setting before a file is read: the grid (filters, sigmas, ks, weights), tasks, --top
     if args.top < 1:
         raise InputError(f"--top must be at least 1, got {args.top}")
-    if args.blend_weights and not args.blend_with:
-        raise InputError("--blend-weights needs --blend-with")
     tasks = tuple(t.strip().upper() for t in args.tasks.split(",") if t.strip())
     if not tasks or set(tasks) - set(sweeping.TASKS):
         raise InputError(f"--tasks: expected a comma-separated subset of {','.join(sweeping.TASKS)}, got {args.tasks!r}")
@@ -54,8 +52,7 @@ def run(args) -> int:
                               sigmas=args.sigmas or sweeping.NOTEBOOK_SIGMAS, ks=args.ks or (0, 1, 5, 10, 50, 100),
                               blend_weights=tuple(weights))
     grid.validate()
-    if same_path(args.pred, args.gt):  # else: a field-count error on line 2 of one of them
-        raise InputError(f"{args.gt}: given as both the predictions and the ground truth")
+    cc.check_prediction_files(args.pred, args.gt, args.blend_weights, args.blend_with)
     out = check_writable(args.csv or os.path.splitext(args.pred)[0] + "_sweep.csv", "sweep table",
                          inputs=(args.pred, args.gt, args.blend_with))
     pred = abaw_io.read_mtl_predictions(args.pred)
